@@ -1,0 +1,246 @@
+#include "daemon.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "neighbor.hpp"
+#include "sluice/drop_reason.hpp"
+
+namespace sluice {
+namespace {
+
+template <typename T>
+T arg(const nlohmann::json& args, const char* name) {
+    if (!args.contains(name))
+        throw std::invalid_argument(fmt::format("missing argument '{}'", name));
+    try {
+        return args.at(name).get<T>();
+    } catch (const nlohmann::json::exception&) {
+        throw std::invalid_argument(
+            fmt::format("argument '{}' has the wrong type: {}", name, args.at(name).dump()));
+    }
+}
+
+template <typename T>
+T arg_or(const nlohmann::json& args, const char* name, T fallback) {
+    return args.contains(name) && !args.at(name).is_null() ? arg<T>(args, name) : fallback;
+}
+
+bool alive(uint32_t pid) { return pid != 0 && (kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
+
+}  // namespace
+
+Daemon::Daemon(const DaemonOptions& opt, Model initial)
+    : opt_(opt), model_(std::move(initial)), shm_(ShmSegment::open_or_create(opt.shm_path)) {
+    __atomic_store_n(&shm_->header.daemon_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
+}
+
+Model Daemon::load_state(const std::string& path, std::optional<uint64_t> seed) {
+    std::ifstream in(path);
+    if (!in) {
+        if (errno != ENOENT)
+            throw std::runtime_error(fmt::format("cannot read state file {}: {}", path,
+                                                 std::strerror(errno)));
+        return Model(seed.value_or(0x736c756963650001ULL));
+    }
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw std::runtime_error(
+            fmt::format("state file {} is not valid JSON ({}); not starting rather than losing "
+                        "it: fix or move it away",
+                        path, e.what()));
+    }
+    Model m = [&] {
+        try {
+            return Model::from_json(j);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(fmt::format("state file {}: {}", path, e.what()));
+        }
+    }();
+    if (seed && *seed != m.hash_seed())
+        throw std::runtime_error(fmt::format(
+            "--hash-seed {} differs from the seed {} saved in {}; changing it would move every "
+            "flow",
+            *seed, m.hash_seed(), path));
+    return m;
+}
+
+void Daemon::publish(const Model& m) {
+    ConfigPublisher pub(shm_.get());
+    sluice_config& cfg = pub.begin(opt_.publish_timeout);
+    m.compile(cfg);
+    pub.commit();
+}
+
+void Daemon::publish_current() { publish(model_); }
+
+void Daemon::save(const Model& m) const {
+    const std::string tmp = opt_.state_path + ".tmp";
+    const std::string text = m.to_json().dump(2) + "\n";
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        throw std::runtime_error(fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+    const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+                    fsync(fd) == 0;
+    close(fd);
+    if (!ok || rename(tmp.c_str(), opt_.state_path.c_str()) != 0)
+        throw std::runtime_error(
+            fmt::format("cannot save state to {}: {}", opt_.state_path, std::strerror(errno)));
+}
+
+void Daemon::commit(Model next) {
+    publish(next);
+    try {
+        save(next);
+    } catch (...) {
+        publish(model_);  // keep the dataplane and the state file in agreement
+        throw;
+    }
+    model_ = std::move(next);
+}
+
+nlohmann::json Daemon::vip_json(const Vip& v) const {
+    nlohmann::json backends = nlohmann::json::array();
+    for (const auto& b : v.backends)
+        backends.push_back({{"address", format_endpoint(b.endpoint)},
+                            {"weight", b.weight},
+                            {"state", b.weight == 0 ? "drained" : "active"},
+                            {"mac", format_mac(b.mac)}});
+    return {{"vip", format_vip_id(v.id)},          {"mode", mode_name(v.mode)},
+            {"hash", hash_fields_name(v.hash_fields)}, {"table_size", v.table_size},
+            {"backends", backends}};
+}
+
+nlohmann::json Daemon::status() const {
+    const auto& h = shm_->header;
+    const uint32_t dp = __atomic_load_n(&h.dataplane_pid, __ATOMIC_ACQUIRE);
+    unsigned online = 0;
+    for (const auto& st : shm_->lcore_state) online += __atomic_load_n(&st.online, __ATOMIC_ACQUIRE) != 0;
+    return {{"daemon_pid", getpid()},
+            {"shm", opt_.shm_path},
+            {"state", opt_.state_path},
+            {"abi_version", SLUICE_ABI_VERSION},
+            {"generation", shm_generation(shm_.get())},
+            {"dataplane_pid", dp},
+            {"dataplane_running", alive(dp)},
+            {"dataplane_lcores_online", alive(dp) ? online : 0},
+            {"vips", model_.vips().size()},
+            {"hash_seed", model_.hash_seed()}};
+}
+
+nlohmann::json Daemon::stats() const {
+    nlohmann::json counters = nlohmann::json::object();
+    nlohmann::json drops = nlohmann::json::object();
+    uint64_t drop_total = 0;
+    for (size_t c = 0; c < kCounterNames.size(); ++c) {
+        uint64_t sum = 0;
+        for (const auto& ls : shm_->lcore_stats) sum += counter_read(ls.counters[c]);
+        counters[std::string(kCounterNames[c])] = sum;
+    }
+    for (size_t d = 0; d < kDropReasonNames.size(); ++d) {
+        uint64_t sum = 0;
+        for (const auto& ls : shm_->lcore_stats) sum += counter_read(ls.drops[d]);
+        drops[std::string(kDropReasonNames[d])] = sum;
+        drop_total += sum;
+    }
+    nlohmann::json vips = nlohmann::json::array();
+    for (const auto& [id, v] : model_.vips()) {
+        uint64_t packets = 0, bytes = 0;
+        for (const auto& ls : shm_->lcore_stats) {
+            packets += counter_read(ls.vip_packets[v.slot]);
+            bytes += counter_read(ls.vip_bytes[v.slot]);
+        }
+        vips.push_back({{"vip", format_vip_id(id)}, {"packets", packets}, {"bytes", bytes}});
+    }
+    return {{"counters", counters}, {"drops", drops}, {"drops_total", drop_total}, {"vips", vips}};
+}
+
+nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& args) {
+    if (cmd == "status") return status();
+    if (cmd == "stats") return stats();
+    if (cmd == "vip.list") {
+        nlohmann::json out = nlohmann::json::array();
+        for (const auto& [id, v] : model_.vips()) out.push_back(vip_json(v));
+        return out;
+    }
+    if (cmd == "vip.show") return vip_json(model_.vip(parse_vip_id(arg<std::string>(args, "vip"))));
+    if (cmd == "vip.table") {
+        const Vip& v = model_.vip(parse_vip_id(arg<std::string>(args, "vip")));
+        nlohmann::json rows = nlohmann::json::array();
+        const auto share = v.table_share();
+        for (const auto& b : v.backends) {
+            const uint32_t slots = share.at(b.slot);
+            rows.push_back({{"address", format_endpoint(b.endpoint)},
+                            {"weight", b.weight},
+                            {"slots", slots},
+                            {"share", static_cast<double>(slots) / v.table_size}});
+        }
+        return {{"vip", format_vip_id(v.id)}, {"table_size", v.table_size}, {"backends", rows}};
+    }
+    if (cmd == "backend.list")
+        return vip_json(model_.vip(parse_vip_id(arg<std::string>(args, "vip"))))["backends"];
+
+    Model next = model_;
+    nlohmann::json result = nlohmann::json::object();
+    if (cmd == "vip.add") {
+        const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
+        next.add_vip(id, parse_mode(arg_or<std::string>(args, "mode", "dsr")),
+                     parse_hash_fields(arg_or<std::string>(args, "hash", "5tuple")),
+                     arg_or<uint32_t>(args, "table_size", kMaglevDefaultTableSize));
+        result = vip_json(next.vip(id));
+    } else if (cmd == "vip.remove") {
+        next.remove_vip(parse_vip_id(arg<std::string>(args, "vip")));
+    } else if (cmd == "backend.add") {
+        const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
+        const Endpoint ep = parse_endpoint(arg<std::string>(args, "address"));
+        MacAddress mac;
+        if (args.contains("mac") && !args.at("mac").is_null()) {
+            mac = parse_mac(arg<std::string>(args, "mac"));
+        } else {
+            auto found = lookup_neighbor(ep.addr);
+            if (!found)
+                throw std::invalid_argument(fmt::format(
+                    "no neighbour entry for {} on this node: make it reachable (ping it) or "
+                    "give --mac",
+                    format_ip(ep.addr)));
+            mac = *found;
+        }
+        next.add_backend(id, ep, arg_or<uint32_t>(args, "weight", kDefaultWeight), mac);
+        result = vip_json(next.vip(id));
+    } else if (cmd == "backend.remove") {
+        next.remove_backend(parse_vip_id(arg<std::string>(args, "vip")),
+                            parse_endpoint(arg<std::string>(args, "address")));
+    } else if (cmd == "backend.weight") {
+        next.set_weight(parse_vip_id(arg<std::string>(args, "vip")),
+                        parse_endpoint(arg<std::string>(args, "address")),
+                        arg<uint32_t>(args, "weight"));
+    } else {
+        throw std::invalid_argument(fmt::format("unknown command '{}'", cmd));
+    }
+    commit(std::move(next));
+    result["published_generation"] = shm_generation(shm_.get());
+    return result;
+}
+
+nlohmann::json Daemon::handle(const nlohmann::json& request) {
+    try {
+        if (!request.is_object() || !request.contains("cmd") || !request["cmd"].is_string())
+            throw std::invalid_argument("request must be an object with a string 'cmd'");
+        const nlohmann::json args = request.value("args", nlohmann::json::object());
+        return {{"ok", true}, {"result", dispatch(request["cmd"].get<std::string>(), args)}};
+    } catch (const std::exception& e) {
+        return {{"ok", false}, {"error", e.what()}};
+    }
+}
+
+}  // namespace sluice

@@ -1,0 +1,52 @@
+// sluiced's request handling: every mutating request is applied to a copy of
+// the model, published to the dataplane and saved; only when all of that
+// succeeds does the copy become the daemon's state. A bad request changes
+// nothing anywhere.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "model.hpp"
+#include "sluice/shm.hpp"
+
+namespace sluice {
+
+struct DaemonOptions {
+    std::string shm_path;
+    std::string state_path;
+    std::chrono::milliseconds publish_timeout{2000};
+};
+
+class Daemon {
+public:
+    Daemon(const DaemonOptions& opt, Model initial);
+
+    // Publishes the current model (start-up, after a restore).
+    void publish_current();
+
+    // Handles one request; never throws (errors become {"ok": false}).
+    nlohmann::json handle(const nlohmann::json& request);
+
+    const Model& model() const { return model_; }
+
+    static Model load_state(const std::string& path, std::optional<uint64_t> seed);
+
+private:
+    nlohmann::json dispatch(const std::string& cmd, const nlohmann::json& args);
+    void commit(Model next);
+    void publish(const Model& m);
+    void save(const Model& m) const;
+
+    nlohmann::json status() const;
+    nlohmann::json stats() const;
+    nlohmann::json vip_json(const Vip& v) const;
+
+    DaemonOptions opt_;
+    Model model_;
+    ShmSegment shm_;
+};
+
+}  // namespace sluice

@@ -1,0 +1,103 @@
+// sluiced's configuration model: VIPs with their backends, the slots and uids
+// they occupy in shared memory, and the compilation of all of it into one
+// sluice_config copy. DPDK-free; unit tests drive it directly.
+//
+// Slots and uids are part of the persisted state: the dataplane's connection
+// table refers to backends by (slot, uid), so a daemon restart must give every
+// backend back the same pair or established flows would be re-balanced.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "sluice/addr.hpp"
+#include "sluice/maglev.hpp"
+#include "sluice/shm_abi.h"
+
+namespace sluice {
+
+struct VipId {
+    Endpoint endpoint;  // address and port
+    uint8_t proto = 6;
+
+    auto operator<=>(const VipId&) const = default;
+};
+
+VipId parse_vip_id(std::string_view text);  // "198.18.1.1:80/tcp", "[2001:db8::1]:80/udp"
+std::string format_vip_id(const VipId& id);
+
+uint8_t parse_mode(std::string_view text);         // nat, dsr
+std::string_view mode_name(uint8_t mode);
+uint8_t parse_hash_fields(std::string_view text);  // 5tuple, 3tuple, src-ip
+std::string_view hash_fields_name(uint8_t hash_fields);
+
+inline constexpr uint32_t kDefaultWeight = 100;
+inline constexpr uint32_t kMaxWeight = 10000;
+
+struct Backend {
+    Endpoint endpoint;  // port 0 = the VIP's port
+    uint32_t weight = kDefaultWeight;
+    MacAddress mac{};
+    uint32_t uid = 0;
+    uint16_t slot = 0;
+};
+
+struct Vip {
+    VipId id;
+    uint8_t mode = SLUICE_MODE_DSR;
+    uint8_t hash_fields = SLUICE_HASH_5TUPLE;
+    uint32_t table_size = kMaglevDefaultTableSize;
+    uint32_t uid = 0;
+    uint16_t slot = 0;
+    std::vector<Backend> backends;  // in insertion order; Maglev sorts by identity
+
+    const Backend* find_backend(const Endpoint& e) const;
+    Backend* find_backend(const Endpoint& e);
+    // Slot count per backend slot in the current Maglev table.
+    std::map<uint16_t, uint32_t> table_share() const;
+    const std::vector<uint16_t>& table() const;
+
+    mutable std::vector<uint16_t> cached_table;  // rebuilt when empty
+};
+
+class Model {
+public:
+    explicit Model(uint64_t hash_seed = 0) : hash_seed_(hash_seed) {}
+
+    // Each mutator validates everything first and changes nothing when it
+    // throws std::invalid_argument (whose message names the bad value).
+    const Vip& add_vip(const VipId& id, uint8_t mode, uint8_t hash_fields, uint32_t table_size);
+    void remove_vip(const VipId& id);
+    const Backend& add_backend(const VipId& vip, const Endpoint& endpoint, uint32_t weight,
+                               const MacAddress& mac);
+    void remove_backend(const VipId& vip, const Endpoint& endpoint);
+    void set_weight(const VipId& vip, const Endpoint& endpoint, uint32_t weight);
+
+    const Vip& vip(const VipId& id) const;
+    const std::map<VipId, Vip>& vips() const { return vips_; }
+    uint64_t hash_seed() const { return hash_seed_; }
+
+    // Fills the VIP, backend, index and Maglev parts of `out` (generation is
+    // the publisher's business).
+    void compile(sluice_config& out) const;
+
+    nlohmann::json to_json() const;
+    static Model from_json(const nlohmann::json& j);
+
+private:
+    Vip& mutable_vip(const VipId& id);
+    uint16_t free_vip_slot() const;
+    uint16_t free_backend_slot() const;
+    Endpoint normalise_backend(const Vip& v, const Endpoint& e) const;
+
+    uint64_t hash_seed_;
+    uint32_t next_uid_ = 1;
+    std::map<VipId, Vip> vips_;
+};
+
+}  // namespace sluice

@@ -1,0 +1,198 @@
+// sluicectl: the operator's CLI for sluiced. Every read verb takes --json for
+// scripts; errors from the daemon are printed as they come (they name the bad
+// value) and give exit status 1, an unreachable daemon 3, bad usage 2.
+#include <cstdlib>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "ipc.hpp"
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int kExitDaemonError = 1;
+constexpr int kExitUnreachable = 3;
+
+struct Request {
+    std::string cmd;
+    json args = json::object();
+    bool as_json = false;
+};
+
+void print_vip(const json& v) {
+    fmt::print("{:<28} mode {:<4} hash {:<7} table {:<8} backends {}\n", v["vip"].get<std::string>(),
+               v["mode"].get<std::string>(), v["hash"].get<std::string>(),
+               v["table_size"].get<uint32_t>(), v["backends"].size());
+    for (const auto& b : v["backends"])
+        fmt::print("  {:<26} weight {:<6} {:<8} mac {}\n", b["address"].get<std::string>(),
+                   b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
+                   b["mac"].get<std::string>());
+}
+
+void print_human(const std::string& cmd, const json& r) {
+    if (cmd == "status") {
+        fmt::print("sluiced pid {}  generation {}  VIPs {}  hash seed {:#x}\n", r["daemon_pid"].get<int>(),
+                   r["generation"].get<uint64_t>(), r["vips"].get<size_t>(),
+                   r["hash_seed"].get<uint64_t>());
+        if (r["dataplane_running"].get<bool>())
+            fmt::print("dataplane pid {}  lcores online {}\n", r["dataplane_pid"].get<uint32_t>(),
+                       r["dataplane_lcores_online"].get<unsigned>());
+        else
+            fmt::print("dataplane: not running\n");
+        fmt::print("shared memory {}  state {}\n", r["shm"].get<std::string>(),
+                   r["state"].get<std::string>());
+    } else if (cmd == "vip.list") {
+        if (r.empty()) fmt::print("no VIPs\n");
+        for (const auto& v : r) print_vip(v);
+    } else if (cmd == "backend.list") {
+        for (const auto& b : r)
+            fmt::print("{:<26} weight {:<6} {:<8} mac {}\n", b["address"].get<std::string>(),
+                       b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
+                       b["mac"].get<std::string>());
+    } else if (cmd == "vip.table") {
+        fmt::print("{}: {} slots\n", r["vip"].get<std::string>(), r["table_size"].get<uint32_t>());
+        for (const auto& b : r["backends"])
+            fmt::print("  {:<26} weight {:<6} slots {:<8} share {:.2f}%\n",
+                       b["address"].get<std::string>(), b["weight"].get<uint32_t>(),
+                       b["slots"].get<uint32_t>(), 100.0 * b["share"].get<double>());
+    } else if (cmd == "stats") {
+        fmt::print("counters:\n");
+        for (const auto& [k, v] : r["counters"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
+        fmt::print("drops (total {}):\n", r["drops_total"].get<uint64_t>());
+        for (const auto& [k, v] : r["drops"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
+        fmt::print("per VIP:\n");
+        for (const auto& v : r["vips"])
+            fmt::print("  {:<28} packets {:<12} bytes {}\n", v["vip"].get<std::string>(),
+                       v["packets"].get<uint64_t>(), v["bytes"].get<uint64_t>());
+    } else if (r.is_object() && r.contains("vip")) {
+        print_vip(r);
+    } else {
+        fmt::print("ok (generation {})\n", r.value("published_generation", uint64_t{0}));
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"sluicectl: configure and inspect the sluice load balancer through sluiced.\n"
+                 "VIPs are written ADDRESS:PORT/PROTOCOL (198.18.1.1:80/tcp, [2001:db8::1]:53/udp);\n"
+                 "backends ADDRESS[:PORT] (the port defaults to the VIP's)."};
+    app.require_subcommand(1);
+    std::string socket_path = std::getenv("SLUICE_SOCKET") ? std::getenv("SLUICE_SOCKET")
+                                                           : sluice::ipc::kDefaultSocket;
+    app.add_option("--socket", socket_path, "sluiced's unix socket (env SLUICE_SOCKET)")
+        ->capture_default_str();
+    unsigned timeout_ms = 10000;
+    app.add_option("--timeout-ms", timeout_ms, "How long to wait for sluiced's answer")
+        ->capture_default_str();
+
+    Request req;
+    std::string vip, address, mode = "dsr", hash = "5tuple", mac;
+    uint32_t table_size = 65537, weight = 100;
+    auto json_flag = [&](CLI::App* sub) {
+        sub->add_flag("--json", req.as_json, "Print the daemon's answer as JSON");
+    };
+
+    auto* status = app.add_subcommand("status", "Daemon, dataplane and shared-memory status");
+    json_flag(status);
+    status->callback([&] { req.cmd = "status"; });
+
+    auto* stats = app.add_subcommand("stats", "Dataplane counters: traffic, drops by reason, per VIP");
+    json_flag(stats);
+    stats->callback([&] { req.cmd = "stats"; });
+
+    auto* vipc = app.add_subcommand("vip", "Add, remove, list VIPs; show a VIP's Maglev table");
+    vipc->require_subcommand(1);
+    auto* vip_add = vipc->add_subcommand("add", "Add a VIP");
+    vip_add->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    vip_add->add_option("--mode", mode, "nat (rewrite destination, replies come back through "
+                                        "sluice) or dsr (rewrite MAC only, replies go direct)")
+        ->capture_default_str();
+    vip_add->add_option("--hash", hash, "Fields hashed to pick a backend: 5tuple, 3tuple or src-ip")
+        ->capture_default_str();
+    vip_add->add_option("--table-size", table_size,
+                        "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 "
+                        "65537 131071 262139 524287 655373 1048573")
+        ->capture_default_str();
+    vip_add->callback([&] {
+        req.cmd = "vip.add";
+        req.args = {{"vip", vip}, {"mode", mode}, {"hash", hash}, {"table_size", table_size}};
+    });
+    auto* vip_rm = vipc->add_subcommand("remove", "Remove a VIP and its backends");
+    vip_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    vip_rm->callback([&] { req = {"vip.remove", {{"vip", vip}}}; });
+    auto* vip_list = vipc->add_subcommand("list", "List VIPs and their backends");
+    json_flag(vip_list);
+    vip_list->callback([&] { req.cmd = "vip.list"; });
+    auto* vip_table = vipc->add_subcommand("table", "Slots per backend in a VIP's Maglev table");
+    vip_table->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    json_flag(vip_table);
+    vip_table->callback([&] {
+        req.cmd = "vip.table";
+        req.args = {{"vip", vip}};
+    });
+
+    auto* bec = app.add_subcommand("backend", "Add, remove, drain, re-weight and list backends");
+    bec->require_subcommand(1);
+    auto* be_add = bec->add_subcommand("add", "Add a backend to a VIP");
+    be_add->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    be_add->add_option("address", address, "ADDRESS[:PORT] (a DSR backend keeps the VIP's port)")
+        ->required();
+    be_add->add_option("--weight", weight, "Relative weight, 0-10000 (0 adds it drained)")
+        ->capture_default_str();
+    be_add->add_option("--mac", mac,
+                       "Backend MAC; by default taken from this node's neighbour table");
+    be_add->callback([&] {
+        req.cmd = "backend.add";
+        req.args = {{"vip", vip}, {"address", address}, {"weight", weight}};
+        if (!mac.empty()) req.args["mac"] = mac;
+    });
+    auto* be_rm = bec->add_subcommand("remove", "Remove a backend; its flows move to the others");
+    be_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    be_rm->add_option("address", address, "ADDRESS[:PORT]")->required();
+    be_rm->callback([&] { req = {"backend.remove", {{"vip", vip}, {"address", address}}}; });
+    auto* be_drain = bec->add_subcommand(
+        "drain", "Set weight 0: no new flows, established flows stay until they end");
+    be_drain->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    be_drain->add_option("address", address, "ADDRESS[:PORT]")->required();
+    be_drain->callback([&] {
+        req = {"backend.weight", {{"vip", vip}, {"address", address}, {"weight", 0}}};
+    });
+    auto* be_weight = bec->add_subcommand("weight", "Change a backend's weight (undrains it)");
+    be_weight->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    be_weight->add_option("address", address, "ADDRESS[:PORT]")->required();
+    be_weight->add_option("weight", weight, "0-10000")->required();
+    be_weight->callback([&] {
+        req = {"backend.weight", {{"vip", vip}, {"address", address}, {"weight", weight}}};
+    });
+    auto* be_list = bec->add_subcommand("list", "List a VIP's backends");
+    be_list->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
+    json_flag(be_list);
+    be_list->callback([&] {
+        req.cmd = "backend.list";
+        req.args = {{"vip", vip}};
+    });
+
+    CLI11_PARSE(app, argc, argv);
+
+    json response;
+    try {
+        response = sluice::ipc::call(socket_path, {{"cmd", req.cmd}, {"args", req.args}},
+                                     std::chrono::milliseconds(timeout_ms));
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluicectl: {}\n", e.what());
+        return kExitUnreachable;
+    }
+    if (!response.value("ok", false)) {
+        fmt::print(stderr, "sluicectl: error: {}\n", response.value("error", "unknown error"));
+        return kExitDaemonError;
+    }
+    if (req.as_json)
+        std::cout << response["result"].dump(2) << "\n";
+    else
+        print_human(req.cmd, response["result"]);
+    return 0;
+}

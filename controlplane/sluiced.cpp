@@ -1,0 +1,156 @@
+// sluiced: owns VIPs, backends and weights, publishes them to the dataplane
+// through shared memory and answers sluicectl on a unix socket that only its
+// own user may use.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "daemon.hpp"
+#include "ipc.hpp"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void on_signal(int) { g_stop = true; }
+
+int listen_unix(const std::string& path) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    // A stale socket from a crashed daemon would make bind() fail; the lock
+    // taken before this call proves no live daemon owns it.
+    unlink(path.c_str());
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (path.size() >= sizeof sa.sun_path)
+        throw std::runtime_error(fmt::format("socket path '{}' is too long", path));
+    std::strcpy(sa.sun_path, path.c_str());
+    const mode_t old = umask(0177);  // created 0600: only the owner may connect
+    const int r = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    umask(old);
+    if (r != 0) throw std::runtime_error(fmt::format("bind {}: {}", path, std::strerror(errno)));
+    if (listen(fd, 64) != 0) throw std::runtime_error(fmt::format("listen: {}", std::strerror(errno)));
+    return fd;
+}
+
+int take_lock(const std::string& socket_path) {
+    const std::string lock = socket_path + ".lock";
+    std::filesystem::create_directories(std::filesystem::path(lock).parent_path());
+    int fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::runtime_error(fmt::format("cannot open {}: {}", lock, std::strerror(errno)));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0)
+        throw std::runtime_error(
+            fmt::format("another sluiced is already serving {} (lock {} is held)", socket_path, lock));
+    return fd;
+}
+
+bool peer_allowed(int fd) {
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+    return cred.uid == geteuid() || cred.uid == 0;
+}
+
+void serve_one(sluice::Daemon& daemon, int client) {
+    nlohmann::json response;
+    try {
+        if (!peer_allowed(client)) {
+            response = {{"ok", false}, {"error", "permission denied: not sluiced's user"}};
+        } else {
+            const std::string msg = sluice::ipc::read_message(client, std::chrono::seconds(5));
+            nlohmann::json request;
+            try {
+                request = nlohmann::json::parse(msg);
+            } catch (const nlohmann::json::exception& e) {
+                response = {{"ok", false}, {"error", fmt::format("request is not JSON: {}", e.what())}};
+            }
+            if (response.is_null()) {
+                response = daemon.handle(request);
+                const auto& result = response["result"];
+                if (response["ok"] && result.is_object() && result.contains("published_generation"))
+                    fmt::print("sluiced: {} {} -> generation {}\n", request["cmd"].get<std::string>(),
+                               request.value("args", nlohmann::json::object()).dump(),
+                               result["published_generation"].get<uint64_t>());
+            }
+        }
+        sluice::ipc::write_message(client, response.dump());
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluiced: client request failed: {}\n", e.what());
+    }
+    close(client);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"sluiced: the sluice control-plane daemon. Owns VIPs and backends, publishes them "
+                 "to sluice-dataplane through shared memory, and serves sluicectl."};
+    std::string socket_path = sluice::ipc::kDefaultSocket;
+    sluice::DaemonOptions opt{"/dev/shm/sluice", "/var/lib/sluice/state.json", {}};
+    std::optional<uint64_t> seed;
+    unsigned publish_timeout_ms = 2000;
+    app.add_option("--socket", socket_path, "Unix socket sluicectl connects to (mode 0600)")
+        ->capture_default_str();
+    app.add_option("--shm", opt.shm_path, "Shared-memory segment shared with sluice-dataplane")
+        ->capture_default_str();
+    app.add_option("--state", opt.state_path,
+                   "State file: saved atomically on every change, restored at start")
+        ->capture_default_str();
+    app.add_option("--hash-seed", seed,
+                   "Flow-hash seed; give every node behind one ECMP group the same seed (only "
+                   "used when no state file exists yet)");
+    app.add_option("--publish-timeout-ms", publish_timeout_ms,
+                   "How long a change waits for dataplane lcores to leave the old configuration")
+        ->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+    opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
+
+    try {
+        const int lock_fd = take_lock(socket_path);
+        (void)lock_fd;  // held until exit
+        std::filesystem::create_directories(std::filesystem::path(opt.state_path).parent_path());
+        sluice::Daemon daemon(opt, sluice::Daemon::load_state(opt.state_path, seed));
+        daemon.publish_current();
+        const int listen_fd = listen_unix(socket_path);
+        struct sigaction sa{};
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, nullptr);
+        sigaction(SIGTERM, &sa, nullptr);
+        signal(SIGPIPE, SIG_IGN);
+        fmt::print("sluiced: pid {}, {} VIP(s) restored from {}, shared memory {}, listening on {}\n",
+                   getpid(), daemon.model().vips().size(), opt.state_path, opt.shm_path,
+                   socket_path);
+        std::fflush(stdout);
+        while (!g_stop) {
+            pollfd p{listen_fd, POLLIN, 0};
+            const int r = poll(&p, 1, 200);
+            if (r <= 0) continue;
+            const int client = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+            if (client < 0) continue;
+            serve_one(daemon, client);
+            std::fflush(stdout);
+        }
+        close(listen_fd);
+        unlink(socket_path.c_str());
+        fmt::print("sluiced: stopped; the dataplane keeps forwarding with the last configuration\n");
+        return 0;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluiced: {}\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,165 @@
+// Per-lcore connection table: keeps established flows on their backend when
+// the Maglev table changes (NSDI'16 §3.3 "connection tracking").
+//
+// Layout: power-of-two buckets of 8 ways. A bucket is one 64-byte line of
+// signatures and expiry times followed by its 8 entries of 56 bytes, so a
+// flow costs exactly 64 bytes and a lookup reads a signature line plus the
+// one entry whose signature matches. Each key has two candidate buckets (the
+// second derived from the signature, as in cuckoo hashing, but entries never
+// move): with 16 candidate ways a table runs at high load before it has to
+// evict, and lookups and inserts still touch at most two buckets: bounded
+// time, no probing chains. When both are full, insert evicts the way that
+// expires first (the longest idle relative to its timeout).
+//
+// Memory comes from the caller (hugepages in the dataplane, a vector in
+// tests), so the table never allocates and can later live in a shared file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sluice/common.hpp"
+#include "sluice/flow.hpp"
+
+namespace sluice {
+
+enum class TcpState : uint8_t { kNone = 0, kSynSent, kEstablished, kClosing };
+
+struct ConnEntry {
+    FlowKey key;
+    uint16_t vip_slot;
+    uint16_t backend_slot;
+    TcpState tcp_state;
+    uint8_t flags;
+    uint8_t peer_mac[6];  // NAT reply entries: where the client's packets came from
+    uint32_t uid;         // backend uid (to-backend entries) or VIP uid (NAT replies)
+};
+static_assert(sizeof(ConnEntry) == 56);
+
+inline constexpr unsigned kConnWays = 8;
+
+struct alignas(64) ConnBucket {
+    uint32_t sig[kConnWays];      // 0 = free way
+    uint32_t expires[kConnWays];  // ms tick, wrapping; compared with a signed difference
+    ConnEntry entries[kConnWays];
+};
+static_assert(sizeof(ConnBucket) == 64 * kConnWays, "64 bytes per flow");
+
+struct ConnTimeouts {
+    uint32_t tcp_syn_ms = 30'000;
+    uint32_t tcp_established_ms = 300'000;
+    uint32_t tcp_closing_ms = 10'000;
+    uint32_t udp_ms = 60'000;
+    uint32_t other_ms = 60'000;
+};
+
+struct ConnHandle {
+    ConnBucket* bucket = nullptr;
+    unsigned way = 0;
+    bool evicted = false;  // insert reused a live way
+
+    explicit operator bool() const { return bucket != nullptr; }
+    ConnEntry& entry() const { return bucket->entries[way]; }
+    void set_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
+        bucket->expires[way] = now_ms + timeout_ms;
+    }
+};
+
+class ConnTable {
+public:
+    // Bytes needed for `capacity` flows (rounded up to a power of two buckets).
+    static size_t bytes_for(size_t capacity);
+
+    // `memory` must be 64-byte aligned, zeroed, and bytes_for(capacity) long.
+    ConnTable(void* memory, size_t capacity);
+
+    size_t capacity() const { return (mask_ + 1) * kConnWays; }
+    size_t occupied(uint32_t now_ms) const;  // slow: walks the table
+
+    SLUICE_ALWAYS_INLINE void prefetch(uint64_t hash) const {
+        prefetch_read(primary(hash));
+        prefetch_read(secondary(hash));
+    }
+
+    SLUICE_ALWAYS_INLINE ConnHandle lookup(uint64_t hash, const FlowKey& key,
+                                           uint32_t now_ms) const {
+        const uint32_t sig = signature(hash);
+        ConnBucket* b1 = primary(hash);
+        if (ConnHandle h = find_in(b1, sig, key, now_ms)) return h;
+        ConnBucket* b2 = secondary(hash);
+        return b2 != b1 ? find_in(b2, sig, key, now_ms) : ConnHandle{};
+    }
+
+    // Claims a way for `key` (the caller has checked it is absent): a free or
+    // expired way of the emptier candidate bucket ("power of two choices",
+    // which keeps bucket loads even), otherwise the way of the two buckets
+    // that expires first.
+    SLUICE_ALWAYS_INLINE ConnHandle insert(uint64_t hash, const FlowKey& key, uint32_t now_ms) {
+        ConnBucket* const candidates[2] = {primary(hash), secondary(hash)};
+        int first_free[2] = {-1, -1};
+        unsigned free_ways[2] = {0, 0};
+        ConnBucket* victim_bucket = candidates[0];
+        unsigned victim = 0;
+        int32_t victim_left = INT32_MAX;
+        for (unsigned c = 0; c < 2; ++c) {
+            ConnBucket* b = candidates[c];
+            for (unsigned w = 0; w < kConnWays; ++w) {
+                if (b->sig[w] == 0 || expired(b->expires[w], now_ms)) {
+                    if (first_free[c] < 0) first_free[c] = static_cast<int>(w);
+                    ++free_ways[c];
+                    continue;
+                }
+                const int32_t left = static_cast<int32_t>(b->expires[w] - now_ms);
+                if (left < victim_left) {
+                    victim_left = left;
+                    victim_bucket = b;
+                    victim = w;
+                }
+            }
+        }
+        bool evicted = true;
+        if (free_ways[0] | free_ways[1]) {
+            const unsigned c = free_ways[1] > free_ways[0] ? 1 : 0;
+            victim_bucket = candidates[c];
+            victim = static_cast<unsigned>(first_free[c]);
+            evicted = false;
+        }
+        victim_bucket->sig[victim] = signature(hash);
+        victim_bucket->entries[victim] = ConnEntry{};
+        victim_bucket->entries[victim].key = key;
+        return ConnHandle{victim_bucket, victim, evicted};
+    }
+
+    SLUICE_ALWAYS_INLINE static void erase(const ConnHandle& h) { h.bucket->sig[h.way] = 0; }
+
+private:
+    SLUICE_ALWAYS_INLINE ConnBucket* primary(uint64_t hash) const {
+        return buckets_ + (hash & mask_);
+    }
+    // Depends only on the primary index and the signature, so it needs no
+    // second hash of the key.
+    SLUICE_ALWAYS_INLINE ConnBucket* secondary(uint64_t hash) const {
+        return buckets_ + (((hash & mask_) ^ (signature(hash) * 0x9e3779b1u)) & mask_);
+    }
+    // The high half, so bucket choice and signature use independent bits.
+    SLUICE_ALWAYS_INLINE static uint32_t signature(uint64_t hash) {
+        return static_cast<uint32_t>(hash >> 32) | 1u;
+    }
+    SLUICE_ALWAYS_INLINE static ConnHandle find_in(ConnBucket* b, uint32_t sig, const FlowKey& key,
+                                                   uint32_t now_ms) {
+        for (unsigned w = 0; w < kConnWays; ++w) {
+            if (b->sig[w] != sig) continue;
+            if (SLUICE_UNLIKELY(expired(b->expires[w], now_ms))) continue;
+            if (SLUICE_LIKELY(b->entries[w].key == key)) return ConnHandle{b, w, false};
+        }
+        return {};
+    }
+    SLUICE_ALWAYS_INLINE static bool expired(uint32_t expires, uint32_t now_ms) {
+        return static_cast<int32_t>(expires - now_ms) <= 0;
+    }
+
+    ConnBucket* buckets_;
+    size_t mask_;
+};
+
+}  // namespace sluice

@@ -1,0 +1,63 @@
+// Flow keys and the seeded flow hash. The same key type is the connection
+// table's key and, with fields masked per the VIP's hash setting, the input of
+// the Maglev lookup. XXH3 with a configured seed: every node given the same
+// seed sends a flow to the same backend, which ECMP re-hashing relies on
+// (Maglev, NSDI'16 §3.3, "consistent hashing").
+#pragma once
+
+#include <xxhash.h>
+
+#include "sluice/common.hpp"
+#include "sluice/net/parser.hpp"
+#include "sluice/shm_abi.h"
+
+namespace sluice {
+
+enum class FlowDirection : uint8_t { kToBackend = 0, kNatReply = 1 };
+
+struct FlowKey {
+    uint8_t src[16];
+    uint8_t dst[16];
+    uint16_t src_port;
+    uint16_t dst_port;
+    uint8_t proto;
+    uint8_t family;
+    FlowDirection direction;
+    uint8_t pad;
+
+    bool operator==(const FlowKey&) const = default;
+};
+static_assert(sizeof(FlowKey) == 40);
+
+SLUICE_ALWAYS_INLINE FlowKey make_flow_key(const uint8_t* pkt, const net::ParsedPacket& p,
+                                           FlowDirection dir) {
+    FlowKey k{};
+    std::memcpy(k.src, p.src_addr(pkt), p.addr_len());
+    std::memcpy(k.dst, p.dst_addr(pkt), p.addr_len());
+    k.src_port = p.l4.src_port;
+    k.dst_port = p.l4.dst_port;
+    k.proto = p.proto;
+    k.family = p.family;
+    k.direction = dir;
+    return k;
+}
+
+SLUICE_ALWAYS_INLINE uint64_t flow_hash(const FlowKey& k, uint64_t seed) {
+    return XXH3_64bits_withSeed(&k, sizeof k, seed);
+}
+
+// The Maglev input for a VIP: the connection key with the fields the VIP does
+// not hash on cleared. For 5-tuple VIPs it is the connection hash itself.
+SLUICE_ALWAYS_INLINE uint64_t maglev_flow_hash(const FlowKey& k, uint64_t conn_hash,
+                                               uint8_t hash_fields, uint64_t seed) {
+    if (SLUICE_LIKELY(hash_fields == SLUICE_HASH_5TUPLE)) return conn_hash;
+    FlowKey m = k;
+    m.src_port = m.dst_port = 0;
+    if (hash_fields == SLUICE_HASH_SRC_IP) {
+        std::memset(m.dst, 0, sizeof m.dst);
+        m.proto = 0;
+    }
+    return flow_hash(m, seed);
+}
+
+}  // namespace sluice

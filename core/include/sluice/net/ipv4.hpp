@@ -1,0 +1,46 @@
+// IPv4 (RFC 791). Options are skipped by IHL; fragments are flagged so the
+// caller can tell a first fragment (has L4 ports) from a later one (has not).
+#pragma once
+
+#include "sluice/common.hpp"
+#include "sluice/drop_reason.hpp"
+
+namespace sluice::net {
+
+inline constexpr uint16_t kIpv4MinHeaderLen = 20;
+inline constexpr uint16_t kIpv4OffChecksum = 10;
+inline constexpr uint16_t kIpv4OffSrc = 12;
+inline constexpr uint16_t kIpv4OffDst = 16;
+
+enum class Fragment : uint8_t { kNone, kFirst, kLater };
+
+struct L3Info {
+    uint16_t l4_offset;  // absolute
+    uint16_t l3_end;     // absolute; Ethernet padding beyond it is ignored
+    uint8_t proto;       // upper-layer protocol after extension headers
+    Fragment fragment;
+};
+
+SLUICE_ALWAYS_INLINE DropReason parse_ipv4(const uint8_t* pkt, uint32_t len, uint32_t off,
+                                           L3Info& out) {
+    if (SLUICE_UNLIKELY(off + kIpv4MinHeaderLen > len)) return DropReason::kTruncatedL3;
+    const uint8_t* ip = pkt + off;
+    const uint32_t ihl = (ip[0] & 0x0fu) * 4u;
+    if (SLUICE_UNLIKELY((ip[0] >> 4) != 4 || ihl < kIpv4MinHeaderLen))
+        return DropReason::kBadIpHeader;
+    const uint32_t total = load_be16(ip + 2);
+    if (SLUICE_UNLIKELY(total < ihl)) return DropReason::kBadIpHeader;
+    if (SLUICE_UNLIKELY(off + total > len)) return DropReason::kTruncatedL3;
+    const uint16_t frag = load_be16(ip + 6);
+    const bool more_fragments = frag & 0x2000u;
+    const uint16_t frag_offset = frag & 0x1fffu;
+    out.fragment = frag_offset ? Fragment::kLater
+                   : more_fragments ? Fragment::kFirst
+                                    : Fragment::kNone;
+    out.proto = ip[9];
+    out.l4_offset = static_cast<uint16_t>(off + ihl);
+    out.l3_end = static_cast<uint16_t>(off + total);
+    return DropReason::kNone;
+}
+
+}  // namespace sluice::net

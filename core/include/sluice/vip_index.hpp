@@ -1,0 +1,67 @@
+// The VIP lookup both sides agree on: sluiced fills sluice_config::vip_index
+// with linear probing from vip_index_hash(), and the dataplane probes at most
+// vip_index_max_probe + 1 slots, so a miss costs a bounded number of reads.
+#pragma once
+
+#include <xxhash.h>
+
+#include "sluice/common.hpp"
+#include "sluice/shm_abi.h"
+
+namespace sluice {
+
+struct VipKey {
+    uint8_t addr[16];
+    uint16_t port;
+    uint8_t proto;
+    uint8_t family;
+
+    bool operator==(const VipKey&) const = default;
+};
+static_assert(sizeof(VipKey) == 20);
+
+SLUICE_ALWAYS_INLINE uint32_t vip_index_hash(const VipKey& k) {
+    return static_cast<uint32_t>(XXH3_64bits(&k, sizeof k)) & (SLUICE_VIP_INDEX_SLOTS - 1);
+}
+
+SLUICE_ALWAYS_INLINE VipKey vip_key_of(const sluice_vip& v) {
+    VipKey k{};
+    std::memcpy(k.addr, v.addr, sizeof k.addr);
+    k.port = v.port;
+    k.proto = v.proto;
+    k.family = v.family;
+    return k;
+}
+
+// Returns the VIP slot or -1.
+SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
+    uint32_t i = vip_index_hash(key);
+    for (uint32_t probe = 0; probe <= cfg.vip_index_max_probe; ++probe) {
+        const uint16_t entry = cfg.vip_index[i];
+        if (entry == 0) return -1;
+        const int slot = entry - 1;
+        if (vip_key_of(cfg.vips[slot]) == key) return slot;
+        i = (i + 1) & (SLUICE_VIP_INDEX_SLOTS - 1);
+    }
+    return -1;
+}
+
+// Control path: rebuilds the index from cfg.vips. Returns false if full.
+inline bool build_vip_index(sluice_config& cfg) {
+    std::memset(cfg.vip_index, 0, sizeof cfg.vip_index);
+    cfg.vip_index_max_probe = 0;
+    for (uint32_t slot = 0; slot < cfg.vip_slots_used; ++slot) {
+        if (cfg.vips[slot].uid == 0) continue;
+        uint32_t i = vip_index_hash(vip_key_of(cfg.vips[slot]));
+        uint32_t probe = 0;
+        while (cfg.vip_index[i] != 0) {
+            if (++probe >= SLUICE_VIP_INDEX_SLOTS) return false;
+            i = (i + 1) & (SLUICE_VIP_INDEX_SLOTS - 1);
+        }
+        cfg.vip_index[i] = static_cast<uint16_t>(slot + 1);
+        if (probe > cfg.vip_index_max_probe) cfg.vip_index_max_probe = probe;
+    }
+    return true;
+}
+
+}  // namespace sluice

@@ -1,0 +1,110 @@
+#include "sluice/addr.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <charconv>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace sluice {
+
+IpAddress parse_ip(std::string_view text) {
+    const std::string s(text);
+    IpAddress a;
+    if (inet_pton(AF_INET, s.c_str(), a.bytes.data()) == 1) {
+        a.family = 4;
+        return a;
+    }
+    if (inet_pton(AF_INET6, s.c_str(), a.bytes.data()) == 1) {
+        a.family = 6;
+        return a;
+    }
+    throw std::invalid_argument(fmt::format("'{}' is not an IPv4 or IPv6 address", text));
+}
+
+static uint16_t parse_port(std::string_view text, std::string_view whole) {
+    unsigned v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc{} || end != text.data() + text.size() || v == 0 || v > 65535)
+        throw std::invalid_argument(
+            fmt::format("'{}' in '{}' is not a port number (1-65535)", text, whole));
+    return static_cast<uint16_t>(v);
+}
+
+Endpoint parse_endpoint(std::string_view text) {
+    Endpoint e;
+    if (!text.empty() && text.front() == '[') {
+        const auto close = text.find(']');
+        if (close == std::string_view::npos)
+            throw std::invalid_argument(fmt::format("'{}' has '[' without ']'", text));
+        e.addr = parse_ip(text.substr(1, close - 1));
+        const auto rest = text.substr(close + 1);
+        if (!rest.empty()) {
+            if (rest.front() != ':')
+                throw std::invalid_argument(fmt::format("'{}': expected ':' after ']'", text));
+            e.port = parse_port(rest.substr(1), text);
+        }
+        return e;
+    }
+    const auto colon = text.find(':');
+    if (colon != std::string_view::npos && text.find(':', colon + 1) == std::string_view::npos) {
+        e.addr = parse_ip(text.substr(0, colon));
+        e.port = parse_port(text.substr(colon + 1), text);
+        return e;
+    }
+    e.addr = parse_ip(text);  // a bare IPv6 address has several colons
+    return e;
+}
+
+MacAddress parse_mac(std::string_view text) {
+    MacAddress m{};
+    unsigned v[6];
+    char tail;
+    if (std::sscanf(std::string(text).c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2],
+                    &v[3], &v[4], &v[5], &tail) != 6 ||
+        text.size() != 17)
+        throw std::invalid_argument(
+            fmt::format("'{}' is not a MAC address (expected aa:bb:cc:dd:ee:ff)", text));
+    for (int i = 0; i < 6; ++i) m[i] = static_cast<uint8_t>(v[i]);
+    return m;
+}
+
+uint8_t parse_protocol(std::string_view text) {
+    if (text == "tcp") return IPPROTO_TCP;
+    if (text == "udp") return IPPROTO_UDP;
+    throw std::invalid_argument(fmt::format("'{}' is not a supported protocol (tcp, udp)", text));
+}
+
+std::string format_ip(const IpAddress& a) {
+    char buf[INET6_ADDRSTRLEN];
+    inet_ntop(a.family == 4 ? AF_INET : AF_INET6, a.bytes.data(), buf, sizeof buf);
+    return buf;
+}
+
+std::string format_endpoint(const Endpoint& e) {
+    if (e.port == 0) return format_ip(e.addr);
+    return e.addr.family == 6 ? fmt::format("[{}]:{}", format_ip(e.addr), e.port)
+                              : fmt::format("{}:{}", format_ip(e.addr), e.port);
+}
+
+std::string format_mac(const MacAddress& m) {
+    return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4],
+                       m[5]);
+}
+
+std::string_view protocol_name(uint8_t proto) {
+    switch (proto) {
+    case IPPROTO_TCP: return "tcp";
+    case IPPROTO_UDP: return "udp";
+    default: return "?";
+    }
+}
+
+bool is_test_range(const IpAddress& a) {
+    if (a.family == 4) return a.bytes[0] == 198 && (a.bytes[1] & 0xfe) == 18;
+    return a.bytes[0] == 0x20 && a.bytes[1] == 0x01 && a.bytes[2] == 0x0d && a.bytes[3] == 0xb8;
+}
+
+}  // namespace sluice

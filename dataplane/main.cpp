@@ -1,0 +1,395 @@
+// sluice-dataplane: the DPDK glue around sluice::Forwarder. Per worker lcore:
+// RX burst -> Forwarder::process_burst -> TX burst per direction, with the
+// configuration picked from shared memory once per burst (see shm_abi.h).
+//
+//   sluice-dataplane [EAL options] -- [--shm PATH] [--client-port NAME]
+//                    [--backend-port NAME] [--conn-capacity N] ...
+//
+// Ports come from EAL (--vdev net_af_packet0,iface=eth0, a PCI address, ...).
+// One port: one-armed (clients and backends behind the same port). Two
+// ports: the first (or --client-port) faces clients, the other backends.
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+
+#include "sluice/conn_table.hpp"
+#include "sluice/forwarder.hpp"
+#include "sluice/shm.hpp"
+
+namespace {
+
+using namespace sluice;
+
+constexpr uint16_t kRxDescriptors = 1024;
+constexpr uint16_t kTxDescriptors = 1024;
+constexpr unsigned kMbufCache = 256;
+// Idle back-off: after this many empty polls, sleep, doubling up to the cap.
+// Two cores must be shared with the kernel threads that carry veth traffic.
+constexpr unsigned kIdlePollsBeforeSleep = 256;
+constexpr unsigned kMaxIdleSleepUs = 200;
+
+std::atomic<bool> g_quit{false};
+
+void on_signal(int) { g_quit = true; }
+
+struct Options {
+    std::string shm_path = "/dev/shm/sluice";
+    std::string client_port;
+    std::string backend_port;
+    size_t conn_capacity = 2u << 20;
+    ConnTimeouts timeouts;
+    unsigned exit_idle_ms = 0;
+    bool no_promiscuous = false;
+};
+
+struct Ports {
+    uint16_t client;
+    uint16_t backend;
+    uint16_t queues;  // one RX/TX queue pair per worker on every port
+};
+
+struct Worker {
+    unsigned slot;  // index into the shm lcore arrays and queue id
+    const Options* opt;
+    const Ports* ports;
+    sluice_shm* shm;
+    ForwarderOptions fwd_opt;
+    void* conn_memory;
+};
+
+[[noreturn]] void die(const std::string& msg) {
+    fmt::print(stderr, "sluice-dataplane: {}\n", msg);
+    rte_eal_cleanup();
+    std::exit(1);
+}
+
+std::optional<uint16_t> port_by_name(const std::string& name) {
+    uint16_t id;
+    if (rte_eth_dev_get_port_by_name(name.c_str(), &id) == 0) return id;
+    return std::nullopt;
+}
+
+std::string port_name(uint16_t port) {
+    char name[RTE_ETH_NAME_MAX_LEN];
+    if (rte_eth_dev_get_name_by_port(port, name) != 0) return fmt::format("port{}", port);
+    return name;
+}
+
+void setup_port(uint16_t port, uint16_t queues, rte_mempool* pool, bool promiscuous) {
+    rte_eth_dev_info info{};
+    if (int r = rte_eth_dev_info_get(port, &info); r != 0)
+        die(fmt::format("cannot query port {}: {}", port_name(port), rte_strerror(-r)));
+    if (queues > info.max_rx_queues || queues > info.max_tx_queues)
+        die(fmt::format("port {} has {} RX / {} TX queues, {} workers need {} each",
+                        port_name(port), info.max_rx_queues, info.max_tx_queues, queues, queues));
+    rte_eth_conf conf{};
+    if (queues > 1) {
+        conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf =
+            (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+    }
+    if (int r = rte_eth_dev_configure(port, queues, queues, &conf); r != 0)
+        die(fmt::format("cannot configure port {}: {}", port_name(port), rte_strerror(-r)));
+    uint16_t nb_rx = kRxDescriptors, nb_tx = kTxDescriptors;
+    rte_eth_dev_adjust_nb_rx_tx_desc(port, &nb_rx, &nb_tx);
+    const int socket = rte_eth_dev_socket_id(port);
+    for (uint16_t q = 0; q < queues; ++q) {
+        if (int r = rte_eth_rx_queue_setup(port, q, nb_rx, socket, nullptr, pool); r != 0)
+            die(fmt::format("RX queue {} of port {}: {}", q, port_name(port), rte_strerror(-r)));
+        if (int r = rte_eth_tx_queue_setup(port, q, nb_tx, socket, nullptr); r != 0)
+            die(fmt::format("TX queue {} of port {}: {}", q, port_name(port), rte_strerror(-r)));
+    }
+    if (int r = rte_eth_dev_start(port); r != 0)
+        die(fmt::format("cannot start port {}: {}", port_name(port), rte_strerror(-r)));
+    // Virtual ports (net_pcap, net_null) may not support promiscuous mode.
+    if (promiscuous && rte_eth_promiscuous_enable(port) != 0)
+        fmt::print(stderr, "sluice-dataplane: warning: port {} stays non-promiscuous\n",
+                   port_name(port));
+}
+
+// Hugepages when the system has them (fewer TLB misses on a table that is
+// touched at random), plain pages otherwise.
+void* map_conn_table(size_t bytes) {
+    constexpr size_t k2M = 2u << 20;
+    const size_t rounded = (bytes + k2M - 1) / k2M * k2M;
+    void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED)
+        p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED)
+        die(fmt::format("cannot allocate {} MiB for the connection table: {}", rounded >> 20,
+                        std::strerror(errno)));
+    return p;
+}
+
+void free_unsent(rte_mbuf** pkts, uint16_t sent, uint16_t n, sluice_lcore_stats& st) {
+    if (SLUICE_UNLIKELY(sent < n)) {
+        counter_add(st.drops[static_cast<size_t>(DropReason::kTxFull)], n - sent);
+        rte_pktmbuf_free_bulk(pkts + sent, n - sent);
+    }
+}
+
+// One RX queue's burst: decide, then send each direction as one TX burst.
+template <bool kOneArmed>
+SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const Ports& ports,
+                                         Forwarder& fwd, const sluice_config& cfg,
+                                         sluice_lcore_stats& st, uint32_t now_ms) {
+    rte_mbuf* rx[kMaxBurst];
+    const uint16_t n = rte_eth_rx_burst(rx_port, queue, rx, kMaxBurst);
+    if (n == 0) return 0;
+    uint8_t* data[kMaxBurst];
+    uint16_t lens[kMaxBurst];
+    Action actions[kMaxBurst];
+    DropReason drops[kMaxBurst];
+    for (uint16_t i = 0; i < n; ++i) {
+        data[i] = rte_pktmbuf_mtod(rx[i], uint8_t*);
+        lens[i] = rte_pktmbuf_data_len(rx[i]);
+    }
+    fwd.process_burst(cfg, data, lens, n, now_ms, actions, drops);
+
+    rte_mbuf* to_backend[kMaxBurst];
+    rte_mbuf* to_client[kMaxBurst];
+    rte_mbuf* dropped[kMaxBurst];
+    uint16_t nb = 0, nc = 0, nd = 0;
+    uint64_t tx_bytes = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+        switch (actions[i]) {
+        case Action::kToBackend: to_backend[nb++] = rx[i]; tx_bytes += lens[i]; break;
+        case Action::kToClient: to_client[nc++] = rx[i]; tx_bytes += lens[i]; break;
+        case Action::kDrop: dropped[nd++] = rx[i]; break;
+        }
+    }
+    if constexpr (kOneArmed) {
+        // Same port either way: one TX burst keeps the packet order.
+        std::memcpy(to_backend + nb, to_client, nc * sizeof(rte_mbuf*));
+        nb += nc;
+        nc = 0;
+    }
+    if (nb) free_unsent(to_backend, rte_eth_tx_burst(ports.backend, queue, to_backend, nb), nb, st);
+    if (nc) free_unsent(to_client, rte_eth_tx_burst(ports.client, queue, to_client, nc), nc, st);
+    if (nd) rte_pktmbuf_free_bulk(dropped, nd);
+    counter_add(st.counters[static_cast<size_t>(Counter::kTxPackets)], nb + nc);
+    counter_add(st.counters[static_cast<size_t>(Counter::kTxBytes)], tx_bytes);
+    return n;
+}
+
+template <bool kOneArmed>
+int worker_loop(Worker& w) {
+    ConnTable table(w.conn_memory, w.opt->conn_capacity);
+    LcoreReader reader(w.shm, w.slot);
+    sluice_lcore_stats& st = reader.stats();
+    Forwarder fwd(table, st, w.fwd_opt);
+    const uint64_t tsc_per_ms = rte_get_tsc_hz() / 1000;
+    const uint16_t q = static_cast<uint16_t>(w.slot);
+    unsigned idle_polls = 0, sleep_us = 1;
+    uint64_t last_rx_tsc = rte_rdtsc();
+    auto& busy_polls = st.counters[static_cast<size_t>(Counter::kBusyPolls)];
+    auto& idle_counter = st.counters[static_cast<size_t>(Counter::kIdlePolls)];
+    auto& busy_cycles = st.counters[static_cast<size_t>(Counter::kBusyCycles)];
+
+    while (!g_quit.load(std::memory_order_relaxed)) {
+        const uint64_t start = rte_rdtsc();
+        const uint32_t now_ms = static_cast<uint32_t>(start / tsc_per_ms);
+        const sluice_config& cfg = reader.acquire();
+        uint16_t n = poll_queue<kOneArmed>(w.ports->client, q, *w.ports, fwd, cfg, st, now_ms);
+        if constexpr (!kOneArmed)
+            n += poll_queue<kOneArmed>(w.ports->backend, q, *w.ports, fwd, cfg, st, now_ms);
+        reader.quiescent();
+        if (n) {
+            counter_add(busy_polls, 1);
+            counter_add(busy_cycles, rte_rdtsc() - start);
+            idle_polls = 0;
+            sleep_us = 1;
+            last_rx_tsc = start;
+            continue;
+        }
+        counter_add(idle_counter, 1);
+        if (w.opt->exit_idle_ms && start - last_rx_tsc > w.opt->exit_idle_ms * tsc_per_ms) {
+            g_quit = true;
+            break;
+        }
+        if (++idle_polls >= kIdlePollsBeforeSleep) {
+            rte_delay_us_sleep(sleep_us);
+            sleep_us = std::min(sleep_us * 2, kMaxIdleSleepUs);
+        }
+    }
+    return 0;
+}
+
+int worker_entry(void* arg) {
+    auto& w = *static_cast<Worker*>(arg);
+    return w.ports->client == w.ports->backend ? worker_loop<true>(w) : worker_loop<false>(w);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const int eal_args = rte_eal_init(argc, argv);
+    if (eal_args < 0) {
+        fmt::print(stderr, "sluice-dataplane: EAL initialisation failed: {}\n",
+                   rte_strerror(rte_errno));
+        return 1;
+    }
+    argc -= eal_args;
+    argv += eal_args;
+    argv[0] = const_cast<char*>("sluice-dataplane");
+
+    Options opt;
+    CLI::App app{"sluice-dataplane: DPDK forwarding process of the sluice L4 load balancer.\n"
+                 "Usage: sluice-dataplane [EAL options, ports as --vdev/PCI] -- [options]"};
+    app.add_option("--shm", opt.shm_path, "Shared-memory segment shared with sluiced")
+        ->capture_default_str();
+    app.add_option("--client-port", opt.client_port,
+                   "Port facing clients (default: the first port)");
+    app.add_option("--backend-port", opt.backend_port,
+                   "Port facing backends (default: the second port, or the client port when "
+                   "there is only one: one-armed)");
+    app.add_option("--conn-capacity", opt.conn_capacity, "Connection-table flows per worker lcore")
+        ->capture_default_str();
+    app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms)->capture_default_str();
+    app.add_option("--tcp-established-timeout-ms", opt.timeouts.tcp_established_ms)
+        ->capture_default_str();
+    app.add_option("--tcp-closing-timeout-ms", opt.timeouts.tcp_closing_ms)->capture_default_str();
+    app.add_option("--udp-timeout-ms", opt.timeouts.udp_ms)->capture_default_str();
+    app.add_option("--other-timeout-ms", opt.timeouts.other_ms)->capture_default_str();
+    app.add_option("--exit-idle-ms", opt.exit_idle_ms,
+                   "Exit after this long without packets (pcap replay); 0 = run until SIGTERM")
+        ->capture_default_str();
+    app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int code = app.exit(e);
+        rte_eal_cleanup();
+        return code;
+    }
+
+    const uint16_t nb_ports = rte_eth_dev_count_avail();
+    if (nb_ports == 0 || nb_ports > 2)
+        die(fmt::format("{} ports found; give one (one-armed) or two (client, backend) ports, "
+                        "e.g. --vdev net_af_packet0,iface=eth0",
+                        nb_ports));
+    std::vector<uint16_t> ids;
+    uint16_t pid;
+    RTE_ETH_FOREACH_DEV(pid) ids.push_back(pid);
+    Ports ports{ids[0], ids.size() > 1 ? ids[1] : ids[0], 0};
+    if (!opt.client_port.empty()) {
+        auto p = port_by_name(opt.client_port);
+        if (!p) die(fmt::format("--client-port {}: no such port", opt.client_port));
+        ports.client = *p;
+        if (ids.size() > 1) ports.backend = ports.client == ids[0] ? ids[1] : ids[0];
+    }
+    if (!opt.backend_port.empty()) {
+        auto p = port_by_name(opt.backend_port);
+        if (!p) die(fmt::format("--backend-port {}: no such port", opt.backend_port));
+        ports.backend = *p;
+    }
+
+    std::vector<unsigned> worker_lcores;
+    unsigned lcore;
+    RTE_LCORE_FOREACH_WORKER(lcore) worker_lcores.push_back(lcore);
+    // With a single lcore the main lcore forwards itself.
+    const bool main_forwards = worker_lcores.empty();
+    const unsigned nb_workers = main_forwards ? 1 : static_cast<unsigned>(worker_lcores.size());
+    if (nb_workers > SLUICE_MAX_LCORES)
+        die(fmt::format("{} workers exceed the limit of {}", nb_workers, SLUICE_MAX_LCORES));
+    ports.queues = static_cast<uint16_t>(nb_workers);
+
+    std::optional<ShmSegment> shm;
+    try {
+        shm.emplace(ShmSegment::open_or_create(opt.shm_path));
+    } catch (const std::exception& e) {
+        die(e.what());
+    }
+    const uint32_t other = __atomic_load_n(&(*shm)->header.dataplane_pid, __ATOMIC_ACQUIRE);
+    if (other != 0 && other != static_cast<uint32_t>(getpid()) && kill(static_cast<pid_t>(other), 0) == 0)
+        die(fmt::format("another sluice-dataplane (pid {}) is attached to {}", other, opt.shm_path));
+
+    const unsigned mbufs_per_port = nb_workers * (kRxDescriptors + kTxDescriptors + 2 * kMaxBurst);
+    const unsigned nb_mbufs = std::max(8191u, mbufs_per_port * nb_ports + nb_workers * kMbufCache);
+    rte_mempool* pool = rte_pktmbuf_pool_create("sluice_mbufs", nb_mbufs, kMbufCache, 0,
+                                                RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+    if (!pool) die(fmt::format("cannot create a pool of {} mbufs: {}", nb_mbufs, rte_strerror(rte_errno)));
+
+    for (uint16_t p : ids) setup_port(p, ports.queues, pool, !opt.no_promiscuous);
+
+    std::vector<Worker> workers(nb_workers);
+    for (unsigned i = 0; i < nb_workers; ++i) {
+        Worker& w = workers[i];
+        w.slot = i;
+        w.opt = &opt;
+        w.ports = &ports;
+        w.shm = shm->get();
+        w.fwd_opt.timeouts = opt.timeouts;
+        rte_ether_addr mac{};
+        rte_eth_macaddr_get(ports.client, &mac);
+        std::memcpy(w.fwd_opt.client_port_mac, mac.addr_bytes, 6);
+        rte_eth_macaddr_get(ports.backend, &mac);
+        std::memcpy(w.fwd_opt.backend_port_mac, mac.addr_bytes, 6);
+        w.conn_memory = map_conn_table(ConnTable::bytes_for(opt.conn_capacity));
+    }
+
+    auto& hdr = (*shm)->header;
+    for (auto& s : (*shm)->lcore_stats) std::memset(&s, 0, sizeof s);
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    hdr.dataplane_start_ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+    hdr.lcore_count = nb_workers;
+    __atomic_store_n(&hdr.dataplane_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
+
+    struct sigaction sa{};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+
+    fmt::print("sluice-dataplane: pid {}, {} worker(s), client port {}, backend port {}{}, "
+               "{} flows per worker, shared memory {} (generation {})\n",
+               getpid(), nb_workers, port_name(ports.client), port_name(ports.backend),
+               ports.client == ports.backend ? " (one-armed)" : "", opt.conn_capacity,
+               opt.shm_path, shm_generation(shm->get()));
+    std::fflush(stdout);
+
+    if (main_forwards) {
+        worker_entry(&workers[0]);
+    } else {
+        for (unsigned i = 0; i < nb_workers; ++i)
+            rte_eal_remote_launch(worker_entry, &workers[i], worker_lcores[i]);
+        rte_eal_mp_wait_lcore();
+    }
+
+    __atomic_store_n(&hdr.dataplane_pid, 0, __ATOMIC_RELEASE);
+    uint64_t rx = 0, tx = 0, dropped = 0;
+    for (unsigned i = 0; i < nb_workers; ++i) {
+        const auto& s = (*shm)->lcore_stats[i];
+        rx += s.counters[static_cast<size_t>(Counter::kRxPackets)];
+        tx += s.counters[static_cast<size_t>(Counter::kTxPackets)];
+        for (auto d : s.drops) dropped += d;
+    }
+    for (uint16_t p : ids) {
+        rte_eth_dev_stop(p);
+        rte_eth_dev_close(p);
+    }
+    fmt::print("sluice-dataplane: stopped: rx {} tx {} dropped {}\n", rx, tx, dropped);
+    rte_eal_cleanup();
+    return 0;
+}

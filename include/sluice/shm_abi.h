@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The one place where sluice's limits and its shared-memory layout are
+ * defined. Included by C++ (sluiced, sluice-dataplane, tests) and by BPF C,
+ * so it uses only fixed-width kernel types and C11/C++ static assertions.
+ *
+ * Segment layout (all offsets fixed, see static asserts at the end):
+ *
+ *   struct sluice_shm
+ *     header            magic, ABI version, generation, pids
+ *     lcore_state[]     per dataplane lcore: quiescent generation (RCU-like)
+ *     lcore_stats[]     per dataplane lcore: counters (single writer each)
+ *     config[2]         double-buffered configuration; config[generation & 1]
+ *                       is the one the dataplane reads
+ *
+ * Publication protocol (sluiced is the only writer of config[]):
+ *   1. wait until every online lcore's quiescent_generation == generation,
+ *      i.e. nobody still reads config[(generation + 1) & 1]
+ *   2. write config[(generation + 1) & 1]
+ *   3. store generation + 1 with release semantics
+ * A dataplane lcore loads generation (acquire) once per burst, uses that copy
+ * for the whole burst, and stores the generation it used into its
+ * quiescent_generation afterwards (release).
+ */
+#ifndef SLUICE_SHM_ABI_H
+#define SLUICE_SHM_ABI_H
+
+#include <linux/types.h>
+
+#ifdef __cplusplus
+#define SLUICE_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define SLUICE_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
+#define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
+#define SLUICE_ABI_VERSION 1u
+
+/* Limits. Raising one changes the layout and therefore needs an ABI bump. */
+#define SLUICE_MAX_VIPS 256u
+#define SLUICE_VIP_INDEX_SLOTS 1024u /* open addressing, load <= 25% */
+#define SLUICE_MAX_BACKENDS 4096u    /* (VIP, backend) pairs, all VIPs together */
+#define SLUICE_MAGLEV_POOL_SLOTS (8u << 20) /* Maglev entries, all VIPs together */
+#define SLUICE_MAGLEV_MAX_TABLE_SIZE 1048573u
+#define SLUICE_MAGLEV_EMPTY 0xffffu  /* table entry of a VIP with no usable backend */
+#define SLUICE_MAX_LCORES 64u
+#define SLUICE_COUNTER_SLOTS 64u
+#define SLUICE_CACHE_LINE 64u
+
+/* Forwarding modes. */
+#define SLUICE_MODE_NAT 1u
+#define SLUICE_MODE_DSR 2u
+
+/* Which packet fields feed the Maglev hash of a VIP. */
+#define SLUICE_HASH_5TUPLE 1u /* src, dst, protocol, ports */
+#define SLUICE_HASH_3TUPLE 2u /* src, dst, protocol */
+#define SLUICE_HASH_SRC_IP 3u /* src only: every flow of a client to one backend */
+
+#define SLUICE_FAMILY_V4 4u
+#define SLUICE_FAMILY_V6 6u
+
+/* The dataplane drop reasons, in ABI order: the enum in C++, the stats names
+ * and the shared-memory counter slots are all generated from this list.
+ * Append only; never reorder (sluicectl of another build reads the slots). */
+#define SLUICE_DROP_REASONS(X)                                                 \
+	X(TruncatedL2, "truncated_l2")                                        \
+	X(NonIp, "non_ip")                                                    \
+	X(TruncatedL3, "truncated_l3")                                        \
+	X(BadIpHeader, "bad_ip_header")                                      \
+	X(TruncatedL4, "truncated_l4")                                        \
+	X(IpFragment, "ip_fragment")                                          \
+	X(NotConfigured, "not_configured")                                    \
+	X(NoVip, "no_vip")                                                    \
+	X(NoBackend, "no_backend")                                            \
+	X(VipGone, "nat_reply_vip_gone")                                      \
+	X(TxFull, "tx_full")                                                  \
+	X(OwnFrame, "own_frame")
+
+/* Per-lcore counters that are not drops, in ABI order. */
+#define SLUICE_LCORE_COUNTERS(X)                                               \
+	X(RxPackets, "rx_packets")                                            \
+	X(RxBytes, "rx_bytes")                                                \
+	X(TxPackets, "tx_packets")                                            \
+	X(TxBytes, "tx_bytes")                                                \
+	X(ToBackend, "to_backend")                                            \
+	X(ToClient, "nat_to_client")                                          \
+	X(NewFlows, "new_flows")                                              \
+	X(ConnHits, "conn_hits")                                              \
+	X(ConnEvictions, "conn_evictions")                                    \
+	X(ConnBackendGone, "conn_backend_gone")                              \
+	X(BusyPolls, "busy_polls")                                            \
+	X(IdlePolls, "idle_polls")                                            \
+	X(BusyCycles, "busy_cycles")
+
+#define SLUICE_X_COUNT(name, str) +1
+#define SLUICE_DROP_REASON_COUNT (0 SLUICE_DROP_REASONS(SLUICE_X_COUNT))
+#define SLUICE_LCORE_COUNTER_COUNT (0 SLUICE_LCORE_COUNTERS(SLUICE_X_COUNT))
+
+struct sluice_vip {
+	__u8 addr[16]; /* network order; IPv4 uses the first 4 bytes */
+	__u16 port;    /* host order */
+	__u8 proto;    /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 family;   /* SLUICE_FAMILY_V4 / _V6 */
+	__u8 mode;     /* SLUICE_MODE_* */
+	__u8 hash_fields; /* SLUICE_HASH_* */
+	__u16 reserved0;
+	__u32 uid;          /* unique per VIP lifetime, never reused; 0 = free slot */
+	__u32 table_offset; /* first entry of its Maglev table in maglev_pool */
+	__u32 table_size;   /* prime */
+	__u32 backend_count;
+	__u32 reserved1[6];
+};
+
+struct sluice_backend {
+	__u8 addr[16]; /* network order; IPv4 uses the first 4 bytes */
+	__u16 port;    /* host order; 0 = the VIP's port */
+	__u8 family;
+	__u8 reserved0;
+	__u32 uid; /* unique per backend lifetime, never reused; 0 = free slot */
+	__u8 mac[6];
+	__u16 vip_slot;
+	__u32 weight; /* 0 = drained: keeps its flows, gets no new ones */
+	__u32 reserved1[7];
+};
+
+struct sluice_config {
+	__u64 generation; /* the generation this copy was published as */
+	__u64 hash_seed;  /* every node given the same seed hashes alike */
+	__u32 vip_slots_used;     /* highest used VIP slot + 1 */
+	__u32 backend_slots_used; /* highest used backend slot + 1 */
+	__u32 vip_index_max_probe;
+	__u32 maglev_slots_used;
+	__u32 reserved[8];
+	struct sluice_vip vips[SLUICE_MAX_VIPS];
+	/* (addr, proto, port) -> VIP slot + 1; 0 = empty. Linear probing from
+	 * sluice_vip_index_hash(), never longer than vip_index_max_probe. */
+	__u16 vip_index[SLUICE_VIP_INDEX_SLOTS];
+	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
+	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
+};
+
+struct sluice_lcore_state {
+	__u64 quiescent_generation;
+	__u64 online; /* 1 while a worker runs on this slot */
+	__u64 reserved[6];
+};
+
+struct sluice_lcore_stats {
+	__u64 counters[SLUICE_COUNTER_SLOTS]; /* SLUICE_LCORE_COUNTERS order */
+	__u64 drops[SLUICE_COUNTER_SLOTS];    /* SLUICE_DROP_REASONS order */
+	__u64 vip_packets[SLUICE_MAX_VIPS];   /* indexed by VIP slot */
+	__u64 vip_bytes[SLUICE_MAX_VIPS];
+};
+
+struct sluice_shm_header {
+	__u64 magic;
+	__u32 abi_version;
+	__u32 header_size;
+	__u64 segment_size;
+	__u64 generation; /* atomic; config[generation & 1] is live */
+	__u32 dataplane_pid; /* 0 = no dataplane attached */
+	__u32 daemon_pid;
+	__u32 lcore_count;   /* worker slots the dataplane uses */
+	__u32 reserved0;
+	__u64 dataplane_start_ns; /* CLOCK_REALTIME */
+	__u64 reserved[57];
+};
+
+struct sluice_shm {
+	struct sluice_shm_header header;
+	struct sluice_lcore_state lcore_state[SLUICE_MAX_LCORES];
+	struct sluice_lcore_stats lcore_stats[SLUICE_MAX_LCORES];
+	struct sluice_config config[2];
+};
+
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_vip) == 64, "sluice_vip is one cache line");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_backend) == 64, "sluice_backend is one cache line");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_shm_header) == 512, "header size is ABI");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_lcore_state) == SLUICE_CACHE_LINE,
+		     "lcore state must not share a cache line");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_lcore_stats) % SLUICE_CACHE_LINE == 0,
+		     "lcore stats must not share a cache line");
+SLUICE_STATIC_ASSERT(SLUICE_DROP_REASON_COUNT <= SLUICE_COUNTER_SLOTS, "too many drop reasons");
+SLUICE_STATIC_ASSERT(SLUICE_LCORE_COUNTER_COUNT <= SLUICE_COUNTER_SLOTS, "too many counters");
+SLUICE_STATIC_ASSERT(SLUICE_MAX_BACKENDS < SLUICE_MAGLEV_EMPTY, "backend slot must fit a table entry");
+SLUICE_STATIC_ASSERT(SLUICE_VIP_INDEX_SLOTS >= 4 * SLUICE_MAX_VIPS, "VIP index load factor");
+SLUICE_STATIC_ASSERT((SLUICE_VIP_INDEX_SLOTS & (SLUICE_VIP_INDEX_SLOTS - 1)) == 0,
+		     "VIP index size is a power of two");
+SLUICE_STATIC_ASSERT(SLUICE_MAGLEV_MAX_TABLE_SIZE <= SLUICE_MAGLEV_POOL_SLOTS,
+		     "the largest table must fit the pool");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_config) % SLUICE_CACHE_LINE == 0, "config alignment");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_shm_header) + sizeof(((struct sluice_shm *)0)->lcore_state) +
+			     sizeof(((struct sluice_shm *)0)->lcore_stats) ==
+			     __builtin_offsetof(struct sluice_shm, config),
+		     "no hidden padding before the configuration copies");
+
+#endif /* SLUICE_SHM_ABI_H */
