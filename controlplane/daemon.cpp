@@ -207,11 +207,11 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         if (args.contains("mac") && !args.at("mac").is_null()) {
             mac = parse_mac(arg<std::string>(args, "mac"));
         } else {
-            auto found = lookup_neighbor(ep.addr);
+            auto found = resolve_neighbor(ep.addr, std::chrono::milliseconds(1000));
             if (!found)
                 throw std::invalid_argument(fmt::format(
-                    "no neighbour entry for {} on this node: make it reachable (ping it) or "
-                    "give --mac",
+                    "cannot resolve the MAC of {} from this node (no neighbour entry after 1 s "
+                    "of trying): is it on a connected network? Give --mac otherwise",
                     format_ip(ep.addr)));
             mac = *found;
         }

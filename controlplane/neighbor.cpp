@@ -3,12 +3,14 @@
 #include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -71,6 +73,38 @@ std::optional<MacAddress> lookup_neighbor(const IpAddress& addr) {
             }
         }
     }
+}
+
+std::optional<MacAddress> resolve_neighbor(const IpAddress& addr,
+                                           std::chrono::milliseconds timeout) {
+    if (auto mac = lookup_neighbor(addr)) return mac;
+    const int family = addr.family == 4 ? AF_INET : AF_INET6;
+    int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        sockaddr_storage ss{};
+        socklen_t len;
+        if (addr.family == 4) {
+            auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+            sin->sin_family = AF_INET;
+            sin->sin_port = htons(9);
+            std::memcpy(&sin->sin_addr, addr.bytes.data(), 4);
+            len = sizeof(sockaddr_in);
+        } else {
+            auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+            sin6->sin6_family = AF_INET6;
+            sin6->sin6_port = htons(9);
+            std::memcpy(&sin6->sin6_addr, addr.bytes.data(), 16);
+            len = sizeof(sockaddr_in6);
+        }
+        (void)sendto(fd, "", 0, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), len);
+        close(fd);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        if (auto mac = lookup_neighbor(addr)) return mac;
+    }
+    return std::nullopt;
 }
 
 }  // namespace sluice

@@ -1,0 +1,51 @@
+#!/usr/bin/python3
+"""A test backend: answers every HTTP request on the given ports with its name,
+and on each line-service port answers every received line with its name, so
+clients can tell which backend holds a long-lived connection.
+
+usage: backend_server.py NAME --http PORT [--http PORT ...] [--lines PORT ...]
+"""
+import argparse
+import http.server
+import socketserver
+import threading
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name")
+    ap.add_argument("--http", type=int, action="append", default=[])
+    ap.add_argument("--lines", type=int, action="append", default=[])
+    args = ap.parse_args()
+    body = (args.name + "\n").encode()
+
+    class Http(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    class Lines(socketserver.StreamRequestHandler):
+        def handle(self):
+            for _ in self.rfile:
+                self.wfile.write(body)
+                self.wfile.flush()
+
+    class Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    servers = [Server(("", p), Http) for p in args.http]
+    servers += [Server(("", p), Lines) for p in args.lines]
+    for s in servers[1:]:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print(f"{args.name}: serving http {args.http} lines {args.lines}", flush=True)
+    servers[0].serve_forever()
+
+
+if __name__ == "__main__":
+    main()

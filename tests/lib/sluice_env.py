@@ -1,0 +1,212 @@
+"""Test and demo harness: a network-namespace lab with sluiced, sluice-dataplane
+and three backends, torn down completely (namespaces, processes, shared
+memory, temporary files) however the test ends, including SIGTERM from the
+test runner's timeout."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
+SLUICED = os.path.join(BUILD, "controlplane", "sluiced")
+SLUICECTL = os.path.join(BUILD, "controlplane", "sluicectl")
+DATAPLANE = os.path.join(BUILD, "dataplane", "sluice-dataplane")
+TOPOLOGY = os.path.join(ROOT, "scripts", "topology.sh")
+BACKEND_SERVER = os.path.join(ROOT, "tests", "lib", "backend_server.py")
+CONN_CLIENT = os.path.join(ROOT, "tests", "lib", "conn_client.py")
+SYS_PYTHON = "/usr/bin/python3"
+
+CLIENT_IP = "198.18.100.1"
+BACKEND_IPS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+BACKEND_NAMES = ["be1", "be2", "be3"]
+
+
+class TestFailure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def _raise_on_term(signum, frame):
+    raise SystemExit(f"terminated by signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _raise_on_term)
+
+
+class Lab:
+    """with Lab("name") as lab: ... — everything it starts is stopped on exit."""
+
+    def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=()):
+        self.prefix = f"sl{os.getpid() % 100000}{name[:3]}"
+        self.route = route
+        self.start_dataplane_now = start_dataplane
+        self.dataplane_args = list(dataplane_args)
+        self.procs = {}
+        self.tmp = tempfile.mkdtemp(prefix=f"sluice-{name}-")
+        self.socket = os.path.join(self.tmp, "sluiced.sock")
+        self.shm = f"/dev/shm/sluice-{self.prefix}"
+        self.state = os.path.join(self.tmp, "state.json")
+
+    # --- lifecycle -------------------------------------------------------
+    def __enter__(self):
+        try:
+            subprocess.run([TOPOLOGY, "up", self.prefix, self.route], check=True, timeout=60)
+            for i, name in enumerate(BACKEND_NAMES):
+                self.spawn(name, f"be{i + 1}",
+                           [SYS_PYTHON, BACKEND_SERVER, name, "--http", "80", "--http", "8080",
+                            "--lines", "9000", "--lines", "9090"])
+            self.start_daemon()
+            if self.start_dataplane_now:
+                self.start_dataplane()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for name in list(self.procs):
+            self.stop(name)
+        subprocess.run([TOPOLOGY, "down", self.prefix], timeout=60)
+        for path in (self.shm,):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if exc and exc[0] is not None:
+            self.dump_logs()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def dump_logs(self):
+        for f in sorted(os.listdir(self.tmp)):
+            if f.endswith(".log"):
+                print(f"----- {f}", file=sys.stderr)
+                with open(os.path.join(self.tmp, f), errors="replace") as fh:
+                    print(fh.read()[-4000:], file=sys.stderr)
+
+    def ns(self, host):
+        return ["ip", "netns", "exec", f"{self.prefix}-{host}"]
+
+    def spawn(self, name, host, argv):
+        log = open(os.path.join(self.tmp, f"{name}.log"), "w")
+        p = subprocess.Popen(self.ns(host) + argv, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def stop(self, name, sig=signal.SIGTERM, timeout=10):
+        p = self.procs.pop(name, None)
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, sig)
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def wait_log(self, name, text, timeout=30):
+        path = os.path.join(self.tmp, f"{name}.log")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with open(path, errors="replace") as fh:
+                if text in fh.read():
+                    return
+            p = self.procs.get(name)
+            if p is not None and p.poll() is not None:
+                raise TestFailure(f"{name} exited with {p.returncode}:\n{open(path).read()[-3000:]}")
+            time.sleep(0.1)
+        raise TestFailure(f"{name} did not print '{text}' within {timeout}s:\n{open(path).read()[-3000:]}")
+
+    def start_daemon(self):
+        self.spawn("sluiced", "lb", [SLUICED, "--socket", self.socket, "--shm", self.shm,
+                                      "--state", self.state])
+        self.wait_log("sluiced", "listening on")
+
+    def start_dataplane(self, extra=()):
+        args = [DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", self.prefix, "--no-pci",
+                "--vdev", "net_af_packet0,iface=eth0,qpairs=1", "--log-level", "*:warning",
+                "--", "--shm", self.shm, "--conn-capacity", "65536"]
+        self.spawn("dataplane", "lb", args + self.dataplane_args + list(extra))
+        self.wait_log("dataplane", "sluice-dataplane: pid")
+
+    # --- control ---------------------------------------------------------
+    def ctl(self, *args, check_rc=True, as_json=False):
+        argv = self.ns("lb") + [SLUICECTL, "--socket", self.socket, *args]
+        if as_json:
+            argv.append("--json")
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if check_rc and r.returncode != 0:
+            raise TestFailure(f"sluicectl {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return json.loads(r.stdout) if as_json and r.returncode == 0 else r
+
+    def stats(self):
+        return self.ctl("stats", as_json=True)
+
+    # --- traffic ---------------------------------------------------------
+    def curl_names(self, url, count):
+        """Makes `count` new TCP connections (the backends close after each
+        response) and returns the backend name of each answer."""
+        r = subprocess.run(self.ns("client") + ["curl", "-s", "--max-time", "5", f"{url}/[1-{count}]"],
+                           capture_output=True, text=True, timeout=120)
+        return [line for line in r.stdout.splitlines() if line]
+
+    def client(self):
+        return ConnClient(self)
+
+
+class ConnClient:
+    """Long-lived TCP connections held by a helper inside the client namespace."""
+
+    def __init__(self, lab):
+        self.p = subprocess.Popen(lab.ns("client") + [SYS_PYTHON, CONN_CLIENT], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        lab.procs[f"conn-client-{self.p.pid}"] = self.p
+
+    def _call(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        out = self.p.stdout.readline()
+        if not out:
+            raise TestFailure(f"connection helper died on '{line}'")
+        return json.loads(out)
+
+    def open(self, addr, port, n):
+        return self._call(f"open {addr} {port} {n}")
+
+    def send(self):
+        return self._call("send")
+
+
+def split(names):
+    counts = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def run_tests(tests):
+    """Runs the named test (argv[1]) or all of them; exit status 1 on failure."""
+    wanted = sys.argv[1:] or list(tests)
+    failed = 0
+    for name in wanted:
+        start = time.time()
+        try:
+            tests[name]()
+            print(f"PASS {name} ({time.time() - start:.1f}s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure kind
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
+    print(f"{len(wanted) - failed} passed, {failed} failed")
+    return 1 if failed else 0
