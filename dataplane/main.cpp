@@ -362,9 +362,16 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
 
+    auto port_desc = [](uint16_t p) {
+        rte_ether_addr mac{};
+        rte_eth_macaddr_get(p, &mac);
+        const auto& b = mac.addr_bytes;
+        return fmt::format("{} ({:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x})", port_name(p), b[0],
+                           b[1], b[2], b[3], b[4], b[5]);
+    };
     fmt::print("sluice-dataplane: pid {}, {} worker(s), client port {}, backend port {}{}, "
                "{} flows per worker, shared memory {} (generation {})\n",
-               getpid(), nb_workers, port_name(ports.client), port_name(ports.backend),
+               getpid(), nb_workers, port_desc(ports.client), port_desc(ports.backend),
                ports.client == ports.backend ? " (one-armed)" : "", opt.conn_capacity,
                opt.shm_path, shm_generation(shm->get()));
     std::fflush(stdout);
