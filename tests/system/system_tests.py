@@ -5,6 +5,7 @@ real sluiced, sluicectl and sluice-dataplane (AF_PACKET on the LB's veth).
 usage: system_tests.py [TEST ...]   (no argument: all)"""
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from sluice_env import BACKEND_IPS, Lab, check, run_tests, split  # noqa: E402
@@ -136,6 +137,29 @@ def test_daemon_restart_restores_state():
               "Maglev table differs after restart")
 
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_lcore_backs_off():
+    with Lab("idl") as lab:
+        add_vip(lab, DSR_VIP, 80, "dsr")
+        pid = lab.procs["dataplane"].pid
+        time.sleep(1)
+        c0, t0 = cpu_seconds(pid), time.time()
+        time.sleep(4)
+        idle = (cpu_seconds(pid) - c0) / (time.time() - t0)
+        print(f"  idle dataplane uses {100 * idle:.2f}% of a core")
+        check(idle < 0.05, f"idle dataplane uses {100 * idle:.1f}% of a core (limit 5%)")
+        st0 = lab.stats()["counters"]
+        names = lab.curl_names(f"http://{DSR_VIP}", 30)
+        check(len(names) == 30, f"{len(names)} of 30 answers")
+        st1 = lab.stats()["counters"]
+        check(st1["busy_polls"] > st0["busy_polls"], "no busy polls while traffic flowed")
+
+
 TESTS = {
     "dsr_curl": test_dsr_curl,
     "nat_curl": test_nat_curl,
@@ -144,6 +168,7 @@ TESTS = {
     "added_backend": test_adding_backend_keeps_established,
     "bad_arguments": test_bad_arguments_change_nothing,
     "daemon_restart": test_daemon_restart_restores_state,
+    "idle_cpu": test_idle_lcore_backs_off,
 }
 
 if __name__ == "__main__":

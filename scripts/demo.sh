@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The demo: builds the netns topology (client, LB node, three backends on one
+# L2 segment, 198.18.0.0/15), runs sluiced and sluice-dataplane on the LB
+# node's veth, configures a DSR VIP with sluicectl, makes 300 real TCP
+# connections with curl and prints the split and the dataplane's counters.
+# Everything it creates is removed at the end, also on Ctrl-C.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (namespaces, hugepages)" >&2; exit 2; }
+"$here/scripts/setup.sh"
+"$here/scripts/cleanup.sh"
+exec /usr/bin/python3 "$here/scripts/demo.py" "$@"
