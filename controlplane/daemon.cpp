@@ -84,6 +84,15 @@ void Daemon::publish(const Model& m) {
 
 void Daemon::publish_current() { publish(model_); }
 
+void Daemon::set_tunnel_sources(const std::optional<std::string>& v4,
+                                const std::optional<std::string>& v6) {
+    Model next = model_;
+    if (v4) next.set_tunnel_source(4, parse_prefix(*v4));
+    if (v6) next.set_tunnel_source(6, parse_prefix(*v6));
+    save(next);
+    model_ = std::move(next);
+}
+
 void Daemon::save(const Model& m) const {
     const std::string tmp = opt_.state_path + ".tmp";
     const std::string text = m.to_json().dump(2) + "\n";
@@ -116,9 +125,14 @@ nlohmann::json Daemon::vip_json(const Vip& v) const {
                             {"weight", b.weight},
                             {"state", b.weight == 0 ? "drained" : "active"},
                             {"mac", format_mac(b.mac)}});
-    return {{"vip", format_vip_id(v.id)},          {"mode", mode_name(v.mode)},
-            {"hash", hash_fields_name(v.hash_fields)}, {"table_size", v.table_size},
-            {"backends", backends}};
+    nlohmann::json j = {{"vip", format_vip_id(v.id)},
+                        {"mode", mode_name(v.mode)},
+                        {"hash", hash_fields_name(v.hash_fields)},
+                        {"table_size", v.table_size},
+                        {"echo_reply", v.echo_reply},
+                        {"backends", backends}};
+    if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
+    return j;
 }
 
 nlohmann::json Daemon::status() const {
@@ -135,7 +149,9 @@ nlohmann::json Daemon::status() const {
             {"dataplane_running", alive(dp)},
             {"dataplane_lcores_online", alive(dp) ? online : 0},
             {"vips", model_.vips().size()},
-            {"hash_seed", model_.hash_seed()}};
+            {"hash_seed", model_.hash_seed()},
+            {"tunnel_source4", model_.tunnel_source(4).len ? format_prefix(model_.tunnel_source(4)) : ""},
+            {"tunnel_source6", model_.tunnel_source(6).len ? format_prefix(model_.tunnel_source(6)) : ""}};
 }
 
 nlohmann::json Daemon::stats() const {
@@ -194,9 +210,13 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
     nlohmann::json result = nlohmann::json::object();
     if (cmd == "vip.add") {
         const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
-        next.add_vip(id, parse_mode(arg_or<std::string>(args, "mode", "dsr")),
-                     parse_hash_fields(arg_or<std::string>(args, "hash", "5tuple")),
-                     arg_or<uint32_t>(args, "table_size", kMaglevDefaultTableSize));
+        VipOptions o;
+        o.mode = parse_mode(arg_or<std::string>(args, "mode", "dsr"));
+        o.hash_fields = parse_hash_fields(arg_or<std::string>(args, "hash", "5tuple"));
+        o.table_size = arg_or<uint32_t>(args, "table_size", kMaglevDefaultTableSize);
+        o.gue_port = arg_or<uint16_t>(args, "gue_port", 0);
+        o.echo_reply = arg_or<bool>(args, "echo_reply", true);
+        next.add_vip(id, o);
         result = vip_json(next.vip(id));
     } else if (cmd == "vip.remove") {
         next.remove_vip(parse_vip_id(arg<std::string>(args, "vip")));

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,9 @@ public:
 
     // Publishes the current model (start-up, after a restore).
     void publish_current();
+    // This node's tunnel source prefixes (start-up options); saved.
+    void set_tunnel_sources(const std::optional<std::string>& v4,
+                            const std::optional<std::string>& v6);
 
     // Handles one request; never throws (errors become {"ok": false}).
     nlohmann::json handle(const nlohmann::json& request);

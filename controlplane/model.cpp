@@ -1,6 +1,8 @@
 #include "model.hpp"
 
 #include <algorithm>
+#include <charconv>
+#include <netinet/in.h>
 #include <cstring>
 #include <stdexcept>
 
@@ -22,12 +24,15 @@ BackendIdentity identity_of(const Backend& b) {
 VipId parse_vip_id(std::string_view text) {
     const auto slash = text.rfind('/');
     if (slash == std::string_view::npos)
-        invalid(fmt::format("VIP '{}' needs a protocol: ADDRESS:PORT/tcp or ADDRESS:PORT/udp", text));
+        invalid(fmt::format("VIP '{}' needs a protocol: ADDRESS:PORT/tcp, ADDRESS:PORT/udp, "
+                            "ADDRESS/gre, ADDRESS/esp (or ADDRESS/tcp for every port)",
+                            text));
     VipId id;
     id.endpoint = parse_endpoint(text.substr(0, slash));
-    if (id.endpoint.port == 0)
-        invalid(fmt::format("VIP '{}' needs a port: ADDRESS:PORT/PROTOCOL", text));
     id.proto = parse_protocol(text.substr(slash + 1));
+    if (id.endpoint.port != 0 && id.proto != IPPROTO_TCP && id.proto != IPPROTO_UDP)
+        invalid(fmt::format("VIP '{}': {} has no ports; write ADDRESS/{}", text,
+                            protocol_name(id.proto), protocol_name(id.proto)));
     return id;
 }
 
@@ -35,21 +40,50 @@ std::string format_vip_id(const VipId& id) {
     return fmt::format("{}/{}", format_endpoint(id.endpoint), protocol_name(id.proto));
 }
 
+Prefix parse_prefix(std::string_view text) {
+    const auto slash = text.find('/');
+    if (slash == std::string_view::npos)
+        invalid(fmt::format("'{}' is not a prefix (ADDRESS/LENGTH)", text));
+    Prefix p;
+    p.addr = parse_ip(text.substr(0, slash));
+    unsigned len = 0;
+    const auto digits = text.substr(slash + 1);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), len);
+    const unsigned max = p.addr.family == 4 ? 32 : 128;
+    if (ec != std::errc{} || end != digits.data() + digits.size() || len > max)
+        invalid(fmt::format("'{}' has a bad prefix length (0-{})", text, max));
+    p.len = static_cast<uint8_t>(len);
+    return p;
+}
+
+std::string format_prefix(const Prefix& p) { return fmt::format("{}/{}", format_ip(p.addr), p.len); }
+
 uint8_t parse_mode(std::string_view text) {
     if (text == "nat") return SLUICE_MODE_NAT;
     if (text == "dsr") return SLUICE_MODE_DSR;
-    invalid(fmt::format("'{}' is not a forwarding mode (nat, dsr)", text));
+    if (text == "ipip") return SLUICE_MODE_IPIP;
+    if (text == "gue") return SLUICE_MODE_GUE;
+    invalid(fmt::format("'{}' is not a forwarding mode (nat, dsr, ipip, gue)", text));
 }
 
 std::string_view mode_name(uint8_t mode) {
-    return mode == SLUICE_MODE_NAT ? "nat" : mode == SLUICE_MODE_DSR ? "dsr" : "?";
+    switch (mode) {
+    case SLUICE_MODE_NAT: return "nat";
+    case SLUICE_MODE_DSR: return "dsr";
+    case SLUICE_MODE_IPIP: return "ipip";
+    case SLUICE_MODE_GUE: return "gue";
+    default: return "?";
+    }
 }
+
+static bool is_tunnel(uint8_t mode) { return mode == SLUICE_MODE_IPIP || mode == SLUICE_MODE_GUE; }
 
 uint8_t parse_hash_fields(std::string_view text) {
     if (text == "5tuple") return SLUICE_HASH_5TUPLE;
     if (text == "3tuple") return SLUICE_HASH_3TUPLE;
     if (text == "src-ip") return SLUICE_HASH_SRC_IP;
-    invalid(fmt::format("'{}' is not a hash setting (5tuple, 3tuple, src-ip)", text));
+    if (text == "3tuple+tag") return SLUICE_HASH_3TUPLE_TAG;
+    invalid(fmt::format("'{}' is not a hash setting (5tuple, 3tuple, src-ip, 3tuple+tag)", text));
 }
 
 std::string_view hash_fields_name(uint8_t h) {
@@ -57,6 +91,7 @@ std::string_view hash_fields_name(uint8_t h) {
     case SLUICE_HASH_5TUPLE: return "5tuple";
     case SLUICE_HASH_3TUPLE: return "3tuple";
     case SLUICE_HASH_SRC_IP: return "src-ip";
+    case SLUICE_HASH_3TUPLE_TAG: return "3tuple+tag";
     default: return "?";
     }
 }
@@ -113,13 +148,24 @@ uint16_t Model::free_backend_slot() const {
     invalid(fmt::format("all {} backend slots are in use", SLUICE_MAX_BACKENDS));
 }
 
-const Vip& Model::add_vip(const VipId& id, uint8_t mode, uint8_t hash_fields,
-                          uint32_t table_size) {
+void Model::set_tunnel_source(uint8_t family, const Prefix& p) {
+    if (p.len != 0 && p.addr.family != family)
+        invalid(fmt::format("tunnel source {} is not an IPv{} prefix", format_prefix(p), family));
+    (family == 4 ? tunnel4_ : tunnel6_) = p.len ? p : Prefix{IpAddress{family, {}}, 0};
+}
+
+const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
+    const uint8_t mode = opt.mode, hash_fields = opt.hash_fields;
+    const uint32_t table_size = opt.table_size;
     if (vips_.count(id)) invalid(fmt::format("VIP {} already exists", format_vip_id(id)));
-    if (mode != SLUICE_MODE_NAT && mode != SLUICE_MODE_DSR)
+    if (mode < SLUICE_MODE_NAT || mode > SLUICE_MODE_GUE)
         invalid(fmt::format("forwarding mode {} is not supported", mode));
-    if (hash_fields < SLUICE_HASH_5TUPLE || hash_fields > SLUICE_HASH_SRC_IP)
+    if (hash_fields < SLUICE_HASH_5TUPLE || hash_fields > SLUICE_HASH_3TUPLE_TAG)
         invalid(fmt::format("hash setting {} is not supported", hash_fields));
+    if (hash_fields == SLUICE_HASH_3TUPLE_TAG && id.proto != IPPROTO_GRE && id.proto != IPPROTO_ESP)
+        invalid(fmt::format("VIP {}: hash 3tuple+tag needs a GRE or ESP VIP", format_vip_id(id)));
+    if (mode == SLUICE_MODE_GUE && opt.gue_port == 0)
+        invalid(fmt::format("VIP {}: GUE mode needs --gue-port", format_vip_id(id)));
     if (!is_allowed_maglev_table_size(table_size))
         invalid(fmt::format("table size {} is not one of the allowed primes ({})", table_size,
                             fmt::join(kMaglevTableSizes, ", ")));
@@ -134,6 +180,8 @@ const Vip& Model::add_vip(const VipId& id, uint8_t mode, uint8_t hash_fields,
     v.mode = mode;
     v.hash_fields = hash_fields;
     v.table_size = table_size;
+    v.gue_port = mode == SLUICE_MODE_GUE ? opt.gue_port : 0;
+    v.echo_reply = opt.echo_reply;
     v.slot = free_vip_slot();
     v.uid = next_uid_++;
     return vips_.emplace(id, std::move(v)).first->second;
@@ -146,14 +194,23 @@ void Model::remove_vip(const VipId& id) {
 
 Endpoint Model::normalise_backend(const Vip& v, const Endpoint& e) const {
     Endpoint n = e;
-    if (n.addr.family != v.id.endpoint.addr.family)
-        invalid(fmt::format("backend {} is IPv{} but VIP {} is IPv{}", format_endpoint(e),
-                            e.addr.family, format_vip_id(v.id), v.id.endpoint.addr.family));
+    if (n.addr.family != v.id.endpoint.addr.family && !is_tunnel(v.mode))
+        invalid(fmt::format("backend {} is IPv{} but VIP {} is IPv{}; only tunnel modes (ipip, "
+                            "gue) cross families",
+                            format_endpoint(e), e.addr.family, format_vip_id(v.id),
+                            v.id.endpoint.addr.family));
     if (n.port == 0) n.port = v.id.endpoint.port;
-    if (v.mode == SLUICE_MODE_DSR && n.port != v.id.endpoint.port)
-        invalid(fmt::format("backend {}: a DSR VIP cannot change the destination port (VIP port "
+    if (v.mode != SLUICE_MODE_NAT && n.port != v.id.endpoint.port)
+        invalid(fmt::format("backend {}: a {} VIP cannot change the destination port (VIP port "
                             "is {}); use a NAT VIP",
-                            format_endpoint(e), v.id.endpoint.port));
+                            format_endpoint(e), mode_name(v.mode), v.id.endpoint.port));
+    if (v.id.endpoint.port == 0 && n.port != 0)
+        invalid(fmt::format("backend {}: VIP {} forwards every port, so its backends take none",
+                            format_endpoint(e), format_vip_id(v.id)));
+    if (is_tunnel(v.mode) && tunnel_source(n.addr.family).len == 0)
+        invalid(fmt::format("backend {}: tunnelling to IPv{} needs this node's tunnel source "
+                            "prefix (sluiced --tunnel-source{} PREFIX)",
+                            format_endpoint(e), n.addr.family, n.addr.family));
     return n;
 }
 
@@ -209,6 +266,13 @@ void Model::compile(sluice_config& out) const {
     out.hash_seed = hash_seed_;
     out.vip_slots_used = 0;
     out.backend_slots_used = 0;
+    std::memcpy(out.tunnel_src4, tunnel4_.addr.bytes.data(), 4);
+    out.tunnel_src4_len = tunnel4_.len;
+    std::memcpy(out.tunnel_src6, tunnel6_.addr.bytes.data(), 16);
+    out.tunnel_src6_len = tunnel6_.len;
+    // Echo is answered per address: on if any VIP of the address wants it.
+    std::map<IpAddress, bool> echo;
+    for (const auto& [id, v] : vips_) echo[id.endpoint.addr] = echo[id.endpoint.addr] || v.echo_reply;
     uint32_t pool = 0;
     for (const auto& [id, v] : vips_) {
         sluice_vip& sv = out.vips[v.slot];
@@ -218,6 +282,8 @@ void Model::compile(sluice_config& out) const {
         sv.family = id.endpoint.addr.family;
         sv.mode = v.mode;
         sv.hash_fields = v.hash_fields;
+        sv.flags = echo[id.endpoint.addr] ? SLUICE_VIP_ECHO_REPLY : 0;
+        sv.gue_port = v.gue_port;
         sv.uid = v.uid;
         sv.table_offset = pool;
         sv.table_size = v.table_size;
@@ -256,24 +322,36 @@ nlohmann::json Model::to_json() const {
                         {"mode", mode_name(v.mode)},
                         {"hash", hash_fields_name(v.hash_fields)},
                         {"table_size", v.table_size},
+                        {"gue_port", v.gue_port},
+                        {"echo_reply", v.echo_reply},
                         {"uid", v.uid},
                         {"slot", v.slot},
                         {"backends", backends}});
     }
-    return {{"format", 1}, {"hash_seed", hash_seed_}, {"next_uid", next_uid_}, {"vips", vips}};
+    nlohmann::json tunnel = nlohmann::json::object();
+    if (tunnel4_.len) tunnel["ipv4"] = format_prefix(tunnel4_);
+    if (tunnel6_.len) tunnel["ipv6"] = format_prefix(tunnel6_);
+    return {{"format", 1},           {"hash_seed", hash_seed_}, {"next_uid", next_uid_},
+            {"tunnel_source", tunnel}, {"vips", vips}};
 }
 
 Model Model::from_json(const nlohmann::json& j) {
     if (j.value("format", 0) != 1)
         invalid(fmt::format("state format {} is not supported (expected 1)", j.value("format", 0)));
     Model m(j.at("hash_seed").get<uint64_t>());
+    if (j.contains("tunnel_source")) {
+        const auto& t = j.at("tunnel_source");
+        if (t.contains("ipv4")) m.set_tunnel_source(4, parse_prefix(t.at("ipv4").get<std::string>()));
+        if (t.contains("ipv6")) m.set_tunnel_source(6, parse_prefix(t.at("ipv6").get<std::string>()));
+    }
     // Re-adding through the public mutators re-validates everything; slots and
     // uids are then restored so the dataplane's connection table stays valid.
     for (const auto& jv : j.at("vips")) {
         const VipId id = parse_vip_id(jv.at("vip").get<std::string>());
-        m.add_vip(id, parse_mode(jv.at("mode").get<std::string>()),
-                  parse_hash_fields(jv.at("hash").get<std::string>()),
-                  jv.at("table_size").get<uint32_t>());
+        m.add_vip(id, VipOptions{parse_mode(jv.at("mode").get<std::string>()),
+                                 parse_hash_fields(jv.at("hash").get<std::string>()),
+                                 jv.at("table_size").get<uint32_t>(), jv.value("gue_port", uint16_t{0}),
+                                 jv.value("echo_reply", true)});
         for (const auto& jb : jv.at("backends"))
             m.add_backend(id, parse_endpoint(jb.at("address").get<std::string>()),
                           jb.at("weight").get<uint32_t>(),

@@ -28,12 +28,14 @@ struct VipId {
     auto operator<=>(const VipId&) const = default;
 };
 
-VipId parse_vip_id(std::string_view text);  // "198.18.1.1:80/tcp", "[2001:db8::1]:80/udp"
+// "198.18.1.1:80/tcp", "[2001:db8::1]:53/udp", "198.18.1.1/gre" (a protocol
+// VIP: GRE, ESP, or every port of TCP/UDP).
+VipId parse_vip_id(std::string_view text);
 std::string format_vip_id(const VipId& id);
 
-uint8_t parse_mode(std::string_view text);         // nat, dsr
+uint8_t parse_mode(std::string_view text);         // nat, dsr, ipip, gue
 std::string_view mode_name(uint8_t mode);
-uint8_t parse_hash_fields(std::string_view text);  // 5tuple, 3tuple, src-ip
+uint8_t parse_hash_fields(std::string_view text);  // 5tuple, 3tuple, src-ip, 3tuple+tag
 std::string_view hash_fields_name(uint8_t hash_fields);
 
 inline constexpr uint32_t kDefaultWeight = 100;
@@ -47,11 +49,30 @@ struct Backend {
     uint16_t slot = 0;
 };
 
+struct VipOptions {
+    uint8_t mode = SLUICE_MODE_DSR;
+    uint8_t hash_fields = SLUICE_HASH_5TUPLE;
+    uint32_t table_size = kMaglevDefaultTableSize;
+    uint16_t gue_port = 0;  // required for GUE
+    bool echo_reply = true;
+};
+
+// A tunnel source prefix of this node.
+struct Prefix {
+    IpAddress addr;
+    uint8_t len = 0;
+    auto operator<=>(const Prefix&) const = default;
+};
+Prefix parse_prefix(std::string_view text);  // "198.18.200.0/24"
+std::string format_prefix(const Prefix& p);
+
 struct Vip {
     VipId id;
     uint8_t mode = SLUICE_MODE_DSR;
     uint8_t hash_fields = SLUICE_HASH_5TUPLE;
     uint32_t table_size = kMaglevDefaultTableSize;
+    uint16_t gue_port = 0;
+    bool echo_reply = true;
     uint32_t uid = 0;
     uint16_t slot = 0;
     std::vector<Backend> backends;  // in insertion order; Maglev sorts by identity
@@ -71,7 +92,13 @@ public:
 
     // Each mutator validates everything first and changes nothing when it
     // throws std::invalid_argument (whose message names the bad value).
-    const Vip& add_vip(const VipId& id, uint8_t mode, uint8_t hash_fields, uint32_t table_size);
+    const Vip& add_vip(const VipId& id, const VipOptions& opt);
+    const Vip& add_vip(const VipId& id, uint8_t mode, uint8_t hash_fields, uint32_t table_size) {
+        return add_vip(id, VipOptions{mode, hash_fields, table_size, 0, true});
+    }
+    // The outer source prefix for tunnels of one family; empty len clears it.
+    void set_tunnel_source(uint8_t family, const Prefix& p);
+    const Prefix& tunnel_source(uint8_t family) const { return family == 4 ? tunnel4_ : tunnel6_; }
     void remove_vip(const VipId& id);
     const Backend& add_backend(const VipId& vip, const Endpoint& endpoint, uint32_t weight,
                                const MacAddress& mac);
@@ -97,6 +124,8 @@ private:
 
     uint64_t hash_seed_;
     uint32_t next_uid_ = 1;
+    Prefix tunnel4_{IpAddress{4, {}}, 0};
+    Prefix tunnel6_{IpAddress{6, {}}, 0};
     std::map<VipId, Vip> vips_;
 };
 

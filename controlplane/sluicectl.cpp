@@ -23,9 +23,11 @@ struct Request {
 };
 
 void print_vip(const json& v) {
-    fmt::print("{:<28} mode {:<4} hash {:<7} table {:<8} backends {}\n", v["vip"].get<std::string>(),
-               v["mode"].get<std::string>(), v["hash"].get<std::string>(),
-               v["table_size"].get<uint32_t>(), v["backends"].size());
+    fmt::print("{:<28} mode {:<4} hash {:<7} table {:<8} backends {}{}{}\n",
+               v["vip"].get<std::string>(), v["mode"].get<std::string>(),
+               v["hash"].get<std::string>(), v["table_size"].get<uint32_t>(), v["backends"].size(),
+               v.contains("gue_port") ? fmt::format(" gue-port {}", v["gue_port"].get<uint16_t>()) : "",
+               v["echo_reply"].get<bool>() ? "" : " no-echo");
     for (const auto& b : v["backends"])
         fmt::print("  {:<26} weight {:<6} {:<8} mac {}\n", b["address"].get<std::string>(),
                    b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
@@ -37,6 +39,9 @@ void print_human(const std::string& cmd, const json& r) {
         fmt::print("sluiced pid {}  generation {}  VIPs {}  hash seed {:#x}\n", r["daemon_pid"].get<int>(),
                    r["generation"].get<uint64_t>(), r["vips"].get<size_t>(),
                    r["hash_seed"].get<uint64_t>());
+        fmt::print("tunnel sources: IPv4 {}  IPv6 {}\n",
+                   r["tunnel_source4"].get<std::string>().empty() ? "-" : r["tunnel_source4"].get<std::string>(),
+                   r["tunnel_source6"].get<std::string>().empty() ? "-" : r["tunnel_source6"].get<std::string>());
         if (r["dataplane_running"].get<bool>())
             fmt::print("dataplane pid {}  lcores online {}\n", r["dataplane_pid"].get<uint32_t>(),
                        r["dataplane_lcores_online"].get<unsigned>());
@@ -92,6 +97,8 @@ int main(int argc, char** argv) {
     Request req;
     std::string vip, address, mode = "dsr", hash = "5tuple", mac;
     uint32_t table_size = 65537, weight = 100;
+    uint16_t gue_port = 0;
+    bool no_echo = false;
     auto json_flag = [&](CLI::App* sub) {
         sub->add_flag("--json", req.as_json, "Print the daemon's answer as JSON");
     };
@@ -107,19 +114,30 @@ int main(int argc, char** argv) {
     auto* vipc = app.add_subcommand("vip", "Add, remove, list VIPs; show a VIP's Maglev table");
     vipc->require_subcommand(1);
     auto* vip_add = vipc->add_subcommand("add", "Add a VIP");
-    vip_add->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
-    vip_add->add_option("--mode", mode, "nat (rewrite destination, replies come back through "
-                                        "sluice) or dsr (rewrite MAC only, replies go direct)")
+    vip_add->add_option("vip", vip,
+                        "ADDRESS:PORT/tcp|udp, or ADDRESS/gre|esp|tcp|udp for a protocol VIP "
+                        "(every port)")
+        ->required();
+    vip_add->add_option("--mode", mode,
+                        "nat (rewrite destination, replies come back through sluice), dsr "
+                        "(rewrite MAC only, replies go direct), ipip (IP-in-IP tunnel to the "
+                        "backend, replies go direct) or gue (UDP tunnel, see --gue-port)")
         ->capture_default_str();
-    vip_add->add_option("--hash", hash, "Fields hashed to pick a backend: 5tuple, 3tuple or src-ip")
+    vip_add->add_option("--hash", hash,
+                        "Fields hashed to pick a backend: 5tuple, 3tuple, src-ip, or 3tuple+tag "
+                        "(GRE key / ESP SPI too; GRE and ESP VIPs)")
         ->capture_default_str();
+    vip_add->add_option("--gue-port", gue_port, "GUE mode: the outer UDP destination port");
+    vip_add->add_flag("--no-echo", no_echo,
+                      "Do not answer ICMP echo to the VIP address (answered by default)");
     vip_add->add_option("--table-size", table_size,
                         "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 "
                         "65537 131071 262139 524287 655373 1048573")
         ->capture_default_str();
     vip_add->callback([&] {
         req.cmd = "vip.add";
-        req.args = {{"vip", vip}, {"mode", mode}, {"hash", hash}, {"table_size", table_size}};
+        req.args = {{"vip", vip},           {"mode", mode},          {"hash", hash},
+                    {"table_size", table_size}, {"gue_port", gue_port}, {"echo_reply", !no_echo}};
     });
     auto* vip_rm = vipc->add_subcommand("remove", "Remove a VIP and its backends");
     vip_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();

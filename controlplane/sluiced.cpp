@@ -104,6 +104,7 @@ int main(int argc, char** argv) {
     sluice::DaemonOptions opt{"/dev/shm/sluice", "/var/lib/sluice/state.json", {}};
     std::optional<uint64_t> seed;
     unsigned publish_timeout_ms = 2000;
+    std::optional<std::string> tunnel4, tunnel6;
     app.add_option("--socket", socket_path, "Unix socket sluicectl connects to (mode 0600)")
         ->capture_default_str();
     app.add_option("--shm", opt.shm_path, "Shared-memory segment shared with sluice-dataplane")
@@ -117,6 +118,11 @@ int main(int argc, char** argv) {
     app.add_option("--publish-timeout-ms", publish_timeout_ms,
                    "How long a change waits for dataplane lcores to leave the old configuration")
         ->capture_default_str();
+    app.add_option("--tunnel-source4", tunnel4,
+                   "This node's IPv4 prefix for outer sources of tunnelled packets; flow-hash "
+                   "bits fill its host part (e.g. 198.18.200.0/24). Saved in the state file");
+    app.add_option("--tunnel-source6", tunnel6,
+                   "The same for IPv6 outer sources (e.g. 2001:db8:ff::/64)");
     CLI11_PARSE(app, argc, argv);
     opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
 
@@ -125,6 +131,7 @@ int main(int argc, char** argv) {
         (void)lock_fd;  // held until exit
         std::filesystem::create_directories(std::filesystem::path(opt.state_path).parent_path());
         sluice::Daemon daemon(opt, sluice::Daemon::load_state(opt.state_path, seed));
+        if (tunnel4 || tunnel6) daemon.set_tunnel_sources(tunnel4, tunnel6);
         daemon.publish_current();
         const int listen_fd = listen_unix(socket_path);
         struct sigaction sa{};

@@ -61,6 +61,7 @@ struct Options {
     size_t conn_capacity = 2u << 20;
     ConnTimeouts timeouts;
     unsigned exit_idle_ms = 0;
+    uint16_t mtu = 0;  // 0: the backend port's MTU
     bool no_promiscuous = false;
 };
 
@@ -160,15 +161,25 @@ SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const
     rte_mbuf* rx[kMaxBurst];
     const uint16_t n = rte_eth_rx_burst(rx_port, queue, rx, kMaxBurst);
     if (n == 0) return 0;
-    uint8_t* data[kMaxBurst];
-    uint16_t lens[kMaxBurst];
+    PacketBuf bufs[kMaxBurst];
     Action actions[kMaxBurst];
     DropReason drops[kMaxBurst];
     for (uint16_t i = 0; i < n; ++i) {
-        data[i] = rte_pktmbuf_mtod(rx[i], uint8_t*);
-        lens[i] = rte_pktmbuf_data_len(rx[i]);
+        rte_prefetch0(rte_pktmbuf_mtod(rx[i], void*));
+        bufs[i] = {rte_pktmbuf_mtod(rx[i], uint8_t*), rte_pktmbuf_data_len(rx[i]),
+                   rte_pktmbuf_headroom(rx[i])};
+        // Jumbo frames chained over several mbufs are not balanced (yet):
+        // a zero length makes the parser drop them as truncated.
+        if (SLUICE_UNLIKELY(rx[i]->nb_segs != 1)) bufs[i].len = 0;
     }
-    fwd.process_burst(cfg, data, lens, n, now_ms, actions, drops);
+    fwd.process_burst(cfg, bufs, n, now_ms, actions, drops);
+    for (uint16_t i = 0; i < n; ++i) {
+        if (actions[i] == Action::kDrop) continue;
+        // Encapsulation and ICMP errors move the frame start into the headroom.
+        rx[i]->data_off = static_cast<uint16_t>(bufs[i].data - static_cast<uint8_t*>(rx[i]->buf_addr));
+        rx[i]->data_len = bufs[i].len;
+        rx[i]->pkt_len = bufs[i].len;
+    }
 
     rte_mbuf* to_backend[kMaxBurst];
     rte_mbuf* to_client[kMaxBurst];
@@ -177,8 +188,8 @@ SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const
     uint64_t tx_bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
         switch (actions[i]) {
-        case Action::kToBackend: to_backend[nb++] = rx[i]; tx_bytes += lens[i]; break;
-        case Action::kToClient: to_client[nc++] = rx[i]; tx_bytes += lens[i]; break;
+        case Action::kToBackend: to_backend[nb++] = rx[i]; tx_bytes += bufs[i].len; break;
+        case Action::kToClient: to_client[nc++] = rx[i]; tx_bytes += bufs[i].len; break;
         case Action::kDrop: dropped[nd++] = rx[i]; break;
         }
     }
@@ -279,6 +290,10 @@ int main(int argc, char** argv) {
                    "Exit after this long without packets (pcap replay); 0 = run until SIGTERM")
         ->capture_default_str();
     app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous");
+    app.add_option("--mtu", opt.mtu,
+                   "IP MTU towards backends; tunnelled packets that would exceed it are answered "
+                   "with ICMP fragmentation-needed / packet-too-big (default: the backend "
+                   "port's MTU)");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -335,6 +350,7 @@ int main(int argc, char** argv) {
     if (!pool) die(fmt::format("cannot create a pool of {} mbufs: {}", nb_mbufs, rte_strerror(rte_errno)));
 
     for (uint16_t p : ids) setup_port(p, ports.queues, pool, !opt.no_promiscuous);
+    if (opt.mtu == 0 && rte_eth_dev_get_mtu(ports.backend, &opt.mtu) != 0) opt.mtu = RTE_ETHER_MTU;
 
     std::vector<Worker> workers(nb_workers);
     for (unsigned i = 0; i < nb_workers; ++i) {
@@ -344,6 +360,7 @@ int main(int argc, char** argv) {
         w.ports = &ports;
         w.shm = shm->get();
         w.fwd_opt.timeouts = opt.timeouts;
+        w.fwd_opt.mtu = opt.mtu;
         rte_ether_addr mac{};
         rte_eth_macaddr_get(ports.client, &mac);
         std::memcpy(w.fwd_opt.client_port_mac, mac.addr_bytes, 6);
@@ -373,9 +390,9 @@ int main(int argc, char** argv) {
                            b[1], b[2], b[3], b[4], b[5]);
     };
     fmt::print("sluice-dataplane: pid {}, {} worker(s), client port {}, backend port {}{}, "
-               "{} flows per worker, shared memory {} (generation {})\n",
+               "{} flows per worker, MTU {}, shared memory {} (generation {})\n",
                getpid(), nb_workers, port_desc(ports.client), port_desc(ports.backend),
-               ports.client == ports.backend ? " (one-armed)" : "", opt.conn_capacity,
+               ports.client == ports.backend ? " (one-armed)" : "", opt.conn_capacity, opt.mtu,
                opt.shm_path, shm_generation(shm->get()));
     std::fflush(stdout);
 

@@ -74,7 +74,10 @@ MacAddress parse_mac(std::string_view text) {
 uint8_t parse_protocol(std::string_view text) {
     if (text == "tcp") return IPPROTO_TCP;
     if (text == "udp") return IPPROTO_UDP;
-    throw std::invalid_argument(fmt::format("'{}' is not a supported protocol (tcp, udp)", text));
+    if (text == "gre") return IPPROTO_GRE;
+    if (text == "esp") return IPPROTO_ESP;
+    throw std::invalid_argument(
+        fmt::format("'{}' is not a supported protocol (tcp, udp, gre, esp)", text));
 }
 
 std::string format_ip(const IpAddress& a) {
@@ -98,6 +101,8 @@ std::string_view protocol_name(uint8_t proto) {
     switch (proto) {
     case IPPROTO_TCP: return "tcp";
     case IPPROTO_UDP: return "udp";
+    case IPPROTO_GRE: return "gre";
+    case IPPROTO_ESP: return "esp";
     default: return "?";
     }
 }

@@ -34,11 +34,11 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 1u
+#define SLUICE_ABI_VERSION 2u
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
-#define SLUICE_VIP_INDEX_SLOTS 1024u /* open addressing, load <= 25% */
+#define SLUICE_VIP_INDEX_SLOTS 1024u /* open addressing: VIPs + VIP addresses, load <= 50% */
 #define SLUICE_MAX_BACKENDS 4096u    /* (VIP, backend) pairs, all VIPs together */
 #define SLUICE_MAGLEV_POOL_SLOTS (8u << 20) /* Maglev entries, all VIPs together */
 #define SLUICE_MAGLEV_MAX_TABLE_SIZE 1048573u
@@ -50,11 +50,20 @@
 /* Forwarding modes. */
 #define SLUICE_MODE_NAT 1u
 #define SLUICE_MODE_DSR 2u
+#define SLUICE_MODE_IPIP 3u /* IPv4/IPv6-in-IPv4/IPv6 (RFC 2003, RFC 2473) */
+#define SLUICE_MODE_GUE 4u  /* GUE variant 1: the inner IP packet right after UDP */
+
+/* sluice_vip.flags */
+#define SLUICE_VIP_ECHO_REPLY 0x1u /* the dataplane answers ICMP echo to this address */
+
+/* Protocol VIPs (GRE, ESP, or every port of TCP/UDP) have port 0. */
+#define SLUICE_PORT_ANY 0u
 
 /* Which packet fields feed the Maglev hash of a VIP. */
 #define SLUICE_HASH_5TUPLE 1u /* src, dst, protocol, ports */
 #define SLUICE_HASH_3TUPLE 2u /* src, dst, protocol */
 #define SLUICE_HASH_SRC_IP 3u /* src only: every flow of a client to one backend */
+#define SLUICE_HASH_3TUPLE_TAG 4u /* src, dst, protocol and the GRE key / ESP SPI */
 
 #define SLUICE_FAMILY_V4 4u
 #define SLUICE_FAMILY_V6 6u
@@ -74,7 +83,13 @@
 	X(NoBackend, "no_backend")                                            \
 	X(VipGone, "nat_reply_vip_gone")                                      \
 	X(TxFull, "tx_full")                                                  \
-	X(OwnFrame, "own_frame")
+	X(OwnFrame, "own_frame")                                              \
+	X(TtlExpired, "ttl_expired")                                          \
+	X(TooBig, "too_big_for_tunnel")                                       \
+	X(NoHeadroom, "no_headroom")                                          \
+	X(FragmentUnknown, "fragment_first_missing")                          \
+	X(IcmpUnmatched, "icmp_error_unmatched")                              \
+	X(MultiSegment, "multi_segment")
 
 /* Per-lcore counters that are not drops, in ABI order. */
 #define SLUICE_LCORE_COUNTERS(X)                                               \
@@ -88,6 +103,11 @@
 	X(ConnHits, "conn_hits")                                              \
 	X(ConnEvictions, "conn_evictions")                                    \
 	X(ConnBackendGone, "conn_backend_gone")                              \
+	X(IcmpEchoReplies, "icmp_echo_replies")                              \
+	X(IcmpErrorsToBackend, "icmp_errors_to_backend")                      \
+	X(IcmpTooBigSent, "icmp_too_big_sent")                                \
+	X(FragmentsForwarded, "fragments_forwarded")                          \
+	X(Encapsulated, "encapsulated")                                       \
 	X(BusyPolls, "busy_polls")                                            \
 	X(IdlePolls, "idle_polls")                                            \
 	X(BusyCycles, "busy_cycles")
@@ -103,12 +123,14 @@ struct sluice_vip {
 	__u8 family;   /* SLUICE_FAMILY_V4 / _V6 */
 	__u8 mode;     /* SLUICE_MODE_* */
 	__u8 hash_fields; /* SLUICE_HASH_* */
-	__u16 reserved0;
+	__u16 flags;      /* SLUICE_VIP_* */
 	__u32 uid;          /* unique per VIP lifetime, never reused; 0 = free slot */
 	__u32 table_offset; /* first entry of its Maglev table in maglev_pool */
 	__u32 table_size;   /* prime */
 	__u32 backend_count;
-	__u32 reserved1[6];
+	__u16 gue_port; /* host order; GUE mode: the outer UDP destination port */
+	__u16 reserved0;
+	__u32 reserved1[5];
 };
 
 struct sluice_backend {
@@ -130,7 +152,14 @@ struct sluice_config {
 	__u32 backend_slots_used; /* highest used backend slot + 1 */
 	__u32 vip_index_max_probe;
 	__u32 maglev_slots_used;
-	__u32 reserved[8];
+	/* This node's tunnel source prefixes: the outer source of an encapsulated
+	 * packet is the prefix with flow-hash bits in its host part. */
+	__u8 tunnel_src4[4];
+	__u8 tunnel_src4_len;
+	__u8 tunnel_src6_len;
+	__u8 reserved0[2];
+	__u8 tunnel_src6[16];
+	__u32 reserved[2];
 	struct sluice_vip vips[SLUICE_MAX_VIPS];
 	/* (addr, proto, port) -> VIP slot + 1; 0 = empty. Linear probing from
 	 * sluice_vip_index_hash(), never longer than vip_index_max_probe. */

@@ -48,13 +48,18 @@ struct Harness {
         cfg->generation = ++generation;
     }
 
+    // Runs one packet through the forwarder in a buffer with headroom, as the
+    // dataplane does, and replaces `pkt` with the frame it produced.
     Action run(std::vector<uint8_t>& pkt, DropReason* why = nullptr, uint32_t now = 1000) {
-        uint8_t* data[1] = {pkt.data()};
-        uint16_t lens[1] = {static_cast<uint16_t>(pkt.size())};
+        constexpr uint16_t kHeadroom = 128;
+        std::vector<uint8_t> buf(kHeadroom + pkt.size());
+        std::copy(pkt.begin(), pkt.end(), buf.begin() + kHeadroom);
+        PacketBuf b{buf.data() + kHeadroom, static_cast<uint16_t>(pkt.size()), kHeadroom};
         Action a[1];
         DropReason d[1];
-        fwd->process_burst(*cfg, data, lens, 1, now, a, d);
+        fwd->process_burst(*cfg, &b, 1, now, a, d);
         if (why) *why = d[0];
+        if (a[0] != Action::kDrop) pkt.assign(b.data, b.data + b.len);
         return a[0];
     }
 
@@ -199,9 +204,10 @@ TEST_CASE("Drops are counted by reason") {
     CHECK(why == DropReason::kNoVip);
 
     pkt = build_packet(client_packet());
-    pkt[20] = 0x20;  // first fragment
+    pkt[20] = 0x00;  // a later fragment whose first fragment was never seen
+    pkt[21] = 0x10;
     REQUIRE(h.run(pkt, &why) == Action::kDrop);
-    CHECK(why == DropReason::kIpFragment);
+    CHECK(why == DropReason::kFragmentUnknown);
 
     pkt = build_packet(client_packet());
     std::memcpy(pkt.data() + 6, kLbMac.data(), 6);
@@ -215,7 +221,7 @@ TEST_CASE("Drops are counted by reason") {
     CHECK(h.drops(DropReason::kNotConfigured) == 1);
     CHECK(h.drops(DropReason::kNoBackend) == 1);
     CHECK(h.drops(DropReason::kNoVip) == 1);
-    CHECK(h.drops(DropReason::kIpFragment) == 1);
+    CHECK(h.drops(DropReason::kFragmentUnknown) == 1);
     CHECK(h.drops(DropReason::kOwnFrame) == 1);
     CHECK(h.drops(DropReason::kTruncatedL3) == 1);
 }

@@ -14,7 +14,9 @@ TEST_CASE("VIP and endpoint text forms") {
     const VipId v6 = parse_vip_id("[2001:db8::1]:53/udp");
     CHECK(format_vip_id(v6) == "[2001:db8::1]:53/udp");
     CHECK_THROWS_WITH(parse_vip_id("198.18.1.1:80"), Catch::Contains("needs a protocol"));
-    CHECK_THROWS_WITH(parse_vip_id("198.18.1.1/tcp"), Catch::Contains("needs a port"));
+    CHECK(parse_vip_id("198.18.1.1/tcp").endpoint.port == 0);  // every port
+    CHECK(format_vip_id(parse_vip_id("198.18.1.1/gre")) == "198.18.1.1/gre");
+    CHECK_THROWS_WITH(parse_vip_id("198.18.1.1:80/esp"), Catch::Contains("has no ports"));
     CHECK_THROWS_WITH(parse_vip_id("198.18.1.300:80/tcp"), Catch::Contains("'198.18.1.300'"));
     CHECK_THROWS_WITH(parse_vip_id("198.18.1.1:99999/tcp"), Catch::Contains("'99999'"));
     CHECK_THROWS_WITH(parse_vip_id("198.18.1.1:80/sctp"), Catch::Contains("'sctp'"));
@@ -32,7 +34,7 @@ TEST_CASE("Invalid changes are refused, name the bad value and change nothing") 
                                 SLUICE_HASH_5TUPLE, 65536),
                       Catch::Contains("65536"));
     CHECK_THROWS_WITH(m.add_backend(vip, parse_endpoint("198.18.0.11:8080"), 100, kMac),
-                      Catch::Contains("198.18.0.11:8080") && Catch::Contains("DSR"));
+                      Catch::Contains("198.18.0.11:8080") && Catch::Contains("dsr VIP"));
     CHECK_THROWS_WITH(m.add_backend(vip, parse_endpoint("2001:db8::11"), 100, kMac),
                       Catch::Contains("IPv6"));
     CHECK_THROWS_WITH(m.add_backend(vip, parse_endpoint("198.18.0.11"), 10001, kMac),

@@ -29,7 +29,7 @@ IpAddress parse_ip(std::string_view text);
 // "198.18.0.1", "198.18.0.1:80", "2001:db8::1", "[2001:db8::1]:80".
 Endpoint parse_endpoint(std::string_view text);
 MacAddress parse_mac(std::string_view text);
-uint8_t parse_protocol(std::string_view text);  // "tcp" or "udp"
+uint8_t parse_protocol(std::string_view text);  // "tcp", "udp", "gre", "esp"
 
 std::string format_ip(const IpAddress& a);
 std::string format_endpoint(const Endpoint& e);  // brackets IPv6 when a port is set

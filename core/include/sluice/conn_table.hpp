@@ -37,6 +37,7 @@ struct ConnEntry {
 static_assert(sizeof(ConnEntry) == 56);
 
 inline constexpr unsigned kConnWays = 8;
+inline constexpr uint8_t kConnFlagNatReply = 0x1;  // fragment entries: the datagram is a NAT reply
 
 struct alignas(64) ConnBucket {
     uint32_t sig[kConnWays];      // 0 = free way

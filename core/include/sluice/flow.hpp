@@ -13,7 +13,9 @@
 
 namespace sluice {
 
-enum class FlowDirection : uint8_t { kToBackend = 0, kNatReply = 1 };
+// Part of the key: the same 5-tuple means different things in each direction.
+// kFragment keys carry the IP identification in place of the ports.
+enum class FlowDirection : uint8_t { kToBackend = 0, kNatReply = 1, kFragment = 2 };
 
 struct FlowKey {
     uint8_t src[16];
@@ -53,6 +55,7 @@ SLUICE_ALWAYS_INLINE uint64_t maglev_flow_hash(const FlowKey& k, uint64_t conn_h
     if (SLUICE_LIKELY(hash_fields == SLUICE_HASH_5TUPLE)) return conn_hash;
     FlowKey m = k;
     m.src_port = m.dst_port = 0;
+    if (hash_fields == SLUICE_HASH_3TUPLE_TAG) return conn_hash;  // key carries the tag
     if (hash_fields == SLUICE_HASH_SRC_IP) {
         std::memset(m.dst, 0, sizeof m.dst);
         m.proto = 0;

@@ -1,14 +1,17 @@
 // The per-lcore packet pipeline, free of DPDK so that unit and fixture tests
-// run it on plain buffers: parse -> VIP match -> connection table / Maglev ->
-// rewrite. The dataplane hands it bursts of packet pointers and gets back one
-// action per packet; it never allocates, locks, logs or throws.
+// run it on plain buffers: parse -> classify (VIP, NAT reply, ICMP, later
+// fragment) -> connection table / Maglev -> NAT, DSR or tunnel rewrite. The
+// dataplane hands it bursts of buffers and gets back one action per packet; it
+// never allocates, locks, logs or throws.
 #pragma once
 
 #include "sluice/common.hpp"
 #include "sluice/conn_table.hpp"
 #include "sluice/drop_reason.hpp"
+#include "sluice/encap.hpp"
 #include "sluice/flow.hpp"
 #include "sluice/net/checksum.hpp"
+#include "sluice/net/icmp.hpp"
 #include "sluice/net/parser.hpp"
 #include "sluice/shm.hpp"
 #include "sluice/vip_index.hpp"
@@ -19,8 +22,18 @@ enum class Action : uint8_t { kDrop, kToBackend, kToClient };
 
 inline constexpr uint16_t kMaxBurst = 32;
 
+// One packet: the forwarder may move `data` back into the headroom
+// (encapsulation, ICMP errors) and change `len`.
+struct PacketBuf {
+    uint8_t* data;
+    uint16_t len;
+    uint16_t headroom;
+};
+
 struct ForwarderOptions {
     ConnTimeouts timeouts;
+    uint32_t fragment_timeout_ms = 2'000;
+    uint16_t mtu = 1500;             // IP MTU towards backends
     uint8_t client_port_mac[6]{};   // source MAC of frames sent towards clients
     uint8_t backend_port_mac[6]{};  // source MAC of frames sent towards backends
 };
@@ -32,21 +45,31 @@ public:
 
     // Decides and rewrites a burst in place. `drops[i]` says why when
     // actions[i] is kDrop (and is kNone otherwise).
-    void process_burst(const sluice_config& cfg, uint8_t* const* pkts, const uint16_t* lens,
-                       uint16_t n, uint32_t now_ms, Action* actions, DropReason* drops);
+    void process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n, uint32_t now_ms,
+                       Action* actions, DropReason* drops);
 
 private:
+    enum class Kind : uint8_t { kToVip, kNatReply, kEcho, kIcmpError, kLaterFragment };
+
     struct Scratch {
         net::ParsedPacket parsed;
         FlowKey key;
         uint64_t hash;
-        int vip_slot;  // -1: not to a VIP, try the NAT reply path
+        int vip_slot;
+        Kind kind;
         DropReason drop;
+        net::QuotedPacket quoted;
     };
 
-    void classify(const sluice_config& cfg, uint8_t* pkt, uint16_t len, Scratch& s) const;
-    Action to_backend(const sluice_config& cfg, uint8_t* pkt, Scratch& s, uint32_t now_ms);
-    Action nat_reply(const sluice_config& cfg, uint8_t* pkt, Scratch& s, uint32_t now_ms);
+    void classify(const sluice_config& cfg, const PacketBuf& b, Scratch& s) const;
+    Action to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    Action nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    Action icmp_error(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    Action later_fragment(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                           const sluice_vip& vip, const sluice_backend& be, uint64_t hash);
+    void remember_fragments(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
+                            uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms);
     void add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                              const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
                              uint32_t timeout_ms);
@@ -81,9 +104,10 @@ SLUICE_ALWAYS_INLINE uint8_t* l4_checksum_field(uint8_t* pkt, const net::ParsedP
            (p.proto == net::kProtoTcp ? net::kTcpOffChecksum : net::kUdpOffChecksum);
 }
 
-// Rewrites one address (and optionally the port next to it in the L4 header)
-// and fixes the IPv4 header and TCP/UDP checksums incrementally (RFC 1624).
-// `addr_off`/`port_off` select source or destination.
+// Rewrites one address (and, for TCP/UDP with an L4 header in this packet,
+// the port next to it) and fixes the IPv4 header and TCP/UDP checksums
+// incrementally (RFC 1624). `addr_off`/`port_off` select source or
+// destination.
 template <unsigned kFamily>
 SLUICE_ALWAYS_INLINE void rewrite_addr_port(uint8_t* pkt, const net::ParsedPacket& p,
                                             unsigned addr_off, const uint8_t* new_addr,
@@ -104,6 +128,9 @@ SLUICE_ALWAYS_INLINE void rewrite_addr_port(uint8_t* pkt, const net::ParsedPacke
             net::csum_replace(csum, port, port_bytes, 2);
         }
         std::memcpy(port, port_bytes, 2);
+    } else if (kFamily == 6 && p.has_l4 && p.proto == net::kProtoIcmpv6) {
+        // The ICMPv6 checksum covers the pseudo-header addresses.
+        net::csum_replace(pkt + p.l4_offset + 2, addr, new_addr, kAddrLen);
     }
     if constexpr (kFamily == 4)
         net::csum_replace(pkt + p.l3_offset + net::kIpv4OffChecksum, addr, new_addr, 4);
@@ -113,6 +140,31 @@ SLUICE_ALWAYS_INLINE void rewrite_addr_port(uint8_t* pkt, const net::ParsedPacke
 SLUICE_ALWAYS_INLINE void set_macs(uint8_t* pkt, const uint8_t* dst, const uint8_t* src) {
     std::memcpy(pkt, dst, 6);
     std::memcpy(pkt + 6, src, 6);
+}
+
+// NAT of an ICMP error towards a backend: the quoted packet (VIP:port ->
+// client) becomes backend:port -> client, with the quoted IPv4 header
+// checksum and the ICMP checksum kept valid; the backend's kernel matches the
+// error to its socket by the quoted header.
+SLUICE_ALWAYS_INLINE void nat_translate_quote(uint8_t* pkt, const net::ParsedPacket& p,
+                                              const net::QuotedPacket& q, const sluice_backend& be) {
+    const unsigned alen = p.family == 4 ? 4 : 16;
+    uint8_t* icmp_csum = pkt + p.l4_offset + 2;
+    uint8_t* qsrc = pkt + q.l3_offset + (p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc);
+    if (p.family == 4) {
+        uint8_t* qcsum = pkt + q.l3_offset + net::kIpv4OffChecksum;
+        const uint8_t before[2] = {qcsum[0], qcsum[1]};
+        net::csum_replace(qcsum, qsrc, be.addr, 4);
+        net::csum_replace(icmp_csum, before, qcsum, 2);
+    }
+    net::csum_replace(icmp_csum, qsrc, be.addr, alen);
+    std::memcpy(qsrc, be.addr, alen);
+    if (q.has_ports) {
+        uint8_t port[2];
+        store_be16(port, be.port);
+        net::csum_replace(icmp_csum, pkt + q.l4_offset, port, 2);
+        std::memcpy(pkt + q.l4_offset, port, 2);
+    }
 }
 
 }  // namespace detail
@@ -128,9 +180,11 @@ inline uint32_t Forwarder::timeout_for(uint8_t proto, TcpState st) const {
     }
 }
 
-SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, uint8_t* pkt, uint16_t len,
+SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const PacketBuf& b,
                                               Scratch& s) const {
-    s.drop = net::parse_packet(pkt, len, s.parsed);
+    const uint8_t* pkt = b.data;
+    net::ParsedPacket& p = s.parsed;
+    s.drop = net::parse_packet(pkt, b.len, p);
     if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return;
     // A port that also shows us the node's outgoing frames (AF_PACKET) must
     // not make us forward what we, or the node's kernel, sent.
@@ -139,18 +193,93 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, uint8_t*
         s.drop = DropReason::kOwnFrame;
         return;
     }
-    if (SLUICE_UNLIKELY(s.parsed.fragment != net::Fragment::kNone)) {
-        s.drop = DropReason::kIpFragment;
+    if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kLater)) {
+        // No ports: find the datagram's first fragment's decision by
+        // (src, dst, protocol, identification).
+        s.kind = Kind::kLaterFragment;
+        s.key = make_flow_key(pkt, p, FlowDirection::kFragment);
+        s.key.src_port = static_cast<uint16_t>(p.frag_id >> 16);
+        s.key.dst_port = static_cast<uint16_t>(p.frag_id);
+        s.hash = flow_hash(s.key, cfg.hash_seed);
+        table_.prefetch(s.hash);
         return;
     }
     VipKey vk{};
-    std::memcpy(vk.addr, s.parsed.dst_addr(pkt), s.parsed.addr_len());
-    vk.port = s.parsed.l4.dst_port;
-    vk.proto = s.parsed.proto;
-    vk.family = s.parsed.family;
+    std::memcpy(vk.addr, p.dst_addr(pkt), p.addr_len());
+    vk.port = p.l4.dst_port;
+    vk.proto = p.proto;
+    vk.family = p.family;
     s.vip_slot = find_vip(cfg, vk);
-    s.key = make_flow_key(pkt, s.parsed,
-                          s.vip_slot >= 0 ? FlowDirection::kToBackend : FlowDirection::kNatReply);
+    if (s.vip_slot < 0 && vk.port != SLUICE_PORT_ANY) {
+        vk.port = SLUICE_PORT_ANY;  // a VIP for every port of this protocol
+        s.vip_slot = find_vip(cfg, vk);
+    }
+    if (SLUICE_LIKELY(s.vip_slot >= 0)) {
+        s.kind = Kind::kToVip;
+        s.key = make_flow_key(pkt, p, FlowDirection::kToBackend);
+        if (cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG) {
+            s.key.src_port = static_cast<uint16_t>(p.l4.tag >> 16);
+            s.key.dst_port = static_cast<uint16_t>(p.l4.tag);
+        }
+        s.hash = flow_hash(s.key, cfg.hash_seed);
+        table_.prefetch(s.hash);
+        return;
+    }
+    if ((p.proto == net::kProtoIcmp || p.proto == net::kProtoIcmpv6) && p.has_l4) {
+        vk.proto = 0;  // the address entry: is this a VIP address at all?
+        vk.port = 0;
+        const int addr_slot = find_vip(cfg, vk);
+        if (addr_slot >= 0) {
+            s.vip_slot = addr_slot;
+            if (net::is_echo_request(p.family, p.l4.icmp_type)) {
+                s.kind = Kind::kEcho;
+                if (!(cfg.vips[addr_slot].flags & SLUICE_VIP_ECHO_REPLY)) s.drop = DropReason::kNoVip;
+                return;
+            }
+            if (net::is_icmp_error(p.family, p.l4.icmp_type) &&
+                net::parse_quoted(pkt, p.l4_offset, p.l3_end, p.family, s.quoted)) {
+                // The quoted packet went VIP -> client; its flow is the
+                // reverse: client -> VIP.
+                const net::QuotedPacket& q = s.quoted;
+                const unsigned alen = p.addr_len();
+                const unsigned src_off = p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc;
+                const unsigned dst_off = p.family == 4 ? net::kIpv4OffDst : net::kIpv6OffDst;
+                VipKey qk{};
+                std::memcpy(qk.addr, pkt + q.l3_offset + src_off, alen);
+                qk.proto = q.proto;
+                qk.family = p.family;
+                qk.port = q.has_ports ? load_be16(pkt + q.l4_offset) : 0;
+                s.vip_slot = find_vip(cfg, qk);
+                if (s.vip_slot < 0 && qk.port) {
+                    qk.port = SLUICE_PORT_ANY;
+                    s.vip_slot = find_vip(cfg, qk);
+                }
+                if (s.vip_slot < 0) {
+                    s.drop = DropReason::kIcmpUnmatched;
+                    return;
+                }
+                FlowKey& k = s.key;
+                k = FlowKey{};
+                std::memcpy(k.src, pkt + q.l3_offset + dst_off, alen);
+                std::memcpy(k.dst, pkt + q.l3_offset + src_off, alen);
+                if (q.has_ports) {
+                    k.src_port = load_be16(pkt + q.l4_offset + 2);
+                    k.dst_port = load_be16(pkt + q.l4_offset);
+                }
+                k.proto = q.proto;
+                k.family = p.family;
+                k.direction = FlowDirection::kToBackend;
+                s.kind = Kind::kIcmpError;
+                s.hash = flow_hash(k, cfg.hash_seed);
+                table_.prefetch(s.hash);
+                return;
+            }
+            s.drop = DropReason::kIcmpUnmatched;
+            return;
+        }
+    }
+    s.kind = Kind::kNatReply;
+    s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
     s.hash = flow_hash(s.key, cfg.hash_seed);
     table_.prefetch(s.hash);
 }
@@ -162,8 +291,9 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     FlowKey rk{};
     std::memcpy(rk.src, be.addr, sizeof rk.src);
     std::memcpy(rk.dst, s.key.src, sizeof rk.dst);
-    rk.src_port = be.port ? be.port : s.key.dst_port;
-    rk.dst_port = s.key.src_port;
+    const bool ports = s.key.proto == net::kProtoTcp || s.key.proto == net::kProtoUdp;
+    rk.src_port = ports ? (be.port ? be.port : s.key.dst_port) : 0;
+    rk.dst_port = ports ? s.key.src_port : 0;
     rk.proto = s.key.proto;
     rk.family = s.key.family;
     rk.direction = FlowDirection::kNatReply;
@@ -181,8 +311,75 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     rh.set_expiry(now_ms, timeout_ms);
 }
 
-SLUICE_ALWAYS_INLINE Action Forwarder::to_backend(const sluice_config& cfg, uint8_t* pkt,
-                                                  Scratch& s, uint32_t now_ms) {
+// A first fragment's decision, for the later fragments of its datagram.
+inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_t* pkt,
+                                          const Scratch& s, uint16_t backend_slot, uint32_t uid,
+                                          bool reply, uint32_t now_ms) {
+    FlowKey fk = make_flow_key(pkt, s.parsed, FlowDirection::kFragment);
+    fk.src_port = static_cast<uint16_t>(s.parsed.frag_id >> 16);
+    fk.dst_port = static_cast<uint16_t>(s.parsed.frag_id);
+    const uint64_t h = flow_hash(fk, cfg.hash_seed);
+    ConnHandle fh = table_.lookup(h, fk, now_ms);
+    if (!fh) {
+        fh = table_.insert(h, fk, now_ms);
+        if (fh.evicted) count(Counter::kConnEvictions);
+    }
+    ConnEntry& e = fh.entry();
+    e.vip_slot = static_cast<uint16_t>(s.vip_slot);
+    e.backend_slot = backend_slot;
+    e.uid = uid;
+    e.flags = reply ? kConnFlagNatReply : 0;
+    std::memcpy(e.peer_mac, pkt + 6, 6);
+    fh.set_expiry(now_ms, opt_.fragment_timeout_ms);
+}
+
+// Rewrites per the VIP's mode and picks the egress. Tunnel modes may turn the
+// packet into an ICMP error back to the client when it would not fit.
+SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg, PacketBuf& b,
+                                                       Scratch& s, const sluice_vip& vip,
+                                                       const sluice_backend& be, uint64_t hash) {
+    const net::ParsedPacket& p = s.parsed;
+    switch (vip.mode) {
+    case SLUICE_MODE_NAT: {
+        if (s.kind == Kind::kIcmpError) detail::nat_translate_quote(b.data, p, s.quoted, be);
+        const uint16_t port = be.port ? be.port : p.l4.dst_port;  // 0: an every-port VIP
+        if (p.family == 4)
+            detail::rewrite_addr_port<4>(b.data, p, net::kIpv4OffDst, be.addr, 2, port);
+        else
+            detail::rewrite_addr_port<6>(b.data, p, net::kIpv6OffDst, be.addr, 2, port);
+    }
+        [[fallthrough]];
+    case SLUICE_MODE_DSR:
+        detail::set_macs(b.data, be.mac, opt_.backend_port_mac);
+        return Action::kToBackend;
+    default: {
+        const bool gue = vip.mode == SLUICE_MODE_GUE;
+        const uint16_t overhead = encap_overhead(be.family, gue);
+        const uint16_t inner_len = static_cast<uint16_t>(p.l3_end - p.l3_offset);
+        if (SLUICE_UNLIKELY(inner_len + overhead > opt_.mtu)) {
+            // Never answer an ICMP error with another (RFC 1122 §3.2.2).
+            if (s.kind == Kind::kIcmpError ||
+                !net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
+                                    static_cast<uint32_t>(opt_.mtu - overhead),
+                                    opt_.client_port_mac)) {
+                s.drop = DropReason::kTooBig;
+                return Action::kDrop;
+            }
+            counter_add(stats_.drops[static_cast<size_t>(DropReason::kTooBig)], 1);
+            count(Counter::kIcmpTooBigSent);
+            return Action::kToClient;
+        }
+        const EncapTarget t{be.addr, be.family, gue, vip.gue_port, be.mac, opt_.backend_port_mac};
+        s.drop = encapsulate(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family, t, cfg, hash);
+        if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return Action::kDrop;
+        count(Counter::kEncapsulated);
+        return Action::kToBackend;
+    }
+    }
+}
+
+SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                              uint32_t now_ms) {
     const sluice_vip& vip = cfg.vips[s.vip_slot];
     const net::ParsedPacket& p = s.parsed;
     const uint8_t tcp_flags = p.proto == net::kProtoTcp ? p.l4.tcp_flags : 0;
@@ -225,28 +422,21 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_backend(const sluice_config& cfg, uint
     ConnEntry& e = h.entry();
     const uint32_t timeout = timeout_for(p.proto, e.tcp_state);
     h.set_expiry(now_ms, timeout);
-    const sluice_backend& be = cfg.backends[e.backend_slot];
-
-    if (vip.mode == SLUICE_MODE_NAT) {
-        if (reselect) add_nat_reply_entry(cfg, pkt, s, be, e.backend_slot, now_ms, timeout);
-        const uint16_t port = be.port ? be.port : p.l4.dst_port;
-        if (p.family == 4)
-            detail::rewrite_addr_port<4>(pkt, p, net::kIpv4OffDst, be.addr, 2, port);
-        else
-            detail::rewrite_addr_port<6>(pkt, p, net::kIpv6OffDst, be.addr, 2, port);
-    }
-    detail::set_macs(pkt, be.mac, opt_.backend_port_mac);
+    const uint16_t backend_slot = e.backend_slot;
+    const sluice_backend& be = cfg.backends[backend_slot];
+    if (vip.mode == SLUICE_MODE_NAT && reselect)
+        add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout);
+    if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
+        remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
     counter_add(stats_.vip_packets[s.vip_slot], 1);
-    count(Counter::kToBackend);
-    return Action::kToBackend;
+    counter_add(stats_.vip_bytes[s.vip_slot], b.len);
+    return send_to_backend(cfg, b, s, vip, be, s.hash);
 }
 
-SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, uint8_t* pkt,
-                                                 Scratch& s, uint32_t now_ms) {
+SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                                 uint32_t now_ms) {
     const net::ParsedPacket& p = s.parsed;
-    ConnHandle h;
-    if (p.has_l4 && (p.proto == net::kProtoTcp || p.proto == net::kProtoUdp))
-        h = table_.lookup(s.hash, s.key, now_ms);
+    ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
     if (!h) {
         s.drop = DropReason::kNoVip;
         return Action::kDrop;
@@ -261,23 +451,81 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, uint8
     h.set_expiry(now_ms, timeout_for(p.proto, e.tcp_state == TcpState::kNone
                                                   ? TcpState::kEstablished
                                                   : e.tcp_state));
+    if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst)) {
+        s.vip_slot = e.vip_slot;
+        remember_fragments(cfg, b.data, s, e.backend_slot, vip.uid, true, now_ms);
+    }
     if (p.family == 4)
-        detail::rewrite_addr_port<4>(pkt, p, net::kIpv4OffSrc, vip.addr, 0, vip.port);
+        detail::rewrite_addr_port<4>(b.data, p, net::kIpv4OffSrc, vip.addr, 0, vip.port);
     else
-        detail::rewrite_addr_port<6>(pkt, p, net::kIpv6OffSrc, vip.addr, 0, vip.port);
-    detail::set_macs(pkt, e.peer_mac, opt_.client_port_mac);
+        detail::rewrite_addr_port<6>(b.data, p, net::kIpv6OffSrc, vip.addr, 0, vip.port);
+    detail::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
     count(Counter::kToClient);
     return Action::kToClient;
 }
 
-inline void Forwarder::process_burst(const sluice_config& cfg, uint8_t* const* pkts,
-                                     const uint16_t* lens, uint16_t n, uint32_t now_ms,
-                                     Action* actions, DropReason* drops) {
+inline Action Forwarder::icmp_error(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                    uint32_t now_ms) {
+    // The flow the error belongs to: its table entry if it has one, else the
+    // backend Maglev would pick. An error never creates state.
+    const sluice_vip& vip = cfg.vips[s.vip_slot];
+    uint16_t slot;
+    if (ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
+        h && cfg.backends[h.entry().backend_slot].uid == h.entry().uid) {
+        slot = h.entry().backend_slot;
+    } else {
+        const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, cfg.hash_seed);
+        slot = cfg.maglev_pool[vip.table_offset + mh % vip.table_size];
+        if (slot == SLUICE_MAGLEV_EMPTY) {
+            s.drop = DropReason::kNoBackend;
+            return Action::kDrop;
+        }
+    }
+    count(Counter::kIcmpErrorsToBackend);
+    return send_to_backend(cfg, b, s, vip, cfg.backends[slot], s.hash);
+}
+
+inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                        uint32_t now_ms) {
+    ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
+    if (!h) {
+        s.drop = DropReason::kFragmentUnknown;
+        return Action::kDrop;
+    }
+    const ConnEntry& e = h.entry();
+    const sluice_vip& vip = cfg.vips[e.vip_slot];
+    const net::ParsedPacket& p = s.parsed;
+    count(Counter::kFragmentsForwarded);
+    if (e.flags & kConnFlagNatReply) {
+        if (vip.uid != e.uid) {
+            s.drop = DropReason::kVipGone;
+            return Action::kDrop;
+        }
+        if (p.family == 4)
+            detail::rewrite_addr_port<4>(b.data, p, net::kIpv4OffSrc, vip.addr, 0, vip.port);
+        else
+            detail::rewrite_addr_port<6>(b.data, p, net::kIpv6OffSrc, vip.addr, 0, vip.port);
+        detail::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
+        return Action::kToClient;
+    }
+    const sluice_backend& be = cfg.backends[e.backend_slot];
+    if (be.uid != e.uid) {
+        s.drop = DropReason::kNoBackend;
+        return Action::kDrop;
+    }
+    s.vip_slot = e.vip_slot;
+    counter_add(stats_.vip_packets[s.vip_slot], 1);
+    counter_add(stats_.vip_bytes[s.vip_slot], b.len);
+    return send_to_backend(cfg, b, s, vip, be, s.hash);
+}
+
+inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n,
+                                     uint32_t now_ms, Action* actions, DropReason* drops) {
     Scratch scratch[kMaxBurst];
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
-        prefetch_write(pkts[i]);
-        bytes += lens[i];
+        prefetch_write(pkts[i].data);
+        bytes += pkts[i].len;
     }
     count(Counter::kRxPackets, n);
     count(Counter::kRxBytes, bytes);
@@ -291,17 +539,29 @@ inline void Forwarder::process_burst(const sluice_config& cfg, uint8_t* const* p
     }
     // Pass 1 parses and hashes the whole burst and prefetches every bucket, so
     // pass 2 finds them in cache (the batching of DPDK l3fwd and VPP nodes).
-    for (uint16_t i = 0; i < n; ++i) classify(cfg, pkts[i], lens[i], scratch[i]);
+    for (uint16_t i = 0; i < n; ++i) classify(cfg, pkts[i], scratch[i]);
     for (uint16_t i = 0; i < n; ++i) {
         Scratch& s = scratch[i];
         Action a = Action::kDrop;
         if (SLUICE_LIKELY(s.drop == DropReason::kNone)) {
-            a = s.vip_slot >= 0 ? to_backend(cfg, pkts[i], s, now_ms)
-                                : nat_reply(cfg, pkts[i], s, now_ms);
-            if (a == Action::kToBackend) counter_add(stats_.vip_bytes[s.vip_slot], lens[i]);
+            switch (s.kind) {
+            case Kind::kToVip:
+                a = to_vip(cfg, pkts[i], s, now_ms);
+                if (a == Action::kToBackend) count(Counter::kToBackend);
+                break;
+            case Kind::kNatReply: a = nat_reply(cfg, pkts[i], s, now_ms); break;
+            case Kind::kEcho:
+                net::echo_reply_in_place(pkts[i].data, s.parsed.l3_offset, s.parsed.l4_offset,
+                                         s.parsed.family, opt_.client_port_mac);
+                count(Counter::kIcmpEchoReplies);
+                a = Action::kToClient;
+                break;
+            case Kind::kIcmpError: a = icmp_error(cfg, pkts[i], s, now_ms); break;
+            case Kind::kLaterFragment: a = later_fragment(cfg, pkts[i], s, now_ms); break;
+            }
         }
         actions[i] = a;
-        drops[i] = s.drop;
+        drops[i] = a == Action::kDrop ? s.drop : DropReason::kNone;
         if (a == Action::kDrop) counter_add(stats_.drops[static_cast<size_t>(s.drop)], 1);
     }
 }

@@ -40,26 +40,49 @@ SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
         const uint16_t entry = cfg.vip_index[i];
         if (entry == 0) return -1;
         const int slot = entry - 1;
-        if (vip_key_of(cfg.vips[slot]) == key) return slot;
+        VipKey k = vip_key_of(cfg.vips[slot]);
+        if (key.proto == 0) k.proto = 0, k.port = 0;  // an address entry
+        if (k == key) return slot;
         i = (i + 1) & (SLUICE_VIP_INDEX_SLOTS - 1);
     }
     return -1;
 }
 
-// Control path: rebuilds the index from cfg.vips. Returns false if full.
+// Control path: rebuilds the index from cfg.vips. Besides one entry per VIP
+// it adds one per VIP address (protocol 0, port 0), pointing at a VIP of that
+// address that answers echo if any does, for ICMP to the address.
+// Returns false if the index is full.
 inline bool build_vip_index(sluice_config& cfg) {
     std::memset(cfg.vip_index, 0, sizeof cfg.vip_index);
     cfg.vip_index_max_probe = 0;
-    for (uint32_t slot = 0; slot < cfg.vip_slots_used; ++slot) {
-        if (cfg.vips[slot].uid == 0) continue;
-        uint32_t i = vip_index_hash(vip_key_of(cfg.vips[slot]));
+    auto insert = [&cfg](const VipKey& key, uint32_t slot) {
+        uint32_t i = vip_index_hash(key);
         uint32_t probe = 0;
         while (cfg.vip_index[i] != 0) {
+            const uint32_t other = cfg.vip_index[i] - 1u;
+            VipKey ok = vip_key_of(cfg.vips[other]);
+            if (key.proto == 0) ok.proto = 0, ok.port = 0;
+            if (ok == key) {  // an address entry already there: keep the echo answerer
+                if (cfg.vips[slot].flags & SLUICE_VIP_ECHO_REPLY) cfg.vip_index[i] = static_cast<uint16_t>(slot + 1);
+                return true;
+            }
             if (++probe >= SLUICE_VIP_INDEX_SLOTS) return false;
             i = (i + 1) & (SLUICE_VIP_INDEX_SLOTS - 1);
         }
         cfg.vip_index[i] = static_cast<uint16_t>(slot + 1);
         if (probe > cfg.vip_index_max_probe) cfg.vip_index_max_probe = probe;
+        return true;
+    };
+    for (uint32_t slot = 0; slot < cfg.vip_slots_used; ++slot) {
+        if (cfg.vips[slot].uid == 0) continue;
+        if (!insert(vip_key_of(cfg.vips[slot]), slot)) return false;
+    }
+    for (uint32_t slot = 0; slot < cfg.vip_slots_used; ++slot) {
+        if (cfg.vips[slot].uid == 0) continue;
+        VipKey addr_key = vip_key_of(cfg.vips[slot]);
+        addr_key.proto = 0;
+        addr_key.port = 0;
+        if (!insert(addr_key, slot)) return false;
     }
     return true;
 }

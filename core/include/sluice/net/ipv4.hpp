@@ -19,6 +19,7 @@ struct L3Info {
     uint16_t l3_end;     // absolute; Ethernet padding beyond it is ignored
     uint8_t proto;       // upper-layer protocol after extension headers
     Fragment fragment;
+    uint32_t frag_id;    // IPv4 identification or IPv6 fragment identification
 };
 
 SLUICE_ALWAYS_INLINE DropReason parse_ipv4(const uint8_t* pkt, uint32_t len, uint32_t off,
@@ -37,6 +38,7 @@ SLUICE_ALWAYS_INLINE DropReason parse_ipv4(const uint8_t* pkt, uint32_t len, uin
     out.fragment = frag_offset ? Fragment::kLater
                    : more_fragments ? Fragment::kFirst
                                     : Fragment::kNone;
+    out.frag_id = load_be16(ip + 4);
     out.proto = ip[9];
     out.l4_offset = static_cast<uint16_t>(off + ihl);
     out.l3_end = static_cast<uint16_t>(off + total);

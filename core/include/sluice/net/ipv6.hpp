@@ -30,6 +30,7 @@ SLUICE_ALWAYS_INLINE DropReason parse_ipv6(const uint8_t* pkt, uint32_t len, uin
     uint8_t next = ip[6];
     uint32_t cur = off + kIpv6HeaderLen;
     out.fragment = Fragment::kNone;
+    out.frag_id = 0;
     for (unsigned i = 0; i < kIpv6MaxExtensionHeaders; ++i) {
         switch (next) {
         case kProtoHopByHop:
@@ -49,6 +50,7 @@ SLUICE_ALWAYS_INLINE DropReason parse_ipv6(const uint8_t* pkt, uint32_t len, uin
             next = pkt[cur];
             const uint16_t frag = load_be16(pkt + cur + 2);
             const bool later = (frag & 0xfff8u) != 0;
+            out.frag_id = load_be32(pkt + cur + 4);
             out.fragment = later ? Fragment::kLater
                            : (frag & 1u) ? Fragment::kFirst
                                          : Fragment::kNone;

@@ -17,6 +17,7 @@ struct ParsedPacket {
     uint8_t family;  // 4 or 6
     uint8_t proto;
     Fragment fragment;
+    uint32_t frag_id;
     bool has_l4;  // false for later fragments and protocols without a parser
     L4Info l4;
 
@@ -69,6 +70,7 @@ SLUICE_ALWAYS_INLINE DropReason parse_packet(const uint8_t* pkt, uint32_t len, P
     out.l3_end = l3.l3_end;
     out.proto = l3.proto;
     out.fragment = l3.fragment;
+    out.frag_id = l3.frag_id;
     return parse_upper_layer(pkt, out);
 }
 

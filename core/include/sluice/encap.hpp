@@ -1,0 +1,131 @@
+// IP-in-IP (RFC 2003 IPv4, RFC 2473 IPv6, and IPv4-in-IPv6 / IPv6-in-IPv4
+// when the backend's family differs from the VIP's) and GUE variant 1 (the
+// inner IP packet right after a UDP header, as in
+// draft-ietf-intarea-gue §4) encapsulation towards a backend.
+//
+// The outer source is this node's tunnel prefix with flow-hash bits in its
+// host part, and GUE's UDP source port and IPv6's flow label carry the hash
+// too, so a backend's NIC spreads decapsulated flows over its RX queues.
+// RFC 2003 §3.1 / RFC 2473 §3.1: the encapsulator forwards the inner packet,
+// so its TTL / hop limit is decremented (and the packet dropped at zero); the
+// outer one starts at 64. The outer IPv4 DF bit copies the inner one, and is
+// always set over IPv6 inner packets (IPv6 must not be fragmented on path).
+#pragma once
+
+#include "sluice/common.hpp"
+#include "sluice/drop_reason.hpp"
+#include "sluice/net/checksum.hpp"
+#include "sluice/net/ethernet.hpp"
+#include "sluice/net/icmp.hpp"
+#include "sluice/net/ipv4.hpp"
+#include "sluice/net/ipv6.hpp"
+#include "sluice/shm_abi.h"
+
+namespace sluice {
+
+inline constexpr uint8_t kProtoIpip = 4;
+inline constexpr uint8_t kProtoIpv6InIp = 41;
+inline constexpr uint16_t kGueSourcePortBase = 0xc000;  // RFC 6335 dynamic range
+
+SLUICE_ALWAYS_INLINE uint16_t encap_overhead(uint8_t outer_family, bool gue) {
+    return static_cast<uint16_t>((outer_family == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen) +
+                                 (gue ? net::kUdpHeaderLen : 0));
+}
+
+// The address `prefix/len` with its host bits taken from `hash`.
+SLUICE_ALWAYS_INLINE void prefix_with_hash(uint8_t* out, const uint8_t* prefix, unsigned len,
+                                           unsigned bytes, uint64_t hash) {
+    for (unsigned i = 0; i < bytes; ++i) {
+        const unsigned bit = i * 8;
+        const uint8_t keep = bit + 8 <= len ? 0xff : bit >= len ? 0 : static_cast<uint8_t>(0xff << (8 - (len - bit)));
+        out[i] = static_cast<uint8_t>((prefix[i] & keep) | (static_cast<uint8_t>(hash >> ((i % 8) * 8)) & ~keep));
+    }
+}
+
+// Decrements the inner TTL / hop limit (RFC 2003 §3 / RFC 2473 §3.1).
+SLUICE_ALWAYS_INLINE bool decrement_inner_ttl(uint8_t* ip, uint8_t family) {
+    if (family == 4) {
+        if (ip[8] <= 1) return false;
+        const uint8_t before[2] = {ip[8], ip[9]};
+        --ip[8];
+        net::csum_replace(ip + net::kIpv4OffChecksum, before, ip + 8, 2);
+    } else {
+        if (ip[7] <= 1) return false;
+        --ip[7];
+    }
+    return true;
+}
+
+struct EncapTarget {
+    const uint8_t* dst;  // backend address
+    uint8_t outer_family;
+    bool gue;
+    uint16_t gue_port;
+    const uint8_t* dst_mac;
+    const uint8_t* src_mac;
+};
+
+// Encapsulates the IP packet at frame[l3, l3_end) in front of itself (using
+// the old Ethernet header and the headroom). The caller has checked the MTU.
+SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len, uint16_t headroom,
+                                            uint16_t l3, uint16_t l3_end, uint8_t inner_family,
+                                            const EncapTarget& t, const sluice_config& cfg,
+                                            uint64_t hash) {
+    uint8_t* inner = frame + l3;
+    const uint16_t inner_len = static_cast<uint16_t>(l3_end - l3);
+    const uint16_t overhead = encap_overhead(t.outer_family, t.gue);
+    uint8_t* outer = inner - overhead;
+    uint8_t* eth = outer - net::kEthHeaderLen;
+    if (SLUICE_UNLIKELY(eth < frame - headroom)) return DropReason::kNoHeadroom;
+    if (SLUICE_UNLIKELY(!decrement_inner_ttl(inner, inner_family))) return DropReason::kTtlExpired;
+    const uint8_t inner_proto = inner_family == 4 ? kProtoIpip : kProtoIpv6InIp;
+    const uint8_t next = t.gue ? net::kProtoUdp : inner_proto;
+    const uint8_t tos = inner_family == 4 ? inner[1]
+                                          : static_cast<uint8_t>((load_be16(inner) >> 4) & 0xff);
+    if (t.outer_family == 4) {
+        const bool df = inner_family == 6 || (inner[6] & 0x40u);
+        outer[0] = 0x45;
+        outer[1] = tos;
+        store_be16(outer + 2, static_cast<uint16_t>(overhead + inner_len));
+        store_be16(outer + 4, 0);
+        store_be16(outer + 6, df ? 0x4000 : 0);
+        outer[8] = net::kDefaultHopLimit;
+        outer[9] = next;
+        store_be16(outer + 10, 0);
+        prefix_with_hash(outer + net::kIpv4OffSrc, cfg.tunnel_src4, cfg.tunnel_src4_len, 4, hash);
+        std::memcpy(outer + net::kIpv4OffDst, t.dst, 4);
+        store_be16(outer + 10, net::csum_full(outer, net::kIpv4MinHeaderLen));
+    } else {
+        store_be32(outer, 0x60000000u | (static_cast<uint32_t>(tos) << 20) |
+                              static_cast<uint32_t>(hash & 0xfffffu));
+        store_be16(outer + 4, static_cast<uint16_t>(overhead - net::kIpv6HeaderLen + inner_len));
+        outer[6] = next;
+        outer[7] = net::kDefaultHopLimit;
+        prefix_with_hash(outer + net::kIpv6OffSrc, cfg.tunnel_src6, cfg.tunnel_src6_len, 16, hash);
+        std::memcpy(outer + net::kIpv6OffDst, t.dst, 16);
+    }
+    if (t.gue) {
+        uint8_t* udp = outer + (t.outer_family == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen);
+        const uint16_t udp_len = static_cast<uint16_t>(net::kUdpHeaderLen + inner_len);
+        store_be16(udp, static_cast<uint16_t>(kGueSourcePortBase | ((hash >> 32) & 0x3fff)));
+        store_be16(udp + 2, t.gue_port);
+        store_be16(udp + 4, udp_len);
+        store_be16(udp + 6, 0);  // RFC 768 allows none over IPv4
+        if (t.outer_family == 6) {
+            // RFC 8200 §8.1 requires a checksum over IPv6.
+            const uint32_t pseudo = net::pseudo_header_sum6(outer + net::kIpv6OffSrc,
+                                                            outer + net::kIpv6OffDst, udp_len,
+                                                            net::kProtoUdp);
+            uint16_t c = net::csum_full(udp, udp_len, pseudo);
+            store_be16(udp + 6, c ? c : 0xffff);
+        }
+    }
+    std::memcpy(eth, t.dst_mac, 6);
+    std::memcpy(eth + 6, t.src_mac, 6);
+    store_be16(eth + 12, t.outer_family == 4 ? net::kEtherTypeIpv4 : net::kEtherTypeIpv6);
+    frame = eth;
+    frame_len = static_cast<uint16_t>(net::kEthHeaderLen + overhead + inner_len);
+    return DropReason::kNone;
+}
+
+}  // namespace sluice
