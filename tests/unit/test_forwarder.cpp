@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <set>
 
 #include <fmt/format.h>
 #include <optional>
@@ -312,5 +313,308 @@ TEST_CASE("Same seed, same backend: two independent forwarders agree") {
         a.run(p1);
         b.run(p2);
         CHECK(p1 == p2);
+    }
+}
+
+namespace {
+
+struct TunnelCase {
+    bool inner6;
+    bool outer6;
+    bool gue;
+};
+
+// Sets up a tunnel VIP (IPv4 or IPv6) with one backend of the outer family.
+VipId tunnel_vip(Harness& h, const TunnelCase& c) {
+    h.model.set_tunnel_source(4, parse_prefix("198.18.200.0/24"));
+    h.model.set_tunnel_source(6, parse_prefix("2001:db8:ff::/64"));
+    const VipId vip = parse_vip_id(c.inner6 ? "[2001:db8:1::1]:80/tcp" : "198.18.1.1:80/tcp");
+    VipOptions o;
+    o.mode = c.gue ? SLUICE_MODE_GUE : SLUICE_MODE_IPIP;
+    o.table_size = 251;
+    o.gue_port = c.gue ? 6080 : 0;
+    h.model.add_vip(vip, o);
+    h.model.add_backend(vip, Endpoint{parse_ip(c.outer6 ? "2001:db8::11" : "198.18.0.11"), 0}, 100,
+                        kBackendMac[0]);
+    h.publish();
+    return vip;
+}
+
+PacketSpec tunnel_client_packet(bool inner6) {
+    PacketSpec s = client_packet();
+    if (inner6) {
+        s.src = "2001:db8:100::1";
+        s.dst = "2001:db8:1::1";
+    }
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("IP-in-IP and GUE: outer headers, inner TTL, all family pairs") {
+    for (const TunnelCase c : {TunnelCase{false, false, false}, TunnelCase{true, true, false},
+                               TunnelCase{false, true, false}, TunnelCase{true, false, false},
+                               TunnelCase{false, false, true}, TunnelCase{true, true, true}}) {
+        INFO("inner v" << (c.inner6 ? 6 : 4) << " outer v" << (c.outer6 ? 6 : 4) << " gue " << c.gue);
+        Harness h;
+        tunnel_vip(h, c);
+        PacketSpec in = tunnel_client_packet(c.inner6);
+        auto pkt = build_packet(in);
+        REQUIRE(h.run(pkt) == Action::kToBackend);
+        PacketSpec inner_want = in;
+        inner_want.ttl = 63;  // RFC 2003 §3 / RFC 2473 §3.1: the encapsulator forwards
+        const auto inner_full = build_packet(inner_want);
+        const std::vector<uint8_t> inner(inner_full.begin() + 14, inner_full.end());
+
+        CHECK(std::memcmp(pkt.data(), kBackendMac[0].data(), 6) == 0);
+        CHECK(std::memcmp(pkt.data() + 6, kLbMac.data(), 6) == 0);
+        const uint8_t* outer = pkt.data() + 14;
+        const size_t outer_len = c.outer6 ? 40 : 20;
+        const size_t udp_len = c.gue ? 8 : 0;
+        REQUIRE(pkt.size() == 14 + outer_len + udp_len + inner.size());
+        CHECK(std::vector<uint8_t>(pkt.begin() + 14 + outer_len + udp_len, pkt.end()) == inner);
+        const uint8_t next = c.gue ? 17 : (c.inner6 ? 41 : 4);
+        if (!c.outer6) {
+            CHECK(load_be16(pkt.data() + 12) == 0x0800);
+            CHECK(outer[9] == next);
+            CHECK(outer[8] == 64);
+            CHECK((outer[6] & 0x40) != 0);  // DF: copied from the inner (set), or IPv6 inner
+            CHECK(load_be16(outer + 2) == 20 + udp_len + inner.size());
+            CHECK(net::csum_full(outer, 20) == 0);
+            CHECK(std::memcmp(outer + 16, parse_ip("198.18.0.11").bytes.data(), 4) == 0);
+            CHECK(std::memcmp(outer + 12, "\xc6\x12\xc8", 3) == 0);  // 198.18.200.x
+        } else {
+            CHECK(load_be16(pkt.data() + 12) == 0x86dd);
+            CHECK(outer[6] == next);
+            CHECK(outer[7] == 64);
+            CHECK(load_be16(outer + 4) == udp_len + inner.size());
+            CHECK(std::memcmp(outer + 24, parse_ip("2001:db8::11").bytes.data(), 16) == 0);
+            CHECK(std::memcmp(outer + 8, parse_ip("2001:db8:ff::").bytes.data(), 8) == 0);
+        }
+        if (c.gue) {
+            const uint8_t* udp = outer + outer_len;
+            CHECK(load_be16(udp + 2) == 6080);
+            CHECK(load_be16(udp) >= 0xc000);
+            CHECK(load_be16(udp + 4) == 8 + inner.size());
+            if (c.outer6) {  // RFC 8200 §8.1: UDP over IPv6 carries a checksum
+                std::vector<uint8_t> pseudo(outer + 8, outer + 40);
+                const uint32_t l = static_cast<uint32_t>(8 + inner.size());
+                for (uint8_t b : std::initializer_list<uint8_t>{0, 0, uint8_t(l >> 8), uint8_t(l), 0, 0, 0, 17})
+                    pseudo.push_back(b);
+                pseudo.insert(pseudo.end(), udp, static_cast<const uint8_t*>(pkt.data() + pkt.size()));
+                CHECK(net::csum_full(pseudo.data(), pseudo.size()) == 0);
+            }
+        }
+        CHECK(h.counter(Counter::kEncapsulated) == 1);
+    }
+}
+
+TEST_CASE("Flow hash bits spread the outer source and keep a flow on one") {
+    Harness h;
+    tunnel_vip(h, {false, false, false});
+    std::set<uint8_t> last_octets;
+    for (uint16_t port = 3000; port < 3064; ++port) {
+        auto a = build_packet(client_packet(port));
+        auto b = a;
+        h.run(a);
+        h.run(b);
+        CHECK(a[14 + 15] == b[14 + 15]);
+        last_octets.insert(a[14 + 15]);
+    }
+    CHECK(last_octets.size() > 30);
+}
+
+TEST_CASE("Too big for the tunnel: dropped, counted, ICMP error back to the client") {
+    for (const bool v6 : {false, true}) {
+        INFO("ipv6 " << v6);
+        Harness h;
+        tunnel_vip(h, {v6, v6, false});
+        PacketSpec in = tunnel_client_packet(v6);
+        in.payload.assign(1500 - (v6 ? 40 : 20) - 20 - 10, 'x');  // fits 1500 only without encap
+        const auto original = build_packet(in);
+        auto pkt = original;
+        REQUIRE(h.run(pkt) == Action::kToClient);
+        CHECK(h.drops(DropReason::kTooBig) == 1);
+        CHECK(h.counter(Counter::kIcmpTooBigSent) == 1);
+        CHECK(std::memcmp(pkt.data(), kClientMac.data(), 6) == 0);
+        const uint8_t* ip = pkt.data() + 14;
+        const std::vector<uint8_t> orig_l3(original.begin() + 14, original.end());
+        if (!v6) {
+            REQUIRE(pkt.size() == 14 + 576u);  // RFC 1812: at most 576 bytes of IP
+            CHECK(ip[9] == 1);
+            CHECK(net::csum_full(ip, 20) == 0);
+            CHECK(ip[20] == 3);
+            CHECK(ip[21] == 4);
+            CHECK(load_be16(ip + 26) == 1500 - 20);  // next-hop MTU leaves room for the outer header
+            CHECK(net::csum_full(ip + 20, 576 - 20) == 0);
+            CHECK(std::memcmp(ip + 12, orig_l3.data() + 16, 4) == 0);  // from the VIP
+            CHECK(std::memcmp(ip + 16, orig_l3.data() + 12, 4) == 0);  // to the client
+            CHECK(std::equal(ip + 28, ip + 576, orig_l3.begin()));
+        } else {
+            REQUIRE(pkt.size() == 14 + 1280u);  // RFC 4443: fits the minimum MTU
+            CHECK(ip[6] == 58);
+            CHECK(ip[40] == 2);
+            CHECK(load_be32(ip + 44) == 1500 - 40);
+            std::vector<uint8_t> pseudo(ip + 8, ip + 40);
+            for (uint8_t b : std::initializer_list<uint8_t>{0, 0, uint8_t(1240 >> 8), uint8_t(1240 & 0xff), 0, 0, 0, 58})
+                pseudo.push_back(b);
+            pseudo.insert(pseudo.end(), ip + 40, ip + 1280);
+            CHECK(net::csum_full(pseudo.data(), pseudo.size()) == 0);
+            CHECK(std::equal(ip + 48, ip + 1280, orig_l3.begin()));
+        }
+    }
+}
+
+TEST_CASE("Echo requests to a VIP address are answered, unless switched off") {
+    for (const bool v6 : {false, true}) {
+        for (const bool echo : {true, false}) {
+            INFO("ipv6 " << v6 << " echo " << echo);
+            Harness h;
+            const VipId vip = parse_vip_id(v6 ? "[2001:db8:1::1]:80/tcp" : "198.18.1.1:80/tcp");
+            VipOptions o;
+            o.mode = SLUICE_MODE_DSR;
+            o.table_size = 251;
+            o.echo_reply = echo;
+            h.model.add_vip(vip, o);
+            h.publish();
+            PacketSpec req = tunnel_client_packet(v6);
+            req.proto = v6 ? 58 : 1;
+            req.payload = {uint8_t(v6 ? 128 : 8), 0, 0, 0, 0x12, 0x34, 0, 1, 'p', 'i', 'n', 'g'};
+            auto build_icmp = [v6](PacketSpec s) {
+                // ICMP checksum over the message (and the IPv6 pseudo-header).
+                auto p = build_packet(s);
+                const size_t l4 = v6 ? 54 : 34;
+                uint32_t pseudo = 0;
+                if (v6) pseudo = net::pseudo_header_sum6(p.data() + 22, p.data() + 38,
+                                                        static_cast<uint32_t>(p.size() - l4), 58);
+                const uint16_t c = net::csum_full(p.data() + l4, p.size() - l4, pseudo);
+                store_be16(p.data() + l4 + 2, c);
+                return p;
+            };
+            auto pkt = build_icmp(req);
+            DropReason why;
+            const Action a = h.run(pkt, &why);
+            if (!echo) {
+                CHECK(a == Action::kDrop);
+                CHECK(why == DropReason::kNoVip);
+                continue;
+            }
+            REQUIRE(a == Action::kToClient);
+            PacketSpec rep = req;
+            std::swap(rep.src, rep.dst);
+            rep.src_mac = kLbMac;
+            rep.dst_mac = kClientMac;
+            rep.payload[0] = v6 ? 129 : 0;
+            CHECK(pkt == build_icmp(rep));
+        }
+    }
+}
+
+TEST_CASE("An ICMP error quoting a flow reaches the backend that owns the flow") {
+    for (const uint8_t mode : {uint8_t{SLUICE_MODE_DSR}, uint8_t{SLUICE_MODE_NAT}}) {
+        INFO("mode " << int(mode));
+        Harness h;
+        const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+        h.model.add_vip(vip, mode, SLUICE_HASH_5TUPLE, 251);
+        for (int i = 0; i < 3; ++i)
+            h.model.add_backend(vip, Endpoint{parse_ip(kBackendIp[i]), uint16_t(mode == SLUICE_MODE_NAT ? 8080 : 0)},
+                                100, kBackendMac[i]);
+        h.publish();
+        for (uint16_t port = 6000; port < 6020; ++port) {
+            auto syn = build_packet(client_packet(port));
+            REQUIRE(h.run(syn) == Action::kToBackend);
+            const int owner = h.backend_of(syn);
+            // A router on the way to the client reports the backend's reply
+            // (VIP:80 -> client:port) as too big; the error goes to the VIP.
+            PacketSpec quoted = client_packet(port);
+            std::swap(quoted.src, quoted.dst);
+            std::swap(quoted.sport, quoted.dport);
+            const auto q = build_packet(quoted);
+            PacketSpec err;
+            err.src_mac = kClientMac;
+            err.dst_mac = kLbMac;
+            err.src = "198.18.100.254";
+            err.dst = "198.18.1.1";
+            err.proto = 1;
+            err.payload = {3, 4, 0, 0, 0, 0, 0x05, 0x78};
+            err.payload.insert(err.payload.end(), q.begin() + 14, q.begin() + 14 + 28);
+            const uint16_t c = net::csum_full(err.payload.data(), err.payload.size());
+            store_be16(err.payload.data() + 2, c);
+            auto pkt = build_packet(err);
+            REQUIRE(h.run(pkt) == Action::kToBackend);
+            CHECK(h.backend_of(pkt) == owner);
+            if (mode == SLUICE_MODE_NAT) {
+                // Outer destination and the quoted source are the backend's, all checksums valid.
+                const uint8_t* ip = pkt.data() + 14;
+                CHECK(std::memcmp(ip + 16, parse_ip(kBackendIp[owner]).bytes.data(), 4) == 0);
+                CHECK(net::csum_full(ip, 20) == 0);
+                CHECK(net::csum_full(ip + 20, pkt.size() - 34) == 0);
+                const uint8_t* qip = ip + 28;
+                CHECK(std::memcmp(qip + 12, parse_ip(kBackendIp[owner]).bytes.data(), 4) == 0);
+                CHECK(net::csum_full(qip, 20) == 0);
+                CHECK(load_be16(qip + 20) == 8080);
+            }
+        }
+        CHECK(h.counter(Counter::kIcmpErrorsToBackend) == 20);
+    }
+}
+
+TEST_CASE("GRE and ESP VIPs balance on the 3-tuple, optionally with the key/SPI") {
+    for (const uint8_t proto : {uint8_t{47}, uint8_t{50}}) {
+        for (const bool tag : {false, true}) {
+            INFO("proto " << int(proto) << " tag " << tag);
+            Harness h;
+            const VipId vip = parse_vip_id(proto == 47 ? "198.18.1.1/gre" : "198.18.1.1/esp");
+            h.model.add_vip(vip, SLUICE_MODE_DSR, tag ? SLUICE_HASH_3TUPLE_TAG : SLUICE_HASH_3TUPLE, 251);
+            add_backends(h, vip, 3);
+            h.publish();
+            std::set<int> backends;
+            for (uint32_t key = 1; key <= 40; ++key) {
+                PacketSpec s = client_packet();
+                s.proto = proto;
+                s.payload = proto == 47 ? std::vector<uint8_t>{0x20, 0, 0x08, 0, 0, 0, 0, uint8_t(key)}
+                                        : std::vector<uint8_t>{0, 0, 0, uint8_t(key), 0, 0, 0, 1};
+                auto pkt = build_packet(s);
+                REQUIRE(h.run(pkt) == Action::kToBackend);
+                backends.insert(h.backend_of(pkt));
+            }
+            // Same 3-tuple: one backend, unless the key/SPI is hashed too.
+            CHECK(backends.size() == (tag ? 3u : 1u));
+        }
+    }
+}
+
+TEST_CASE("Fragments of a datagram follow its first fragment, in every mode") {
+    for (const uint8_t mode : {uint8_t{SLUICE_MODE_DSR}, uint8_t{SLUICE_MODE_NAT}, uint8_t{SLUICE_MODE_IPIP}}) {
+        INFO("mode " << int(mode));
+        Harness h;
+        h.model.set_tunnel_source(4, parse_prefix("198.18.200.0/24"));
+        const VipId vip = parse_vip_id("198.18.1.1:53/udp");
+        h.model.add_vip(vip, mode, SLUICE_HASH_5TUPLE, 251);
+        add_backends(h, vip, 3);
+        h.publish();
+        for (uint16_t id = 1; id <= 30; ++id) {
+            PacketSpec s = client_packet(static_cast<uint16_t>(5000 + id));
+            s.proto = 17;
+            s.dport = 53;
+            s.payload.assign(32, 'd');
+            auto first = build_packet(s);
+            store_be16(first.data() + 18, id);
+            first[20] = 0x20;  // MF
+            first[21] = 0;
+            store_be16(first.data() + 24, 0);
+            store_be16(first.data() + 24, net::csum_full(first.data() + 14, 20));
+            auto later = first;
+            later[20] = 0x00;  // offset 2 (16 bytes), last fragment
+            later[21] = 0x02;
+            store_be16(later.data() + 24, 0);
+            store_be16(later.data() + 24, net::csum_full(later.data() + 14, 20));
+            REQUIRE(h.run(first) == Action::kToBackend);
+            REQUIRE(h.run(later) == Action::kToBackend);
+            CHECK(h.backend_of(first) == h.backend_of(later));
+            if (mode == SLUICE_MODE_NAT)
+                CHECK(std::memcmp(later.data() + 30, first.data() + 30, 4) == 0);
+        }
+        CHECK(h.counter(Counter::kFragmentsForwarded) == 30);
     }
 }
