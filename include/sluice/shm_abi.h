@@ -202,6 +202,48 @@ struct sluice_shm {
 	struct sluice_config config[2];
 };
 
+/* --- BPF maps (bpf/xdp_steer.bpf.c, bpf/xdp_decap.bpf.c) -------------------
+ * The steering program's maps are pinned by name under the bpffs root
+ * (/sys/fs/bpf/<name>) when DPDK's af_xdp PMD loads the program; sluiced keeps
+ * them in step with its configuration. */
+#define SLUICE_BPF_VIP_ADDRS_MAP "sluice_vip_addrs"
+#define SLUICE_BPF_NAT_BACKENDS_MAP "sluice_nat_backends"
+#define SLUICE_BPF_LOCAL_ADDRS_MAP "sluice_local_addrs"
+#define SLUICE_BPF_STEER_STATS_MAP "sluice_steer_stats"
+#define SLUICE_BPF_MAX_LOCAL_ADDRS 256u
+#define SLUICE_BPF_MAX_XSKS 64u
+
+/* An address: VIP addresses (steered), the node's own addresses (never
+ * steered), the backend's own addresses (decapsulated for). */
+struct sluice_bpf_addr {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* A NAT backend's endpoint: replies from it are steered to the dataplane. */
+struct sluice_bpf_endpoint {
+	__u8 addr[16];
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 family;
+};
+
+/* Per-CPU counters of the steering program, by index. */
+#define SLUICE_STEER_TO_XSK 0u      /* redirected to the dataplane's socket */
+#define SLUICE_STEER_NO_XSK 1u      /* for the dataplane, but no socket on the queue */
+#define SLUICE_STEER_TO_KERNEL 2u   /* not for the dataplane */
+#define SLUICE_STEER_STATS 3u
+
+/* Per-CPU counters of the decapsulation program. */
+#define SLUICE_DECAP_IPIP 0u
+#define SLUICE_DECAP_GUE 1u
+#define SLUICE_DECAP_NOT_OURS 2u /* a tunnel packet to an address not of this host */
+#define SLUICE_DECAP_STATS 3u
+
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_bpf_addr) == 20, "BPF map key layout");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_bpf_endpoint) == 20, "BPF map key layout");
+
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_vip) == 64, "sluice_vip is one cache line");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_backend) == 64, "sluice_backend is one cache line");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_shm_header) == 512, "header size is ABI");

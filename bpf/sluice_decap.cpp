@@ -1,0 +1,144 @@
+// sluice-decap: attaches the backend-side decapsulation XDP program
+// (xdp_decap.bpf.c) to an interface, or detaches it.
+//
+//   sluice-decap attach IFACE [--gue-port PORT] [--mode native|skb]
+//   sluice-decap detach IFACE
+//   sluice-decap status IFACE [--json]
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/if_link.h>
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "sluice/shm_abi.h"
+#include "xdp_decap.skel.h"
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) {
+    fmt::print(stderr, "sluice-decap: {}\n", msg);
+    std::exit(1);
+}
+
+unsigned ifindex_of(const std::string& iface) {
+    const unsigned idx = if_nametoindex(iface.c_str());
+    if (idx == 0) fail(fmt::format("no interface '{}'", iface));
+    return idx;
+}
+
+// Every address of this host (all interfaces): the outer destinations the
+// program may decapsulate for.
+int fill_local_addresses(int map_fd) {
+    ifaddrs* list = nullptr;
+    if (getifaddrs(&list) != 0) fail(fmt::format("getifaddrs: {}", std::strerror(errno)));
+    int n = 0;
+    for (ifaddrs* a = list; a; a = a->ifa_next) {
+        if (!a->ifa_addr) continue;
+        sluice_bpf_addr key{};
+        if (a->ifa_addr->sa_family == AF_INET) {
+            std::memcpy(key.addr, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, 4);
+            key.family = SLUICE_FAMILY_V4;
+        } else if (a->ifa_addr->sa_family == AF_INET6) {
+            std::memcpy(key.addr, &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr, 16);
+            key.family = SLUICE_FAMILY_V6;
+        } else {
+            continue;
+        }
+        const uint8_t one = 1;
+        if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) == 0) ++n;
+    }
+    freeifaddrs(list);
+    return n;
+}
+
+int attach(const std::string& iface, uint16_t gue_port, const std::string& mode) {
+    const unsigned idx = ifindex_of(iface);
+    xdp_decap_bpf* skel = xdp_decap_bpf::open();
+    if (!skel) fail("cannot open the BPF object");
+    skel->rodata->gue_port = gue_port;
+    if (int err = xdp_decap_bpf::load(skel); err)
+        fail(fmt::format("cannot load the decapsulation program: {}", std::strerror(-err)));
+    const int addrs = fill_local_addresses(bpf_map__fd(skel->maps.decap_addrs));
+    const uint32_t flags = mode == "skb" ? XDP_FLAGS_SKB_MODE : mode == "native" ? XDP_FLAGS_DRV_MODE : 0;
+    if (int err = bpf_xdp_attach(static_cast<int>(idx), bpf_program__fd(skel->progs.sluice_decap),
+                                 flags, nullptr);
+        err)
+        fail(fmt::format("cannot attach to {}: {}", iface, std::strerror(-err)));
+    fmt::print("sluice-decap: attached to {} ({} local addresses{})\n", iface, addrs,
+               gue_port ? fmt::format(", GUE on UDP port {}", gue_port) : "");
+    xdp_decap_bpf::destroy(skel);  // the interface keeps the program and its maps
+    return 0;
+}
+
+int detach(const std::string& iface) {
+    const unsigned idx = ifindex_of(iface);
+    for (uint32_t flags : {0u, uint32_t{XDP_FLAGS_SKB_MODE}, uint32_t{XDP_FLAGS_DRV_MODE}})
+        bpf_xdp_detach(static_cast<int>(idx), flags, nullptr);
+    fmt::print("sluice-decap: detached from {}\n", iface);
+    return 0;
+}
+
+int status(const std::string& iface, bool as_json) {
+    const unsigned idx = ifindex_of(iface);
+    bpf_xdp_query_opts q{};
+    q.sz = sizeof q;
+    if (int err = bpf_xdp_query(static_cast<int>(idx), 0, &q); err)
+        fail(fmt::format("cannot query {}: {}", iface, std::strerror(-err)));
+    std::string name;
+    const uint32_t id = q.prog_id;
+    if (id) {
+        const int fd = bpf_prog_get_fd_by_id(id);
+        bpf_prog_info info{};
+        uint32_t len = sizeof info;
+        if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &info, &len) == 0) name = info.name;
+        if (fd >= 0) close(fd);
+    }
+    const bool ours = name == "sluice_decap";
+    if (as_json)
+        std::cout << nlohmann::json{{"interface", iface}, {"prog_id", id}, {"prog_name", name}, {"attached", ours}}.dump(2) << "\n";
+    else
+        fmt::print("{}: {}\n", iface,
+                   ours ? fmt::format("sluice_decap attached (program {})", id)
+                        : id ? fmt::format("another XDP program ({}, id {})", name, id)
+                             : std::string("no XDP program"));
+    return ours ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"sluice-decap: backend-side XDP decapsulation of sluice tunnels (IPIP, IPv6 in "
+                 "IPv6, both cross-family pairs, GUE) without the kernel's tunnel modules"};
+    app.require_subcommand(1);
+    std::string iface, mode = "auto";
+    uint16_t gue_port = 0;
+    bool as_json = false;
+    auto* a = app.add_subcommand("attach", "Attach to IFACE; decapsulates packets whose outer "
+                                           "destination is one of this host's addresses");
+    a->add_option("iface", iface, "Interface")->required();
+    a->add_option("--gue-port", gue_port, "Also decapsulate GUE on this UDP port");
+    a->add_option("--mode", mode, "XDP mode: auto, native or skb")->capture_default_str();
+    auto* d = app.add_subcommand("detach", "Detach from IFACE");
+    d->add_option("iface", iface, "Interface")->required();
+    auto* s = app.add_subcommand("status", "Whether the program is attached to IFACE (exit 0 if so)");
+    s->add_option("iface", iface, "Interface")->required();
+    s->add_flag("--json", as_json, "JSON output");
+    CLI11_PARSE(app, argc, argv);
+    libbpf_set_print(nullptr);
+    if (*a) return attach(iface, gue_port, mode);
+    if (*d) return detach(iface);
+    return status(iface, as_json);
+}

@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * XDP steering for the dataplane's AF_XDP port: frames the dataplane must see
+ * go to its AF_XDP socket on the receiving queue; everything else (ARP/ND,
+ * BGP, SSH, health-check replies, the node's own traffic) stays with the
+ * kernel. For the dataplane are:
+ *   - anything addressed to a VIP address (the node does not own VIPs, so
+ *     the kernel has no use for them): TCP/UDP/GRE/ESP, ICMP echo and errors,
+ *     fragments;
+ *   - NAT replies: from a NAT backend's endpoint to an address that is not
+ *     the node's own.
+ * DPDK's af_xdp PMD loads this object (devarg xdp_prog=) and fills xsks_map;
+ * sluiced fills the other maps, which libbpf pins by name under /sys/fs/bpf.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sluice/shm_abi.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, SLUICE_BPF_MAX_XSKS);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_VIPS);
+	__type(key, struct sluice_bpf_addr);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_vip_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_BACKENDS);
+	__type(key, struct sluice_bpf_endpoint);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_nat_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_BPF_MAX_LOCAL_ADDRS);
+	__type(key, struct sluice_bpf_addr);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_local_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_STEER_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_steer_stats SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&sluice_steer_stats, &idx);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int steer(struct xdp_md *ctx)
+{
+	__u32 queue = ctx->rx_queue_index;
+	if (!bpf_map_lookup_elem(&xsks_map, &queue)) {
+		count(SLUICE_STEER_NO_XSK);
+		return XDP_PASS;
+	}
+	count(SLUICE_STEER_TO_XSK);
+	return bpf_redirect_map(&xsks_map, queue, XDP_PASS);
+}
+
+static __always_inline int is_nat_reply(const __u8 *src, const __u8 *dst, int alen, __u8 family,
+					__u8 proto, void *l4, void *end)
+{
+	struct sluice_bpf_endpoint ep = {};
+	struct sluice_bpf_addr local = {};
+	__u16 *ports = l4;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	__builtin_memcpy(ep.addr, src, alen == 4 ? 4 : 16);
+	ep.port = ports[0];
+	ep.proto = proto;
+	ep.family = family;
+	if (!bpf_map_lookup_elem(&sluice_nat_backends, &ep))
+		return 0;
+	__builtin_memcpy(local.addr, dst, alen == 4 ? 4 : 16);
+	local.family = family;
+	return !bpf_map_lookup_elem(&sluice_local_addrs, &local);
+}
+
+SEC("xdp")
+int sluice_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct sluice_bpf_addr key = {};
+	__u16 proto;
+	void *l3;
+
+	if ((void *)(eth + 1) > end)
+		goto kernel;
+	proto = eth->h_proto;
+	l3 = eth + 1;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (l3 + 4 > end)
+			goto kernel;
+		proto = *(__u16 *)(l3 + 2);
+		l3 += 4;
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > end)
+			goto kernel;
+		__builtin_memcpy(key.addr, &ip->daddr, 4);
+		key.family = SLUICE_FAMILY_V4;
+		if (bpf_map_lookup_elem(&sluice_vip_addrs, &key))
+			return steer(ctx);
+		if (is_nat_reply((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, 4, SLUICE_FAMILY_V4,
+				 ip->protocol, l3 + ip->ihl * 4, end))
+			return steer(ctx);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > end)
+			goto kernel;
+		__builtin_memcpy(key.addr, &ip6->daddr, 16);
+		key.family = SLUICE_FAMILY_V6;
+		if (bpf_map_lookup_elem(&sluice_vip_addrs, &key))
+			return steer(ctx);
+		if (is_nat_reply((__u8 *)&ip6->saddr, (__u8 *)&ip6->daddr, 16, SLUICE_FAMILY_V6,
+				 ip6->nexthdr, ip6 + 1, end))
+			return steer(ctx);
+	}
+kernel:
+	count(SLUICE_STEER_TO_KERNEL);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
