@@ -5,7 +5,6 @@
 //   sluice-decap detach IFACE
 //   sluice-decap status IFACE [--json]
 #include <arpa/inet.h>
-#include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
 
@@ -23,6 +22,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sluice/addr.hpp"
 #include "sluice/shm_abi.h"
 #include "xdp_decap.skel.h"
 
@@ -39,28 +39,17 @@ unsigned ifindex_of(const std::string& iface) {
     return idx;
 }
 
-// Every address of this host (all interfaces): the outer destinations the
-// program may decapsulate for.
+// Every address of this host: the outer destinations the program may
+// decapsulate for.
 int fill_local_addresses(int map_fd) {
-    ifaddrs* list = nullptr;
-    if (getifaddrs(&list) != 0) fail(fmt::format("getifaddrs: {}", std::strerror(errno)));
     int n = 0;
-    for (ifaddrs* a = list; a; a = a->ifa_next) {
-        if (!a->ifa_addr) continue;
+    for (const sluice::IpAddress& a : sluice::host_addresses()) {
         sluice_bpf_addr key{};
-        if (a->ifa_addr->sa_family == AF_INET) {
-            std::memcpy(key.addr, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, 4);
-            key.family = SLUICE_FAMILY_V4;
-        } else if (a->ifa_addr->sa_family == AF_INET6) {
-            std::memcpy(key.addr, &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr, 16);
-            key.family = SLUICE_FAMILY_V6;
-        } else {
-            continue;
-        }
+        std::memcpy(key.addr, a.bytes.data(), 16);
+        key.family = a.family;
         const uint8_t one = 1;
         if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) == 0) ++n;
     }
-    freeifaddrs(list);
     return n;
 }
 

@@ -10,7 +10,8 @@
  *   - NAT replies: from a NAT backend's endpoint to an address that is not
  *     the node's own.
  * DPDK's af_xdp PMD loads this object (devarg xdp_prog=) and fills xsks_map;
- * sluiced fills the other maps, which libbpf pins by name under /sys/fs/bpf.
+ * sluiced fills the other maps, found through the program attached to the
+ * interface (sluiced --xdp-iface).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -35,36 +36,32 @@ struct {
 	__uint(max_entries, SLUICE_MAX_VIPS);
 	__type(key, struct sluice_bpf_addr);
 	__type(value, __u8);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_vip_addrs SEC(".maps");
+} sl_vip_addrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SLUICE_MAX_BACKENDS);
 	__type(key, struct sluice_bpf_endpoint);
 	__type(value, __u8);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_nat_backends SEC(".maps");
+} sl_nat_backends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SLUICE_BPF_MAX_LOCAL_ADDRS);
 	__type(key, struct sluice_bpf_addr);
 	__type(value, __u8);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_local_addrs SEC(".maps");
+} sl_local_addrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SLUICE_STEER_STATS);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_steer_stats SEC(".maps");
+} sl_steer_stats SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&sluice_steer_stats, &idx);
+	__u64 *c = bpf_map_lookup_elem(&sl_steer_stats, &idx);
 	if (c)
 		*c += 1;
 }
@@ -95,11 +92,11 @@ static __always_inline int is_nat_reply(const __u8 *src, const __u8 *dst, int al
 	ep.port = ports[0];
 	ep.proto = proto;
 	ep.family = family;
-	if (!bpf_map_lookup_elem(&sluice_nat_backends, &ep))
+	if (!bpf_map_lookup_elem(&sl_nat_backends, &ep))
 		return 0;
 	__builtin_memcpy(local.addr, dst, alen == 4 ? 4 : 16);
 	local.family = family;
-	return !bpf_map_lookup_elem(&sluice_local_addrs, &local);
+	return !bpf_map_lookup_elem(&sl_local_addrs, &local);
 }
 
 SEC("xdp")
@@ -131,7 +128,7 @@ int sluice_steer(struct xdp_md *ctx)
 			goto kernel;
 		__builtin_memcpy(key.addr, &ip->daddr, 4);
 		key.family = SLUICE_FAMILY_V4;
-		if (bpf_map_lookup_elem(&sluice_vip_addrs, &key))
+		if (bpf_map_lookup_elem(&sl_vip_addrs, &key))
 			return steer(ctx);
 		if (is_nat_reply((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, 4, SLUICE_FAMILY_V4,
 				 ip->protocol, l3 + ip->ihl * 4, end))
@@ -142,7 +139,7 @@ int sluice_steer(struct xdp_md *ctx)
 			goto kernel;
 		__builtin_memcpy(key.addr, &ip6->daddr, 16);
 		key.family = SLUICE_FAMILY_V6;
-		if (bpf_map_lookup_elem(&sluice_vip_addrs, &key))
+		if (bpf_map_lookup_elem(&sl_vip_addrs, &key))
 			return steer(ctx);
 		if (is_nat_reply((__u8 *)&ip6->saddr, (__u8 *)&ip6->daddr, 16, SLUICE_FAMILY_V6,
 				 ip6->nexthdr, ip6 + 1, end))

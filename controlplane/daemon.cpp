@@ -41,6 +41,16 @@ bool alive(uint32_t pid) { return pid != 0 && (kill(static_cast<pid_t>(pid), 0) 
 Daemon::Daemon(const DaemonOptions& opt, Model initial)
     : opt_(opt), model_(std::move(initial)), shm_(ShmSegment::open_or_create(opt.shm_path)) {
     __atomic_store_n(&shm_->header.daemon_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
+    if (!opt.xdp_iface.empty()) xdp_maps_.emplace(opt.xdp_iface);
+}
+
+void Daemon::tick() {
+    if (!xdp_maps_) return;
+    try {
+        xdp_maps_->sync(model_);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluiced: XDP steering maps: {}\n", e.what());
+    }
 }
 
 Model Daemon::load_state(const std::string& path, std::optional<uint64_t> seed) {
@@ -116,6 +126,7 @@ void Daemon::commit(Model next) {
         throw;
     }
     model_ = std::move(next);
+    tick();
 }
 
 nlohmann::json Daemon::vip_json(const Vip& v) const {
@@ -151,6 +162,7 @@ nlohmann::json Daemon::status() const {
             {"vips", model_.vips().size()},
             {"hash_seed", model_.hash_seed()},
             {"tunnel_source4", model_.tunnel_source(4).len ? format_prefix(model_.tunnel_source(4)) : ""},
+            {"xdp_maps", xdp_maps_ ? xdp_maps_->state() : "not used"},
             {"tunnel_source6", model_.tunnel_source(6).len ? format_prefix(model_.tunnel_source(6)) : ""}};
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model.hpp"
+#include "xdp_maps.hpp"
 #include "sluice/shm.hpp"
 
 namespace sluice {
@@ -19,6 +20,7 @@ struct DaemonOptions {
     std::string shm_path;
     std::string state_path;
     std::chrono::milliseconds publish_timeout{2000};
+    std::string xdp_iface;  // empty: no XDP steering program to keep in step
 };
 
 class Daemon {
@@ -36,6 +38,10 @@ public:
 
     const Model& model() const { return model_; }
 
+    // Periodic work (about once a second): keeps the XDP steering maps in
+    // step, which also picks up a dataplane that started after the change.
+    void tick();
+
     static Model load_state(const std::string& path, std::optional<uint64_t> seed);
 
 private:
@@ -51,6 +57,7 @@ private:
     DaemonOptions opt_;
     Model model_;
     ShmSegment shm_;
+    std::optional<XdpMaps> xdp_maps_;
 };
 
 }  // namespace sluice

@@ -49,6 +49,7 @@ void print_human(const std::string& cmd, const json& r) {
             fmt::print("dataplane: not running\n");
         fmt::print("shared memory {}  state {}\n", r["shm"].get<std::string>(),
                    r["state"].get<std::string>());
+        fmt::print("XDP steering maps: {}\n", r["xdp_maps"].get<std::string>());
     } else if (cmd == "vip.list") {
         if (r.empty()) fmt::print("no VIPs\n");
         for (const auto& v : r) print_vip(v);

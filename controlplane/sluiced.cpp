@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     CLI::App app{"sluiced: the sluice control-plane daemon. Owns VIPs and backends, publishes them "
                  "to sluice-dataplane through shared memory, and serves sluicectl."};
     std::string socket_path = sluice::ipc::kDefaultSocket;
-    sluice::DaemonOptions opt{"/dev/shm/sluice", "/var/lib/sluice/state.json", {}};
+    sluice::DaemonOptions opt{"/dev/shm/sluice", "/var/lib/sluice/state.json", {}, {}};
     std::optional<uint64_t> seed;
     unsigned publish_timeout_ms = 2000;
     std::optional<std::string> tunnel4, tunnel6;
@@ -123,6 +123,9 @@ int main(int argc, char** argv) {
                    "bits fill its host part (e.g. 198.18.200.0/24). Saved in the state file");
     app.add_option("--tunnel-source6", tunnel6,
                    "The same for IPv6 outer sources (e.g. 2001:db8:ff::/64)");
+    app.add_option("--xdp-iface", opt.xdp_iface,
+                   "The dataplane's af_xdp interface: sluiced keeps the maps of the XDP "
+                   "steering program attached to it in step with the VIPs");
     CLI11_PARSE(app, argc, argv);
     opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
 
@@ -143,7 +146,12 @@ int main(int argc, char** argv) {
                    getpid(), daemon.model().vips().size(), opt.state_path, opt.shm_path,
                    socket_path);
         std::fflush(stdout);
+        auto next_tick = std::chrono::steady_clock::now();
         while (!g_stop) {
+            if (std::chrono::steady_clock::now() >= next_tick) {
+                daemon.tick();
+                next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+            }
             pollfd p{listen_fd, POLLIN, 0};
             const int r = poll(&p, 1, 200);
             if (r <= 0) continue;

@@ -1,9 +1,12 @@
 #include "sluice/addr.hpp"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -110,6 +113,29 @@ std::string_view protocol_name(uint8_t proto) {
 bool is_test_range(const IpAddress& a) {
     if (a.family == 4) return a.bytes[0] == 198 && (a.bytes[1] & 0xfe) == 18;
     return a.bytes[0] == 0x20 && a.bytes[1] == 0x01 && a.bytes[2] == 0x0d && a.bytes[3] == 0xb8;
+}
+
+std::vector<IpAddress> host_addresses() {
+    ifaddrs* list = nullptr;
+    if (getifaddrs(&list) != 0)
+        throw std::runtime_error(fmt::format("getifaddrs: {}", std::strerror(errno)));
+    std::vector<IpAddress> out;
+    for (ifaddrs* a = list; a; a = a->ifa_next) {
+        if (!a->ifa_addr) continue;
+        IpAddress ip;
+        if (a->ifa_addr->sa_family == AF_INET) {
+            ip.family = 4;
+            std::memcpy(ip.bytes.data(), &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, 4);
+        } else if (a->ifa_addr->sa_family == AF_INET6) {
+            ip.family = 6;
+            std::memcpy(ip.bytes.data(), &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr, 16);
+        } else {
+            continue;
+        }
+        out.push_back(ip);
+    }
+    freeifaddrs(list);
+    return out;
 }
 
 }  // namespace sluice

@@ -203,13 +203,14 @@ struct sluice_shm {
 };
 
 /* --- BPF maps (bpf/xdp_steer.bpf.c, bpf/xdp_decap.bpf.c) -------------------
- * The steering program's maps are pinned by name under the bpffs root
- * (/sys/fs/bpf/<name>) when DPDK's af_xdp PMD loads the program; sluiced keeps
- * them in step with its configuration. */
-#define SLUICE_BPF_VIP_ADDRS_MAP "sluice_vip_addrs"
-#define SLUICE_BPF_NAT_BACKENDS_MAP "sluice_nat_backends"
-#define SLUICE_BPF_LOCAL_ADDRS_MAP "sluice_local_addrs"
-#define SLUICE_BPF_STEER_STATS_MAP "sluice_steer_stats"
+ * DPDK's af_xdp PMD loads the steering program onto the dataplane's
+ * interface; sluiced finds its maps by name through the program attached to
+ * that interface (no pinning, so it works from any mount namespace) and keeps
+ * them in step with its configuration. Names fit BPF_OBJ_NAME_LEN. */
+#define SLUICE_BPF_VIP_ADDRS_MAP "sl_vip_addrs"
+#define SLUICE_BPF_NAT_BACKENDS_MAP "sl_nat_backends"
+#define SLUICE_BPF_LOCAL_ADDRS_MAP "sl_local_addrs"
+#define SLUICE_BPF_STEER_STATS_MAP "sl_steer_stats"
 #define SLUICE_BPF_MAX_LOCAL_ADDRS 256u
 #define SLUICE_BPF_MAX_XSKS 64u
 

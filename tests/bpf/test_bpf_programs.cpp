@@ -58,25 +58,15 @@ sluice_bpf_addr addr_key(const char* text) {
     return k;
 }
 
-// The steering skeleton pins its maps by name; tests pin them in a private
-// directory so a running sluice instance's maps are never touched.
 struct Steer {
-    Steer() : pin_dir(fmt_dir()) {
-        std::filesystem::create_directories(pin_dir);
-        LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_dir.c_str());
-        skel = xdp_steer_bpf::open(&opts);
+    Steer() {
+        skel = xdp_steer_bpf::open_and_load();
         REQUIRE(skel);
-        REQUIRE(xdp_steer_bpf::load(skel) == 0);
     }
-    ~Steer() {
-        xdp_steer_bpf::destroy(skel);
-        std::filesystem::remove_all(pin_dir);
-    }
-    static std::string fmt_dir() { return "/sys/fs/bpf/sluice-test-" + std::to_string(getpid()); }
-    uint64_t stat(uint32_t k) const { return percpu_sum(bpf_map__fd(skel->maps.sluice_steer_stats), k); }
+    ~Steer() { xdp_steer_bpf::destroy(skel); }
+    uint64_t stat(uint32_t k) const { return percpu_sum(bpf_map__fd(skel->maps.sl_steer_stats), k); }
     int prog() const { return bpf_program__fd(skel->progs.sluice_steer); }
 
-    std::string pin_dir;
     xdp_steer_bpf* skel = nullptr;
 };
 
@@ -87,16 +77,16 @@ TEST_CASE("Steering: VIP traffic and NAT replies to the dataplane, the rest to t
     const uint8_t one = 1;
     for (const char* vip : {"198.18.1.1", "2001:db8:1::1"}) {
         const sluice_bpf_addr k = addr_key(vip);
-        REQUIRE(bpf_map_update_elem(bpf_map__fd(s.skel->maps.sluice_vip_addrs), &k, &one, BPF_ANY) == 0);
+        REQUIRE(bpf_map_update_elem(bpf_map__fd(s.skel->maps.sl_vip_addrs), &k, &one, BPF_ANY) == 0);
     }
     sluice_bpf_endpoint ep{};
     std::memcpy(ep.addr, parse_ip("198.18.0.11").bytes.data(), 4);
     ep.port = htons(8080);
     ep.proto = 6;
     ep.family = 4;
-    REQUIRE(bpf_map_update_elem(bpf_map__fd(s.skel->maps.sluice_nat_backends), &ep, &one, BPF_ANY) == 0);
+    REQUIRE(bpf_map_update_elem(bpf_map__fd(s.skel->maps.sl_nat_backends), &ep, &one, BPF_ANY) == 0);
     const sluice_bpf_addr local = addr_key("198.18.0.2");
-    REQUIRE(bpf_map_update_elem(bpf_map__fd(s.skel->maps.sluice_local_addrs), &local, &one, BPF_ANY) == 0);
+    REQUIRE(bpf_map_update_elem(bpf_map__fd(s.skel->maps.sl_local_addrs), &local, &one, BPF_ANY) == 0);
 
     struct Case {
         const char* what;
@@ -142,7 +132,6 @@ TEST_CASE("Steering: VIP traffic and NAT replies to the dataplane, the rest to t
         CHECK(s.stat(SLUICE_STEER_NO_XSK) + s.stat(SLUICE_STEER_TO_XSK) - before_steer == (c.to_dataplane ? 1u : 0u));
         CHECK(s.stat(SLUICE_STEER_TO_KERNEL) - before_kernel == (c.to_dataplane ? 0u : 1u));
     }
-    CHECK(std::filesystem::exists(s.pin_dir + "/" SLUICE_BPF_VIP_ADDRS_MAP));
 }
 
 namespace {

@@ -7,6 +7,7 @@ usage: backend_server.py NAME --http PORT [--http PORT ...] [--lines PORT ...]
 """
 import argparse
 import http.server
+import socket
 import socketserver
 import threading
 
@@ -36,11 +37,17 @@ def main():
                 self.wfile.flush()
 
     class Server(socketserver.ThreadingTCPServer):
+        # One dual-stack socket per port: IPv6 and IPv4 (as mapped addresses).
+        address_family = socket.AF_INET6
         allow_reuse_address = True
         daemon_threads = True
 
-    servers = [Server(("", p), Http) for p in args.http]
-    servers += [Server(("", p), Lines) for p in args.lines]
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
+
+    servers = [Server(("::", p), Http) for p in args.http]
+    servers += [Server(("::", p), Lines) for p in args.lines]
     for s in servers[1:]:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     print(f"{args.name}: serving http {args.http} lines {args.lines}", flush=True)

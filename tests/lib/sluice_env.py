@@ -16,13 +16,20 @@ BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
 SLUICED = os.path.join(BUILD, "controlplane", "sluiced")
 SLUICECTL = os.path.join(BUILD, "controlplane", "sluicectl")
 DATAPLANE = os.path.join(BUILD, "dataplane", "sluice-dataplane")
+DECAP = os.path.join(BUILD, "bpf", "sluice-decap")
+STEER_PROG = os.path.join(BUILD, "bpf", "xdp_steer.bpf.o")
+TUNNEL_SOURCE4 = "198.18.200.0/24"
+TUNNEL_SOURCE6 = "2001:db8:ff::/64"
+GUE_PORT = 6080
 TOPOLOGY = os.path.join(ROOT, "scripts", "topology.sh")
 BACKEND_SERVER = os.path.join(ROOT, "tests", "lib", "backend_server.py")
 CONN_CLIENT = os.path.join(ROOT, "tests", "lib", "conn_client.py")
 SYS_PYTHON = "/usr/bin/python3"
 
 CLIENT_IP = "198.18.100.1"
+CLIENT_IP6 = "2001:db8:100::1"
 BACKEND_IPS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+BACKEND_IPS6 = ["2001:db8::11", "2001:db8::12", "2001:db8::13"]
 BACKEND_NAMES = ["be1", "be2", "be3"]
 
 
@@ -45,9 +52,12 @@ signal.signal(signal.SIGTERM, _raise_on_term)
 class Lab:
     """with Lab("name") as lab: ... — everything it starts is stopped on exit."""
 
-    def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=()):
+    def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=(), port="af_packet",
+                 decap=False):
         self.prefix = f"sl{os.getpid() % 100000}{name[:3]}"
         self.route = route
+        self.port = port
+        self.decap = decap
         self.start_dataplane_now = start_dataplane
         self.dataplane_args = list(dataplane_args)
         self.procs = {}
@@ -61,6 +71,9 @@ class Lab:
         try:
             subprocess.run([TOPOLOGY, "up", self.prefix, self.route], check=True, timeout=60)
             for i, name in enumerate(BACKEND_NAMES):
+                if self.decap:
+                    subprocess.run(self.ns(f"be{i + 1}") + [DECAP, "attach", "eth0", "--gue-port", str(GUE_PORT)],
+                                   check=True, timeout=30, capture_output=True)
                 self.spawn(name, f"be{i + 1}",
                            [SYS_PYTHON, BACKEND_SERVER, name, "--http", "80", "--http", "8080",
                             "--lines", "9000", "--lines", "9090"])
@@ -75,6 +88,9 @@ class Lab:
     def __exit__(self, *exc):
         for name in list(self.procs):
             self.stop(name)
+        if self.decap:
+            for b in (1, 2, 3):
+                subprocess.run(self.ns(f"be{b}") + [DECAP, "detach", "eth0"], timeout=30, capture_output=True)
         subprocess.run([TOPOLOGY, "down", self.prefix], timeout=60)
         for path in (self.shm,):
             try:
@@ -130,13 +146,18 @@ class Lab:
         raise TestFailure(f"{name} did not print '{text}' within {timeout}s:\n{open(path).read()[-3000:]}")
 
     def start_daemon(self):
-        self.spawn("sluiced", "lb", [SLUICED, "--socket", self.socket, "--shm", self.shm,
-                                      "--state", self.state])
+        args = [SLUICED, "--socket", self.socket, "--shm", self.shm, "--state", self.state,
+                "--tunnel-source4", TUNNEL_SOURCE4, "--tunnel-source6", TUNNEL_SOURCE6]
+        if self.port == "af_xdp":
+            args += ["--xdp-iface", "eth0"]
+        self.spawn("sluiced", "lb", args)
         self.wait_log("sluiced", "listening on")
 
     def start_dataplane(self, extra=()):
+        vdev = ("net_af_packet0,iface=eth0,qpairs=1" if self.port == "af_packet"
+                else f"net_af_xdp0,iface=eth0,xdp_prog={STEER_PROG}")
         args = [DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", self.prefix, "--no-pci",
-                "--vdev", "net_af_packet0,iface=eth0,qpairs=1", "--log-level", "*:warning",
+                "--vdev", vdev, "--log-level", "*:warning",
                 "--", "--shm", self.shm, "--conn-capacity", "65536"]
         self.spawn("dataplane", "lb", args + self.dataplane_args + list(extra))
         self.wait_log("dataplane", "sluice-dataplane: pid")
@@ -158,9 +179,28 @@ class Lab:
     def curl_names(self, url, count):
         """Makes `count` new TCP connections (the backends close after each
         response) and returns the backend name of each answer."""
-        r = subprocess.run(self.ns("client") + ["curl", "-s", "--max-time", "5", f"{url}/[1-{count}]"],
+        urls = [f"{url}/?{i}" for i in range(count)]
+        r = subprocess.run(self.ns("client") + ["curl", "-s", "-g", "--max-time", "5", *urls],
                            capture_output=True, text=True, timeout=120)
         return [line for line in r.stdout.splitlines() if line]
+
+    def wait_xdp_maps(self, timeout=10):
+        """With af_xdp: waits until sluiced has synced the steering maps."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            st = self.ctl("status", as_json=True)
+            if st["xdp_maps"].startswith("in sync"):
+                return st
+            time.sleep(0.2)
+        raise TestFailure(f"XDP steering maps not in sync: {st['xdp_maps']}")
+
+    def scapy(self, host, script, timeout=60):
+        """Runs a scapy script (Debian's python) inside a namespace; returns stdout."""
+        r = subprocess.run(self.ns(host) + [SYS_PYTHON, "-c", script], capture_output=True, text=True,
+                           timeout=timeout)
+        if r.returncode != 0:
+            raise TestFailure(f"scapy in {host} failed: {r.stderr[-2000:]}")
+        return r.stdout
 
     def client(self):
         return ConnClient(self)

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace sluice {
 
@@ -39,5 +40,9 @@ std::string_view protocol_name(uint8_t proto);
 // True for the ranges the project's tests and demo may use: 198.18.0.0/15 and
 // 2001:db8::/32 (RFC 2544 benchmarking and RFC 3849 documentation space).
 bool is_test_range(const IpAddress& a);
+
+// Every IPv4 and IPv6 address configured on this host's interfaces (in the
+// caller's network namespace).
+std::vector<IpAddress> host_addresses();
 
 }  // namespace sluice

@@ -1,0 +1,141 @@
+#include "xdp_maps.hpp"
+
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include <cerrno>
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace sluice {
+namespace {
+
+struct Fd {
+    int fd;
+    ~Fd() {
+        if (fd >= 0) close(fd);
+    }
+};
+
+template <typename Key>
+struct KeyLess {
+    bool operator()(const Key& a, const Key& b) const { return std::memcmp(&a, &b, sizeof a) < 0; }
+};
+
+template <typename Key>
+using KeySet = std::set<Key, KeyLess<Key>>;
+
+// Deletes what is not wanted, then adds what is missing: entries that stay
+// are never absent, so steering of live VIPs does not flicker.
+template <typename Key>
+void sync_map(int fd, const KeySet<Key>& want, const std::string& name) {
+    std::vector<Key> stale;
+    Key key{}, next{};
+    const Key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        if (!want.count(next)) stale.push_back(next);
+        key = next;
+        prev = &key;
+    }
+    for (const Key& k : stale) bpf_map_delete_elem(fd, &k);
+    const uint8_t one = 1;
+    for (const Key& k : want)
+        if (bpf_map_update_elem(fd, &k, &one, BPF_ANY) != 0)
+            throw std::runtime_error(
+                fmt::format("cannot update BPF map {}: {}", name, std::strerror(errno)));
+}
+
+sluice_bpf_addr addr_key(const IpAddress& a) {
+    sluice_bpf_addr k{};
+    std::memcpy(k.addr, a.bytes.data(), 16);
+    k.family = a.family;
+    return k;
+}
+
+// The maps of the XDP program attached to `iface`, by name.
+struct SteeringMaps {
+    Fd vips{-1}, nat{-1}, local{-1};
+    uint32_t prog_id = 0;
+};
+
+SteeringMaps find_maps(const std::string& iface) {
+    SteeringMaps out;
+    const unsigned idx = if_nametoindex(iface.c_str());
+    if (idx == 0) return out;
+    bpf_xdp_query_opts q{};
+    q.sz = sizeof q;
+    if (bpf_xdp_query(static_cast<int>(idx), 0, &q) != 0) return out;
+    const uint32_t prog_id = q.prog_id ? q.prog_id : q.skb_prog_id ? q.skb_prog_id : q.drv_prog_id;
+    if (!prog_id) return out;
+    Fd prog{bpf_prog_get_fd_by_id(prog_id)};
+    if (prog.fd < 0) return out;
+    uint32_t map_ids[32] = {};
+    bpf_prog_info info{};
+    info.nr_map_ids = 32;
+    info.map_ids = reinterpret_cast<uint64_t>(map_ids);
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(prog.fd, &info, &len) != 0) return out;
+    for (uint32_t i = 0; i < std::min<uint32_t>(info.nr_map_ids, 32); ++i) {
+        const int fd = bpf_map_get_fd_by_id(map_ids[i]);
+        if (fd < 0) continue;
+        bpf_map_info mi{};
+        uint32_t mlen = sizeof mi;
+        const std::string name = bpf_obj_get_info_by_fd(fd, &mi, &mlen) == 0 ? mi.name : "";
+        Fd* slot = name == SLUICE_BPF_VIP_ADDRS_MAP      ? &out.vips
+                   : name == SLUICE_BPF_NAT_BACKENDS_MAP ? &out.nat
+                   : name == SLUICE_BPF_LOCAL_ADDRS_MAP  ? &out.local
+                                                         : nullptr;
+        if (slot && slot->fd < 0)
+            slot->fd = fd;
+        else
+            close(fd);
+    }
+    out.prog_id = prog_id;
+    return out;
+}
+
+}  // namespace
+
+bool XdpMaps::sync(const Model& m) {
+    SteeringMaps maps = find_maps(iface_);
+    Fd& vips = maps.vips;
+    Fd& nat = maps.nat;
+    Fd& local = maps.local;
+    if (vips.fd < 0 || nat.fd < 0 || local.fd < 0) {
+        state_ = fmt::format("waiting for the steering program on {}", iface_);
+        return false;
+    }
+    KeySet<sluice_bpf_addr> vip_keys, local_keys;
+    KeySet<sluice_bpf_endpoint> nat_keys;
+    for (const auto& [id, v] : m.vips()) {
+        vip_keys.insert(addr_key(id.endpoint.addr));
+        if (v.mode != SLUICE_MODE_NAT) continue;
+        for (const auto& b : v.backends) {
+            sluice_bpf_endpoint e{};
+            std::memcpy(e.addr, b.endpoint.addr.bytes.data(), 16);
+            e.port = htons(b.endpoint.port);
+            e.proto = id.proto;
+            e.family = b.endpoint.addr.family;
+            nat_keys.insert(e);
+        }
+    }
+    for (const IpAddress& a : host_addresses()) local_keys.insert(addr_key(a));
+    sync_map(vips.fd, vip_keys, SLUICE_BPF_VIP_ADDRS_MAP);
+    sync_map(nat.fd, nat_keys, SLUICE_BPF_NAT_BACKENDS_MAP);
+    sync_map(local.fd, local_keys, SLUICE_BPF_LOCAL_ADDRS_MAP);
+    state_ = fmt::format("in sync with program {} on {}: {} VIP addresses, {} NAT backends, {} "
+                         "local addresses",
+                         maps.prog_id, iface_, vip_keys.size(), nat_keys.size(), local_keys.size());
+    return true;
+}
+
+}  // namespace sluice
