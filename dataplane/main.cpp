@@ -187,17 +187,16 @@ SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const
     uint16_t nb = 0, nc = 0, nd = 0;
     uint64_t tx_bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
-        switch (actions[i]) {
-        case Action::kToBackend: to_backend[nb++] = rx[i]; tx_bytes += bufs[i].len; break;
-        case Action::kToClient: to_client[nc++] = rx[i]; tx_bytes += bufs[i].len; break;
-        case Action::kDrop: dropped[nd++] = rx[i]; break;
+        if (actions[i] == Action::kDrop) {
+            dropped[nd++] = rx[i];
+            continue;
         }
-    }
-    if constexpr (kOneArmed) {
-        // Same port either way: one TX burst keeps the packet order.
-        std::memcpy(to_backend + nb, to_client, nc * sizeof(rte_mbuf*));
-        nb += nc;
-        nc = 0;
+        tx_bytes += bufs[i].len;
+        // One-armed: the same port either way, so one TX burst in arrival order.
+        if (kOneArmed || actions[i] == Action::kToBackend)
+            to_backend[nb++] = rx[i];
+        else
+            to_client[nc++] = rx[i];
     }
     if (nb) free_unsent(to_backend, rte_eth_tx_burst(ports.backend, queue, to_backend, nb), nb, st);
     if (nc) free_unsent(to_client, rte_eth_tx_burst(ports.client, queue, to_client, nc), nc, st);
