@@ -164,16 +164,22 @@ SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const
     PacketBuf bufs[kMaxBurst];
     Action actions[kMaxBurst];
     DropReason drops[kMaxBurst];
+    uint16_t kept = 0;
     for (uint16_t i = 0; i < n; ++i) {
-        rte_prefetch0(rte_pktmbuf_mtod(rx[i], void*));
-        bufs[i] = {rte_pktmbuf_mtod(rx[i], uint8_t*), rte_pktmbuf_data_len(rx[i]),
-                   rte_pktmbuf_headroom(rx[i])};
-        // Jumbo frames chained over several mbufs are not balanced (yet):
-        // a zero length makes the parser drop them as truncated.
-        if (SLUICE_UNLIKELY(rx[i]->nb_segs != 1)) bufs[i].len = 0;
+        // Frames chained over several mbufs (jumbo) are not balanced: the
+        // rewrite paths assume one contiguous buffer.
+        if (SLUICE_UNLIKELY(rx[i]->nb_segs != 1)) {
+            counter_add(st.drops[static_cast<size_t>(DropReason::kMultiSegment)], 1);
+            counter_add(st.counters[static_cast<size_t>(Counter::kRxPackets)], 1);
+            rte_pktmbuf_free(rx[i]);
+            continue;
+        }
+        rx[kept] = rx[i];
+        bufs[kept++] = {rte_pktmbuf_mtod(rx[i], uint8_t*), rte_pktmbuf_data_len(rx[i]),
+                        rte_pktmbuf_headroom(rx[i])};
     }
-    fwd.process_burst(cfg, bufs, n, now_ms, actions, drops);
-    for (uint16_t i = 0; i < n; ++i) {
+    fwd.process_burst(cfg, bufs, kept, now_ms, actions, drops);
+    for (uint16_t i = 0; i < kept; ++i) {
         if (actions[i] == Action::kDrop) continue;
         // Encapsulation and ICMP errors move the frame start into the headroom.
         rx[i]->data_off = static_cast<uint16_t>(bufs[i].data - static_cast<uint8_t*>(rx[i]->buf_addr));
@@ -186,7 +192,7 @@ SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const
     rte_mbuf* dropped[kMaxBurst];
     uint16_t nb = 0, nc = 0, nd = 0;
     uint64_t tx_bytes = 0;
-    for (uint16_t i = 0; i < n; ++i) {
+    for (uint16_t i = 0; i < kept; ++i) {
         if (actions[i] == Action::kDrop) {
             dropped[nd++] = rx[i];
             continue;

@@ -77,7 +77,6 @@
 	X(TruncatedL3, "truncated_l3")                                        \
 	X(BadIpHeader, "bad_ip_header")                                      \
 	X(TruncatedL4, "truncated_l4")                                        \
-	X(IpFragment, "ip_fragment")                                          \
 	X(NotConfigured, "not_configured")                                    \
 	X(NoVip, "no_vip")                                                    \
 	X(NoBackend, "no_backend")                                            \
