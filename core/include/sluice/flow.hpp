@@ -44,6 +44,15 @@ SLUICE_ALWAYS_INLINE FlowKey make_flow_key(const uint8_t* pkt, const net::Parsed
     return k;
 }
 
+// The key of a fragmented datagram: (src, dst, protocol, identification),
+// the identification in place of the ports later fragments do not carry.
+SLUICE_ALWAYS_INLINE FlowKey fragment_key(const uint8_t* pkt, const net::ParsedPacket& p) {
+    FlowKey k = make_flow_key(pkt, p, FlowDirection::kFragment);
+    k.src_port = static_cast<uint16_t>(p.frag_id >> 16);
+    k.dst_port = static_cast<uint16_t>(p.frag_id);
+    return k;
+}
+
 SLUICE_ALWAYS_INLINE uint64_t flow_hash(const FlowKey& k, uint64_t seed) {
     return XXH3_64bits_withSeed(&k, sizeof k, seed);
 }

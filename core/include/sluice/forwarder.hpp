@@ -78,6 +78,16 @@ private:
     SLUICE_ALWAYS_INLINE void count(Counter c, uint64_t v = 1) {
         counter_add(stats_.counters[static_cast<size_t>(c)], v);
     }
+    // A fresh entry for an absent key; evicting a live one is counted.
+    SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, uint64_t hash, uint32_t now_ms) {
+        const ConnHandle h = table_.insert(hash, key, now_ms);
+        if (h.evicted) count(Counter::kConnEvictions);
+        return h;
+    }
+    SLUICE_ALWAYS_INLINE ConnHandle find_or_claim(const FlowKey& key, uint64_t hash, uint32_t now_ms) {
+        const ConnHandle h = table_.lookup(hash, key, now_ms);
+        return h ? h : claim(key, hash, now_ms);
+    }
 
     ConnTable& table_;
     sluice_lcore_stats& stats_;
@@ -197,9 +207,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         // No ports: find the datagram's first fragment's decision by
         // (src, dst, protocol, identification).
         s.kind = Kind::kLaterFragment;
-        s.key = make_flow_key(pkt, p, FlowDirection::kFragment);
-        s.key.src_port = static_cast<uint16_t>(p.frag_id >> 16);
-        s.key.dst_port = static_cast<uint16_t>(p.frag_id);
+        s.key = fragment_key(pkt, p);
         s.hash = flow_hash(s.key, cfg.hash_seed);
         table_.prefetch(s.hash);
         return;
@@ -297,12 +305,7 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     rk.proto = s.key.proto;
     rk.family = s.key.family;
     rk.direction = FlowDirection::kNatReply;
-    const uint64_t h = flow_hash(rk, cfg.hash_seed);
-    ConnHandle rh = table_.lookup(h, rk, now_ms);
-    if (!rh) {
-        rh = table_.insert(h, rk, now_ms);
-        if (rh.evicted) count(Counter::kConnEvictions);
-    }
+    const ConnHandle rh = find_or_claim(rk, flow_hash(rk, cfg.hash_seed), now_ms);
     ConnEntry& re = rh.entry();
     re.vip_slot = static_cast<uint16_t>(s.vip_slot);
     re.backend_slot = backend_slot;
@@ -315,15 +318,8 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
 inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_t* pkt,
                                           const Scratch& s, uint16_t backend_slot, uint32_t uid,
                                           bool reply, uint32_t now_ms) {
-    FlowKey fk = make_flow_key(pkt, s.parsed, FlowDirection::kFragment);
-    fk.src_port = static_cast<uint16_t>(s.parsed.frag_id >> 16);
-    fk.dst_port = static_cast<uint16_t>(s.parsed.frag_id);
-    const uint64_t h = flow_hash(fk, cfg.hash_seed);
-    ConnHandle fh = table_.lookup(h, fk, now_ms);
-    if (!fh) {
-        fh = table_.insert(h, fk, now_ms);
-        if (fh.evicted) count(Counter::kConnEvictions);
-    }
+    const FlowKey fk = fragment_key(pkt, s.parsed);
+    const ConnHandle fh = find_or_claim(fk, flow_hash(fk, cfg.hash_seed), now_ms);
     ConnEntry& e = fh.entry();
     e.vip_slot = static_cast<uint16_t>(s.vip_slot);
     e.backend_slot = backend_slot;
@@ -403,10 +399,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             s.drop = DropReason::kNoBackend;
             return Action::kDrop;
         }
-        if (!h) {
-            h = table_.insert(s.hash, s.key, now_ms);
-            if (h.evicted) count(Counter::kConnEvictions);
-        }
+        if (!h) h = claim(s.key, s.hash, now_ms);
         ConnEntry& e = h.entry();
         e.vip_slot = static_cast<uint16_t>(s.vip_slot);
         e.backend_slot = slot;
