@@ -10,7 +10,8 @@ packages=(
   # build
   build-essential meson ninja-build pkg-config clang llvm libclang-rt-14-dev
   # libraries
-  dpdk dpdk-dev libdpdk-dev libbpf-dev libxdp-dev libelf-dev libpcap-dev
+  dpdk dpdk-dev libdpdk-dev libbpf-dev libxdp-dev libelf-dev libpcap-dev libnuma-dev zlib1g-dev
+  bpftool linux-libc-dev
   libfmt-dev catch2 libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libxxhash-dev
   # test and demo tools
   iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy tcpdump procps psmisc
