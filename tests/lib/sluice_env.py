@@ -52,7 +52,7 @@ signal.signal(signal.SIGTERM, _raise_on_term)
 class Lab:
     """with Lab("name") as lab: ... — everything it starts is stopped on exit."""
 
-    def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=(), port="af_packet",
+    def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=(), port="af_xdp",
                  decap=False):
         self.prefix = f"sl{os.getpid() % 100000}{name[:3]}"
         self.route = route

@@ -20,8 +20,8 @@ def add_vip(lab, vip, port, mode, backend_port=None, backends=BACKEND_IPS):
         lab.ctl("backend", "add", f"{vip}:{port}/tcp", f"{ip}:{backend_port}" if backend_port else ip)
 
 
-def test_dsr_curl():
-    with Lab("dsr") as lab:
+def test_dsr_curl(port="af_xdp"):
+    with Lab("dsr", port=port) as lab:
         add_vip(lab, DSR_VIP, 80, "dsr")
         names = lab.curl_names(f"http://{DSR_VIP}", 90)
         counts = split(names)
@@ -144,7 +144,7 @@ def cpu_seconds(pid):
 
 
 def test_idle_lcore_backs_off():
-    with Lab("idl") as lab:
+    with Lab("idl", port="af_packet") as lab:
         add_vip(lab, DSR_VIP, 80, "dsr")
         pid = lab.procs["dataplane"].pid
         time.sleep(1)
@@ -162,6 +162,8 @@ def test_idle_lcore_backs_off():
 
 TESTS = {
     "dsr_curl": test_dsr_curl,
+    # AF_PACKET: the kernel keeps a copy of every frame, no XDP program.
+    "dsr_curl_af_packet": lambda: test_dsr_curl("af_packet"),
     "nat_curl": test_nat_curl,
     "removed_backend": test_removed_backend_moves_only_its_clients,
     "drained_backend": test_drained_backend_keeps_open_connections,
