@@ -1,6 +1,7 @@
 #include "daemon.hpp"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -92,7 +93,35 @@ void Daemon::publish(const Model& m) {
     pub.commit();
 }
 
-void Daemon::publish_current() { publish(model_); }
+void Daemon::publish_current() {
+    publish(model_);
+    health_.set_targets(check_targets(model_));
+}
+
+void Daemon::apply_health_changes() {
+    Model next = model_;
+    bool changed = false;
+    for (const HealthChange& c : health_.take_changes()) {
+        try {
+            if (!next.set_healthy(c.vip, c.backend, c.healthy)) continue;
+        } catch (const std::invalid_argument&) {
+            continue;  // removed since the probe started
+        }
+        changed = true;
+        ++health_changes_;
+        const Vip& v = next.vip(c.vip);
+        fmt::print("sluiced: health: VIP {} backend {} is {}: {}{}\n", format_vip_id(c.vip),
+                   format_endpoint(c.backend), c.healthy ? "UP" : "DOWN", c.reason,
+                   v.all_down() ? "; all backends are down, the VIP keeps its whole table" : "");
+    }
+    if (!changed) return;
+    try {
+        commit(std::move(next));
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluiced: health change not published: {}\n", e.what());
+    }
+    std::fflush(stdout);
+}
 
 void Daemon::set_tunnel_sources(const std::optional<std::string>& v4,
                                 const std::optional<std::string>& v6) {
@@ -126,17 +155,23 @@ void Daemon::commit(Model next) {
         throw;
     }
     model_ = std::move(next);
+    health_.set_targets(check_targets(model_));
     tick();
 }
 
 nlohmann::json Daemon::vip_json(const Vip& v) const {
     nlohmann::json backends = nlohmann::json::array();
-    for (const auto& b : v.backends)
+    const auto results = health_.last_results();
+    for (const auto& b : v.backends) {
+        const auto r = results.find({v.id, b.endpoint});
         backends.push_back({{"address", format_endpoint(b.endpoint)},
                             {"weight", b.weight},
-                            {"state", b.weight == 0 ? "drained" : "active"},
+                            {"state", !b.healthy ? "down" : b.weight == 0 ? "drained" : "active"},
+                            {"last_check", r != results.end() ? r->second : ""},
                             {"mac", format_mac(b.mac)}});
+    }
     nlohmann::json j = {{"vip", format_vip_id(v.id)},
+                        {"health", health_json(v.health)},
                         {"mode", mode_name(v.mode)},
                         {"hash", hash_fields_name(v.hash_fields)},
                         {"table_size", v.table_size},
@@ -161,6 +196,7 @@ nlohmann::json Daemon::status() const {
             {"dataplane_lcores_online", alive(dp) ? online : 0},
             {"vips", model_.vips().size()},
             {"hash_seed", model_.hash_seed()},
+            {"health_changes", health_changes_},
             {"tunnel_source4", model_.tunnel_source(4).len ? format_prefix(model_.tunnel_source(4)) : ""},
             {"xdp_maps", xdp_maps_ ? xdp_maps_->state() : "not used"},
             {"tunnel_source6", model_.tunnel_source(6).len ? format_prefix(model_.tunnel_source(6)) : ""}};
@@ -228,6 +264,10 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         o.table_size = arg_or<uint32_t>(args, "table_size", kMaglevDefaultTableSize);
         o.gue_port = arg_or<uint16_t>(args, "gue_port", 0);
         o.echo_reply = arg_or<bool>(args, "echo_reply", true);
+        nlohmann::json health = arg_or<nlohmann::json>(args, "health", nlohmann::json::object());
+        if (health.value("type", std::string("auto")) == "auto")
+            health["type"] = id.proto == IPPROTO_TCP ? "tcp" : "none";
+        o.health = health_from_json(health);
         next.add_vip(id, o);
         result = vip_json(next.vip(id));
     } else if (cmd == "vip.remove") {

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "health.hpp"
 #include "model.hpp"
 #include "xdp_maps.hpp"
 #include "sluice/shm.hpp"
@@ -42,6 +43,11 @@ public:
     // step, which also picks up a dataplane that started after the change.
     void tick();
 
+    // Health-check verdicts: applied to the model and published. The main
+    // loop calls this when health_wake_fd() is readable.
+    void apply_health_changes();
+    int health_wake_fd() const { return health_.wake_fd(); }
+
     static Model load_state(const std::string& path, std::optional<uint64_t> seed);
 
 private:
@@ -58,6 +64,8 @@ private:
     Model model_;
     ShmSegment shm_;
     std::optional<XdpMaps> xdp_maps_;
+    HealthChecker health_;
+    uint64_t health_changes_ = 0;
 };
 
 }  // namespace sluice

@@ -96,6 +96,30 @@ std::string_view hash_fields_name(uint8_t h) {
     }
 }
 
+HealthCheck::Type parse_check_type(std::string_view text) {
+    if (text == "none") return HealthCheck::Type::kNone;
+    if (text == "tcp") return HealthCheck::Type::kTcp;
+    if (text == "http") return HealthCheck::Type::kHttp;
+    invalid(fmt::format("'{}' is not a health check (none, tcp, http)", text));
+}
+
+std::string_view check_type_name(HealthCheck::Type t) {
+    switch (t) {
+    case HealthCheck::Type::kNone: return "none";
+    case HealthCheck::Type::kTcp: return "tcp";
+    case HealthCheck::Type::kHttp: return "http";
+    }
+    return "?";
+}
+
+bool Vip::all_down() const {
+    return std::none_of(backends.begin(), backends.end(), [](const Backend& b) { return b.healthy; });
+}
+
+uint32_t Vip::effective_weight(const Backend& b) const {
+    return b.healthy || all_down() ? b.weight : 0;
+}
+
 const Backend* Vip::find_backend(const Endpoint& e) const {
     for (const auto& b : backends)
         if (b.endpoint == e) return &b;
@@ -109,7 +133,7 @@ Backend* Vip::find_backend(const Endpoint& e) {
 const std::vector<uint16_t>& Vip::table() const {
     if (cached_table.empty()) {
         std::vector<MaglevBackend> mb;
-        for (const auto& b : backends) mb.push_back({identity_of(b), b.weight, b.slot});
+        for (const auto& b : backends) mb.push_back({identity_of(b), effective_weight(b), b.slot});
         cached_table = build_maglev_table(mb, table_size);
     }
     return cached_table;
@@ -182,6 +206,22 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
     v.table_size = table_size;
     v.gue_port = mode == SLUICE_MODE_GUE ? opt.gue_port : 0;
     v.echo_reply = opt.echo_reply;
+    const HealthCheck& hc = opt.health;
+    if (hc.type != HealthCheck::Type::kNone) {
+        if (hc.interval_ms < 100 || hc.interval_ms > 3'600'000)
+            invalid(fmt::format("check interval {} ms is out of range (100-3600000)", hc.interval_ms));
+        if (hc.timeout_ms < 10 || hc.timeout_ms > hc.interval_ms)
+            invalid(fmt::format("check timeout {} ms must be 10 ms or more and at most the interval ({} ms)",
+                                hc.timeout_ms, hc.interval_ms));
+        if (hc.rise < 1 || hc.rise > 100 || hc.fall < 1 || hc.fall > 100)
+            invalid(fmt::format("rise {} / fall {} must be 1-100", hc.rise, hc.fall));
+        if (hc.type == HealthCheck::Type::kHttp && (hc.http_path.empty() || hc.http_path[0] != '/'))
+            invalid(fmt::format("HTTP check path '{}' must start with '/'", hc.http_path));
+        if (id.proto != IPPROTO_TCP && hc.port == 0)
+            invalid(fmt::format("VIP {}: a {} check of a {} VIP needs --check-port", format_vip_id(id),
+                                check_type_name(hc.type), protocol_name(id.proto)));
+    }
+    v.health = hc;
     v.slot = free_vip_slot();
     v.uid = next_uid_++;
     return vips_.emplace(id, std::move(v)).first->second;
@@ -260,6 +300,17 @@ void Model::set_weight(const VipId& vip_id, const Endpoint& endpoint, uint32_t w
     v.cached_table.clear();
 }
 
+bool Model::set_healthy(const VipId& vip_id, const Endpoint& endpoint, bool healthy) {
+    Vip& v = mutable_vip(vip_id);
+    const Endpoint e = normalise_backend(v, endpoint);
+    Backend* b = v.find_backend(e);
+    if (!b) invalid(fmt::format("VIP {} has no backend {}", format_vip_id(vip_id), format_endpoint(e)));
+    if (b->healthy == healthy) return false;
+    b->healthy = healthy;
+    v.cached_table.clear();
+    return true;
+}
+
 void Model::compile(sluice_config& out) const {
     std::memset(out.vips, 0, sizeof out.vips);
     std::memset(out.backends, 0, sizeof out.backends);
@@ -301,11 +352,34 @@ void Model::compile(sluice_config& out) const {
             std::memcpy(sb.mac, b.mac.data(), sizeof sb.mac);
             sb.vip_slot = v.slot;
             sb.weight = b.weight;
+            sb.flags = !b.healthy && !v.all_down() ? SLUICE_BACKEND_DOWN : 0;
             out.backend_slots_used = std::max<uint32_t>(out.backend_slots_used, b.slot + 1u);
         }
     }
     out.maglev_slots_used = pool;
     if (!build_vip_index(out)) throw std::logic_error("VIP index overflow");
+}
+
+nlohmann::json health_json(const HealthCheck& h) {
+    return {{"type", check_type_name(h.type)}, {"interval_ms", h.interval_ms},
+            {"timeout_ms", h.timeout_ms},     {"rise", h.rise},
+            {"fall", h.fall},                 {"port", h.port},
+            {"http_path", h.http_path},       {"http_status", h.http_status},
+            {"http_body", h.http_body}};
+}
+
+HealthCheck health_from_json(const nlohmann::json& j) {
+    HealthCheck h;
+    h.type = parse_check_type(j.value("type", std::string("none")));
+    h.interval_ms = j.value("interval_ms", h.interval_ms);
+    h.timeout_ms = j.value("timeout_ms", h.timeout_ms);
+    h.rise = j.value("rise", h.rise);
+    h.fall = j.value("fall", h.fall);
+    h.port = j.value("port", h.port);
+    h.http_path = j.value("http_path", h.http_path);
+    h.http_status = j.value("http_status", h.http_status);
+    h.http_body = j.value("http_body", h.http_body);
+    return h;
 }
 
 nlohmann::json Model::to_json() const {
@@ -324,6 +398,7 @@ nlohmann::json Model::to_json() const {
                         {"table_size", v.table_size},
                         {"gue_port", v.gue_port},
                         {"echo_reply", v.echo_reply},
+                        {"health", health_json(v.health)},
                         {"uid", v.uid},
                         {"slot", v.slot},
                         {"backends", backends}});
@@ -351,7 +426,8 @@ Model Model::from_json(const nlohmann::json& j) {
         m.add_vip(id, VipOptions{parse_mode(jv.at("mode").get<std::string>()),
                                  parse_hash_fields(jv.at("hash").get<std::string>()),
                                  jv.at("table_size").get<uint32_t>(), jv.value("gue_port", uint16_t{0}),
-                                 jv.value("echo_reply", true)});
+                                 jv.value("echo_reply", true),
+                                 health_from_json(jv.value("health", nlohmann::json::object()))});
         for (const auto& jb : jv.at("backends"))
             m.add_backend(id, parse_endpoint(jb.at("address").get<std::string>()),
                           jb.at("weight").get<uint32_t>(),

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -47,7 +48,29 @@ struct Backend {
     MacAddress mac{};
     uint32_t uid = 0;
     uint16_t slot = 0;
+    bool healthy = true;  // runtime state from health checks; not saved
 };
+
+// How sluiced checks a VIP's backends (NSDI'16 §3.2.1: health checks drive
+// which backends are in the Maglev table).
+struct HealthCheck {
+    enum class Type : uint8_t { kNone, kTcp, kHttp };
+    Type type = Type::kNone;  // sluicectl's "auto" picks tcp for TCP VIPs
+    uint32_t interval_ms = 1000;
+    uint32_t timeout_ms = 500;
+    uint8_t rise = 2;  // consecutive successes to come back
+    uint8_t fall = 2;  // consecutive failures to go down
+    uint16_t port = 0;  // 0: the backend's port
+    std::string http_path = "/";
+    uint16_t http_status = 200;
+    std::string http_body;  // expected substring; empty: any
+
+    bool operator==(const HealthCheck&) const = default;
+};
+HealthCheck::Type parse_check_type(std::string_view text);  // none, tcp, http
+std::string_view check_type_name(HealthCheck::Type t);
+nlohmann::json health_json(const HealthCheck& h);
+HealthCheck health_from_json(const nlohmann::json& j);  // missing keys keep defaults
 
 struct VipOptions {
     uint8_t mode = SLUICE_MODE_DSR;
@@ -55,6 +78,7 @@ struct VipOptions {
     uint32_t table_size = kMaglevDefaultTableSize;
     uint16_t gue_port = 0;  // required for GUE
     bool echo_reply = true;
+    HealthCheck health{};
 };
 
 // A tunnel source prefix of this node.
@@ -73,9 +97,16 @@ struct Vip {
     uint32_t table_size = kMaglevDefaultTableSize;
     uint16_t gue_port = 0;
     bool echo_reply = true;
+    HealthCheck health;
     uint32_t uid = 0;
     uint16_t slot = 0;
-    std::vector<Backend> backends;  // in insertion order; Maglev sorts by identity
+    std::vector<Backend> backends;
+
+    // True when no backend passes its checks: the VIP then keeps its whole
+    // table rather than sending its traffic nowhere.
+    bool all_down() const;
+    // The weight Maglev uses: 0 for a failed backend unless all are down.
+    uint32_t effective_weight(const Backend& b) const;  // in insertion order; Maglev sorts by identity
 
     const Backend* find_backend(const Endpoint& e) const;
     Backend* find_backend(const Endpoint& e);
@@ -104,6 +135,8 @@ public:
                                const MacAddress& mac);
     void remove_backend(const VipId& vip, const Endpoint& endpoint);
     void set_weight(const VipId& vip, const Endpoint& endpoint, uint32_t weight);
+    // Health-check verdicts; returns false when nothing changed.
+    bool set_healthy(const VipId& vip, const Endpoint& endpoint, bool healthy);
 
     const Vip& vip(const VipId& id) const;
     const std::map<VipId, Vip>& vips() const { return vips_; }

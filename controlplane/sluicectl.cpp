@@ -28,10 +28,11 @@ void print_vip(const json& v) {
                v["hash"].get<std::string>(), v["table_size"].get<uint32_t>(), v["backends"].size(),
                v.contains("gue_port") ? fmt::format(" gue-port {}", v["gue_port"].get<uint16_t>()) : "",
                v["echo_reply"].get<bool>() ? "" : " no-echo");
+    fmt::print("  check {}\n", v["health"]["type"].get<std::string>());
     for (const auto& b : v["backends"])
-        fmt::print("  {:<26} weight {:<6} {:<8} mac {}\n", b["address"].get<std::string>(),
+        fmt::print("  {:<26} weight {:<6} {:<8} mac {}  {}\n", b["address"].get<std::string>(),
                    b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
-                   b["mac"].get<std::string>());
+                   b["mac"].get<std::string>(), b["last_check"].get<std::string>());
 }
 
 void print_human(const std::string& cmd, const json& r) {
@@ -55,9 +56,9 @@ void print_human(const std::string& cmd, const json& r) {
         for (const auto& v : r) print_vip(v);
     } else if (cmd == "backend.list") {
         for (const auto& b : r)
-            fmt::print("{:<26} weight {:<6} {:<8} mac {}\n", b["address"].get<std::string>(),
+            fmt::print("{:<26} weight {:<6} {:<8} mac {}  {}\n", b["address"].get<std::string>(),
                        b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
-                       b["mac"].get<std::string>());
+                       b["mac"].get<std::string>(), b["last_check"].get<std::string>());
     } else if (cmd == "vip.table") {
         fmt::print("{}: {} slots\n", r["vip"].get<std::string>(), r["table_size"].get<uint32_t>());
         for (const auto& b : r["backends"])
@@ -100,6 +101,10 @@ int main(int argc, char** argv) {
     uint32_t table_size = 65537, weight = 100;
     uint16_t gue_port = 0;
     bool no_echo = false;
+    std::string check = "auto", http_path = "/", http_body;
+    uint32_t check_interval = 1000, check_timeout = 500;
+    unsigned rise = 2, fall = 2;
+    uint16_t check_port = 0, http_status = 200;
     auto json_flag = [&](CLI::App* sub) {
         sub->add_flag("--json", req.as_json, "Print the daemon's answer as JSON");
     };
@@ -131,6 +136,23 @@ int main(int argc, char** argv) {
     vip_add->add_option("--gue-port", gue_port, "GUE mode: the outer UDP destination port");
     vip_add->add_flag("--no-echo", no_echo,
                       "Do not answer ICMP echo to the VIP address (answered by default)");
+    vip_add->add_option("--check", check,
+                        "Backend health check: tcp (connect), http (GET, see --http-*), none, or "
+                        "auto (tcp for TCP VIPs, none for others)")
+        ->capture_default_str();
+    vip_add->add_option("--check-interval-ms", check_interval, "Time between checks of a backend")
+        ->capture_default_str();
+    vip_add->add_option("--check-timeout-ms", check_timeout, "How long one check may take")
+        ->capture_default_str();
+    vip_add->add_option("--rise", rise, "Consecutive passed checks before a down backend returns")
+        ->capture_default_str();
+    vip_add->add_option("--fall", fall, "Consecutive failed checks before a backend goes down")
+        ->capture_default_str();
+    vip_add->add_option("--check-port", check_port, "Port to check (default: the backend's)");
+    vip_add->add_option("--http-path", http_path, "HTTP check: the path to GET")->capture_default_str();
+    vip_add->add_option("--http-status", http_status, "HTTP check: the expected status")
+        ->capture_default_str();
+    vip_add->add_option("--http-body", http_body, "HTTP check: a substring the body must contain");
     vip_add->add_option("--table-size", table_size,
                         "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 "
                         "65537 131071 262139 524287 655373 1048573")
@@ -138,7 +160,11 @@ int main(int argc, char** argv) {
     vip_add->callback([&] {
         req.cmd = "vip.add";
         req.args = {{"vip", vip},           {"mode", mode},          {"hash", hash},
-                    {"table_size", table_size}, {"gue_port", gue_port}, {"echo_reply", !no_echo}};
+                    {"table_size", table_size}, {"gue_port", gue_port}, {"echo_reply", !no_echo},
+                    {"health", {{"type", check}, {"interval_ms", check_interval},
+                                {"timeout_ms", check_timeout}, {"rise", rise}, {"fall", fall},
+                                {"port", check_port}, {"http_path", http_path},
+                                {"http_status", http_status}, {"http_body", http_body}}}};
     });
     auto* vip_rm = vipc->add_subcommand("remove", "Remove a VIP and its backends");
     vip_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();

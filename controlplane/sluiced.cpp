@@ -152,9 +152,11 @@ int main(int argc, char** argv) {
                 daemon.tick();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
-            pollfd p{listen_fd, POLLIN, 0};
-            const int r = poll(&p, 1, 200);
+            pollfd p[2] = {{listen_fd, POLLIN, 0}, {daemon.health_wake_fd(), POLLIN, 0}};
+            const int r = poll(p, 2, 200);
             if (r <= 0) continue;
+            if (p[1].revents & POLLIN) daemon.apply_health_changes();
+            if (!(p[0].revents & POLLIN)) continue;
             const int client = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
             if (client < 0) continue;
             serve_one(daemon, client);

@@ -56,6 +56,9 @@
 /* sluice_vip.flags */
 #define SLUICE_VIP_ECHO_REPLY 0x1u /* the dataplane answers ICMP echo to this address */
 
+/* sluice_backend.flags */
+#define SLUICE_BACKEND_DOWN 0x1u /* failed its health check: its flows move elsewhere */
+
 /* Protocol VIPs (GRE, ESP, or every port of TCP/UDP) have port 0. */
 #define SLUICE_PORT_ANY 0u
 
@@ -136,7 +139,7 @@ struct sluice_backend {
 	__u8 addr[16]; /* network order; IPv4 uses the first 4 bytes */
 	__u16 port;    /* host order; 0 = the VIP's port */
 	__u8 family;
-	__u8 reserved0;
+	__u8 flags; /* SLUICE_BACKEND_* */
 	__u32 uid; /* unique per backend lifetime, never reused; 0 = free slot */
 	__u8 mac[6];
 	__u16 vip_slot;

@@ -78,3 +78,46 @@ TEST_CASE("Compilation fills the index, the pool and the backend slots") {
     for (uint32_t i = 0; i < 251; ++i) REQUIRE(cfg->maglev_pool[i] == 0);
     CHECK(cfg->maglev_slots_used == 251);
 }
+
+TEST_CASE("Health: a failed backend leaves the table and is flagged; all down keeps the table") {
+    Model m(3);
+    const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+    m.add_vip(vip, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+    for (const char* ip : {"198.18.0.11", "198.18.0.12", "198.18.0.13"})
+        m.add_backend(vip, parse_endpoint(ip), 100, kMac);
+    const auto before = m.vip(vip).table_share();
+    CHECK(m.set_healthy(vip, parse_endpoint("198.18.0.12"), false));
+    CHECK_FALSE(m.set_healthy(vip, parse_endpoint("198.18.0.12"), false));  // no change
+    const uint16_t down_slot = m.vip(vip).find_backend(parse_endpoint("198.18.0.12:80"))->slot;
+    CHECK(m.vip(vip).table_share().at(down_slot) == 0);
+    auto cfg = std::unique_ptr<sluice_config, decltype(&std::free)>(
+        static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))), &std::free);
+    m.compile(*cfg);
+    CHECK(cfg->backends[down_slot].flags == SLUICE_BACKEND_DOWN);
+    // Every backend down: the table and the flags are as if all were up.
+    m.set_healthy(vip, parse_endpoint("198.18.0.11"), false);
+    m.set_healthy(vip, parse_endpoint("198.18.0.13"), false);
+    CHECK(m.vip(vip).all_down());
+    CHECK(m.vip(vip).table_share() == before);
+    m.compile(*cfg);
+    CHECK(cfg->backends[down_slot].flags == 0);
+}
+
+TEST_CASE("Health check settings are validated and saved") {
+    Model m(3);
+    VipOptions o;
+    o.table_size = 251;
+    o.health.type = HealthCheck::Type::kHttp;
+    o.health.http_path = "status";
+    CHECK_THROWS_WITH(m.add_vip(parse_vip_id("198.18.1.1:80/tcp"), o), Catch::Contains("'status'"));
+    o.health.http_path = "/status";
+    o.health.timeout_ms = 5000;
+    CHECK_THROWS_WITH(m.add_vip(parse_vip_id("198.18.1.1:80/tcp"), o), Catch::Contains("5000"));
+    o.health.timeout_ms = 300;
+    o.health.type = HealthCheck::Type::kTcp;
+    CHECK_THROWS_WITH(m.add_vip(parse_vip_id("198.18.1.1:53/udp"), o), Catch::Contains("--check-port"));
+    o.health.type = HealthCheck::Type::kHttp;
+    o.health.http_body = "ok";
+    m.add_vip(parse_vip_id("198.18.1.1:80/tcp"), o);
+    CHECK(Model::from_json(m.to_json()).vip(parse_vip_id("198.18.1.1:80/tcp")).health == o.health);
+}

@@ -383,7 +383,10 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     bool reselect = !h;
     if (h) {
         const ConnEntry& e = h.entry();
-        if (SLUICE_UNLIKELY(cfg.backends[e.backend_slot].uid != e.uid ||
+        const sluice_backend& held = cfg.backends[e.backend_slot];
+        // Removed, or failed its health check: the flow moves (a drained
+        // backend, weight 0, keeps its flows).
+        if (SLUICE_UNLIKELY(held.uid != e.uid || (held.flags & SLUICE_BACKEND_DOWN) ||
                             e.vip_slot != s.vip_slot)) {
             count(Counter::kConnBackendGone);
             reselect = true;

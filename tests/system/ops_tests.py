@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""System tests of issue 4 (operations), as far as implemented: backend
+health checks moving traffic away from failed backends and back.
+
+usage: ops_tests.py [TEST ...]   (no argument: all)"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from sluice_env import BACKEND_IPS, SYS_PYTHON, Lab, check, run_tests, split  # noqa: E402
+
+VIP = "198.18.1.1:9000/tcp"
+INTERVAL_MS, TIMEOUT_MS, RISE, FALL = 200, 150, 2, 2
+
+
+def states(lab):
+    return {b["address"].split(":")[0]: b["state"] for b in lab.ctl("backend", "list", VIP, as_json=True)}
+
+
+def wait_state(lab, ip, want, limit):
+    start = time.time()
+    while time.time() - start < limit:
+        if states(lab)[ip] == want:
+            return time.time() - start
+        time.sleep(0.05)
+    raise AssertionError(f"{ip} not {want} after {limit}s: {lab.ctl('backend', 'list', VIP).stdout}")
+
+
+def start_checked_service(lab, b):
+    # The health-check target on port 8081, apart from the served port 9000,
+    # so a backend can fail its check while its connections stay open.
+    lab.spawn(f"check-be{b}", f"be{b}", [SYS_PYTHON, "-m", "http.server", "8081", "--bind", "0.0.0.0"])
+
+
+def test_failed_backend_leaves_and_returns():
+    with Lab("hc") as lab:
+        for b in (1, 2, 3):
+            start_checked_service(lab, b)
+        time.sleep(0.5)
+        lab.ctl("vip", "add", VIP, "--mode", "dsr", "--check", "http", "--check-port", "8081",
+                "--check-interval-ms", str(INTERVAL_MS), "--check-timeout-ms", str(TIMEOUT_MS),
+                "--rise", str(RISE), "--fall", str(FALL))
+        for ip in BACKEND_IPS:
+            lab.ctl("backend", "add", VIP, ip)
+        time.sleep(1)
+        check(set(states(lab).values()) == {"active"}, f"not all healthy: {states(lab)}")
+        client = lab.client()
+        first = client.open("198.18.1.1", 9000, 60)
+        check("be2" in first, f"no connection on be2: {split(first)}")
+
+        lab.stop("check-be2")
+        took = wait_state(lab, BACKEND_IPS[1], "down", 5)
+        bound = (FALL * INTERVAL_MS + TIMEOUT_MS) / 1000 + 0.5
+        print(f"  be2 marked down {took:.2f}s after its check service stopped (bound {bound:.2f}s)")
+        check(took <= bound, f"failover took {took:.2f}s, more than {bound:.2f}s")
+        after = client.send()
+        for old, new in zip(first, after):
+            if old == "be2":
+                check(new != "be2", "a flow stayed on the failed backend")
+            else:
+                check(new == old, f"a flow on healthy {old} moved to {new}")
+        fresh = client.open("198.18.1.1", 9000, 45)
+        check(all(n in ("be1", "be3") for n in fresh), f"new connections after the failure: {split(fresh)}")
+        st = lab.ctl("status", as_json=True)
+        check(st["health_changes"] == 1, f"health changes counted: {st['health_changes']}")
+
+        start_checked_service(lab, 2)
+        took = wait_state(lab, BACKEND_IPS[1], "active", 5)
+        print(f"  be2 back {took:.2f}s after its check service returned")
+        back = client.open("198.18.1.1", 9000, 45)
+        check("be2" in back, f"the recovered backend gets no new connections: {split(back)}")
+
+
+def test_all_down_keeps_the_table():
+    with Lab("ad") as lab:
+        lab.ctl("vip", "add", VIP, "--mode", "dsr", "--check", "tcp", "--check-port", "8081",
+                "--check-interval-ms", str(INTERVAL_MS), "--check-timeout-ms", str(TIMEOUT_MS))
+        for ip in BACKEND_IPS:
+            lab.ctl("backend", "add", VIP, ip)
+        for ip in BACKEND_IPS:
+            wait_state(lab, ip, "down", 5)
+        table = lab.ctl("vip", "table", VIP, as_json=True)
+        slots = [b["slots"] for b in table["backends"]]
+        print(f"  every backend down; table slots per backend: {slots}")
+        check(all(s > 20000 for s in slots), f"the table was emptied: {slots}")
+        fresh = lab.client().open("198.18.1.1", 9000, 30)
+        check(set(fresh) == {"be1", "be2", "be3"}, f"traffic was blackholed: {split(fresh)}")
+
+
+TESTS = {
+    "health_failover": test_failed_backend_leaves_and_returns,
+    "all_down": test_all_down_keeps_the_table,
+}
+
+if __name__ == "__main__":
+    sys.exit(run_tests(TESTS))
