@@ -110,6 +110,7 @@
 	X(IcmpTooBigSent, "icmp_too_big_sent")                                \
 	X(FragmentsForwarded, "fragments_forwarded")                          \
 	X(Encapsulated, "encapsulated")                                       \
+	X(StatelessForwards, "conn_full_stateless")                           \
 	X(BusyPolls, "busy_polls")                                            \
 	X(IdlePolls, "idle_polls")                                            \
 	X(BusyCycles, "busy_cycles")

@@ -53,11 +53,12 @@ class Lab:
     """with Lab("name") as lab: ... — everything it starts is stopped on exit."""
 
     def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=(), port="af_xdp",
-                 decap=False):
+                 decap=False, conn_capacity=65536):
         self.prefix = f"sl{os.getpid() % 100000}{name[:3]}"
         self.route = route
         self.port = port
         self.decap = decap
+        self.conn_capacity = conn_capacity
         self.start_dataplane_now = start_dataplane
         self.dataplane_args = list(dataplane_args)
         self.procs = {}
@@ -158,7 +159,7 @@ class Lab:
                 else f"net_af_xdp0,iface=eth0,xdp_prog={STEER_PROG}")
         args = [DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", self.prefix, "--no-pci",
                 "--vdev", vdev, "--log-level", "*:warning",
-                "--", "--shm", self.shm, "--conn-capacity", "65536"]
+                "--", "--shm", self.shm, "--conn-capacity", str(self.conn_capacity)]
         self.spawn("dataplane", "lb", args + self.dataplane_args + list(extra))
         self.wait_log("dataplane", "sluice-dataplane: pid")
 

@@ -88,9 +88,42 @@ def test_all_down_keeps_the_table():
         check(set(fresh) == {"be1", "be2", "be3"}, f"traffic was blackholed: {split(fresh)}")
 
 
+def test_syn_flood_spares_established():
+    # SYN entries outlive established ones here (60 s vs 20 s), so evicting
+    # "whatever expires first" alone would sacrifice the established flows:
+    # only the embryonic/established rule keeps them.
+    with Lab("syn", conn_capacity=1024,
+             dataplane_args=["--tcp-syn-timeout-ms", "60000", "--tcp-established-timeout-ms", "20000"]) as lab:
+        lab.ctl("vip", "add", VIP, "--mode", "dsr")
+        for ip in BACKEND_IPS[:2]:
+            lab.ctl("backend", "add", VIP, ip)
+        client = lab.client()
+        first = client.open("198.18.1.1", 9000, 20)
+        check(all(not n.startswith("error") for n in first), f"connections: {first}")
+        # 8000 SYNs from 8000 spoofed sources: eight times the table.
+        lab.scapy("client", """
+from scapy.all import *
+pk = [IP(src=f"198.18.{128 + (i >> 8)}.{i & 255}", dst="198.18.1.1") / TCP(sport=1024 + i % 60000, dport=9000, flags="S")
+      for i in range(8000)]
+send(pk, verbose=0)
+""", timeout=120)
+        # A flow that lost its entry would now follow the changed table (a
+        # third of them to be3): only kept entries keep every flow in place.
+        lab.ctl("backend", "add", VIP, BACKEND_IPS[2])
+        after = client.send()
+        check(after == first, f"established connections moved after the flood:\n{first}\n{after}")
+        st = lab.stats()["counters"]
+        print(f"  flood of 8000 SYNs into a 1024-flow table: new_flows {st['new_flows']}, "
+              f"evictions {st['conn_evictions']}, stateless {st['conn_full_stateless']}")
+        check(st["conn_evictions"] + st["conn_full_stateless"] > 6000, "the flood was not counted")
+        names = client.open("198.18.1.1", 9000, 15)
+        check(all(n in ("be1", "be2", "be3") for n in names), f"new connections after the flood: {names}")
+
+
 TESTS = {
     "health_failover": test_failed_backend_leaves_and_returns,
     "all_down": test_all_down_keeps_the_table,
+    "syn_flood": test_syn_flood_spares_established,
 }
 
 if __name__ == "__main__":

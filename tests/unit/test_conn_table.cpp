@@ -135,3 +135,33 @@ TEST_CASE("Two candidate buckets keep a well-filled table from evicting live flo
         CHECK(found == n - evicted);
     }
 }
+
+TEST_CASE("An embryonic flow never evicts an established one") {
+    TableFixture f(8);  // one bucket
+    ConnTable& t = *f.table;
+    for (uint32_t i = 0; i < kConnWays; ++i) {
+        const FlowKey k = key(i);
+        ConnHandle h = t.insert(flow_hash(k, 1), k, 100);
+        h.set_expiry(100, 300'000);
+        h.set_established(i != 5);  // way 5 holds a half-open connection
+    }
+    const FlowKey syn1 = key(100), syn2 = key(101), syn3 = key(102);
+    ConnHandle h = t.insert(flow_hash(syn1, 1), syn1, 200, true);
+    REQUIRE(h);  // it may replace the other embryonic entry
+    CHECK(h.evicted);
+    CHECK(h.way == 5);
+    h.set_expiry(200, 30'000);
+    ConnHandle h2 = t.insert(flow_hash(syn2, 1), syn2, 200, true);
+    REQUIRE(h2);  // embryonic replaces embryonic
+    CHECK(h2.way == 5);
+    h2.set_expiry(200, 30'000);
+    h2.set_established(true);  // its handshake completed
+    CHECK_FALSE(t.insert(flow_hash(syn3, 1), syn3, 200, true));  // nothing left it may take
+    for (uint32_t i = 0; i < kConnWays; ++i) {
+        const FlowKey k = key(i);
+        CHECK(static_cast<bool>(t.lookup(flow_hash(k, 1), k, 300)) == (i != 5));
+    }
+    CHECK(t.lookup(flow_hash(syn2, 1), syn2, 300));
+    // An established (mid-flow) insert may still evict.
+    CHECK(t.insert(flow_hash(syn3, 1), syn3, 200, false));
+}

@@ -618,3 +618,63 @@ TEST_CASE("Fragments of a datagram follow its first fragment, in every mode") {
         CHECK(h.counter(Counter::kFragmentsForwarded) == 30);
     }
 }
+
+TEST_CASE("A SYN flood that fills the table: established flows keep their entries, new flows go stateless") {
+    Harness h;  // 4096 flows
+    const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+    h.model.add_vip(vip, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+    add_backends(h, vip, 3);
+    h.publish();
+    std::map<uint16_t, int> owner;
+    for (uint16_t port = 1000; port < 1300; ++port) {  // established flows
+        PacketSpec s = client_packet(port);
+        s.tcp_flags = 0x10;
+        auto pkt = build_packet(s);
+        REQUIRE(h.run(pkt) == Action::kToBackend);
+        owner[port] = h.backend_of(pkt);
+    }
+    // The flood: 20000 SYNs from random sources, five times the table.
+    uint32_t forwarded = 0;
+    for (uint32_t i = 0; i < 20000; ++i) {
+        PacketSpec s = client_packet(static_cast<uint16_t>(i));
+        s.src = fmt::format("198.18.{}.{}", 128 + (i >> 8) % 64, i & 0xff);
+        auto pkt = build_packet(s);
+        forwarded += h.run(pkt, nullptr, 2000) == Action::kToBackend;
+    }
+    CHECK(forwarded == 20000);  // every SYN is still balanced
+    CHECK(h.counter(Counter::kConnEvictions) > 15000);  // the flood churns among its own entries
+    // Remove a backend: only flows with an entry stay put, so every
+    // established flow not on the removed backend must keep its backend.
+    h.model.remove_backend(vip, Endpoint{parse_ip(kBackendIp[0]), 0});
+    h.publish();
+    for (auto [port, b] : owner) {
+        PacketSpec s = client_packet(port);
+        s.tcp_flags = 0x10;
+        auto pkt = build_packet(s);
+        REQUIRE(h.run(pkt, nullptr, 3000) == Action::kToBackend);
+        if (b != 0) CHECK(h.backend_of(pkt) == b);
+    }
+}
+
+TEST_CASE("SYNs find no room in a table full of established flows: forwarded statelessly, counted") {
+    Harness h;  // 4096 flows
+    const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+    h.model.add_vip(vip, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+    add_backends(h, vip, 3);
+    h.publish();
+    for (uint32_t i = 0; i < 20000; ++i) {  // established flows, five times the table
+        PacketSpec s = client_packet(static_cast<uint16_t>(i));
+        s.src = fmt::format("198.18.{}.{}", 128 + (i >> 8) % 64, i & 0xff);
+        s.tcp_flags = 0x10;
+        auto pkt = build_packet(s);
+        REQUIRE(h.run(pkt) == Action::kToBackend);
+    }
+    for (uint16_t port = 1000; port < 1100; ++port) {
+        auto syn = build_packet(client_packet(port));
+        auto again = syn;
+        REQUIRE(h.run(syn) == Action::kToBackend);
+        REQUIRE(h.run(again) == Action::kToBackend);
+        CHECK(h.backend_of(syn) == h.backend_of(again));  // Maglev alone is consistent
+    }
+    CHECK(h.counter(Counter::kStatelessForwards) == 200);
+}

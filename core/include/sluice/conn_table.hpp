@@ -11,6 +11,13 @@
 // time, no probing chains. When both are full, insert evicts the way that
 // expires first (the longest idle relative to its timeout).
 //
+// SYN floods: bit 0 of a way's signature word marks an established entry. A
+// new embryonic flow (a TCP SYN) may take a free or expired way or evict
+// another embryonic entry, never an established one; when it cannot, the
+// caller forwards it by the Maglev table alone (stateless), which picks the
+// same backend the entry would have held. So a flood that fills the table
+// costs established flows nothing.
+//
 // Memory comes from the caller (hugepages in the dataplane, a vector in
 // tests), so the table never allocates and can later live in a shared file.
 #pragma once
@@ -40,7 +47,7 @@ inline constexpr unsigned kConnWays = 8;
 inline constexpr uint8_t kConnFlagNatReply = 0x1;  // fragment entries: the datagram is a NAT reply
 
 struct alignas(64) ConnBucket {
-    uint32_t sig[kConnWays];      // 0 = free way
+    uint32_t sig[kConnWays];      // 0 = free way; bit 0: established (kSigEstablished)
     uint32_t expires[kConnWays];  // ms tick, wrapping; compared with a signed difference
     ConnEntry entries[kConnWays];
 };
@@ -54,6 +61,8 @@ struct ConnTimeouts {
     uint32_t other_ms = 60'000;
 };
 
+inline constexpr uint32_t kSigEstablished = 1u;
+
 struct ConnHandle {
     ConnBucket* bucket = nullptr;
     unsigned way = 0;
@@ -63,6 +72,10 @@ struct ConnHandle {
     ConnEntry& entry() const { return bucket->entries[way]; }
     void set_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
         bucket->expires[way] = now_ms + timeout_ms;
+    }
+    // Established entries are protected from eviction by embryonic ones.
+    void set_established(bool on) const {
+        bucket->sig[way] = on ? bucket->sig[way] | kSigEstablished : bucket->sig[way] & ~kSigEstablished;
     }
 };
 
@@ -95,7 +108,10 @@ public:
     // expired way of the emptier candidate bucket ("power of two choices",
     // which keeps bucket loads even), otherwise the way of the two buckets
     // that expires first.
-    SLUICE_ALWAYS_INLINE ConnHandle insert(uint64_t hash, const FlowKey& key, uint32_t now_ms) {
+    // `embryonic`: the new flow may not evict an established entry; the
+    // result is then empty when both buckets hold only established ones.
+    SLUICE_ALWAYS_INLINE ConnHandle insert(uint64_t hash, const FlowKey& key, uint32_t now_ms,
+                                           bool embryonic = false) {
         ConnBucket* const candidates[2] = {primary(hash), secondary(hash)};
         int first_free[2] = {-1, -1};
         unsigned free_ways[2] = {0, 0};
@@ -110,6 +126,7 @@ public:
                     ++free_ways[c];
                     continue;
                 }
+                if (embryonic && (b->sig[w] & kSigEstablished)) continue;
                 const int32_t left = static_cast<int32_t>(b->expires[w] - now_ms);
                 if (left < victim_left) {
                     victim_left = left;
@@ -119,13 +136,14 @@ public:
             }
         }
         bool evicted = true;
+        if (SLUICE_UNLIKELY(!(free_ways[0] | free_ways[1]) && victim_left == INT32_MAX)) return {};
         if (free_ways[0] | free_ways[1]) {
             const unsigned c = free_ways[1] > free_ways[0] ? 1 : 0;
             victim_bucket = candidates[c];
             victim = static_cast<unsigned>(first_free[c]);
             evicted = false;
         }
-        victim_bucket->sig[victim] = signature(hash);
+        victim_bucket->sig[victim] = signature(hash) | (embryonic ? 0 : kSigEstablished);
         victim_bucket->entries[victim] = ConnEntry{};
         victim_bucket->entries[victim].key = key;
         return ConnHandle{victim_bucket, victim, evicted};
@@ -144,12 +162,12 @@ private:
     }
     // The high half, so bucket choice and signature use independent bits.
     SLUICE_ALWAYS_INLINE static uint32_t signature(uint64_t hash) {
-        return static_cast<uint32_t>(hash >> 32) | 1u;
+        return (static_cast<uint32_t>(hash >> 32) & ~kSigEstablished) | 2u;
     }
     SLUICE_ALWAYS_INLINE static ConnHandle find_in(ConnBucket* b, uint32_t sig, const FlowKey& key,
                                                    uint32_t now_ms) {
         for (unsigned w = 0; w < kConnWays; ++w) {
-            if (b->sig[w] != sig) continue;
+            if ((b->sig[w] & ~kSigEstablished) != sig) continue;
             if (SLUICE_UNLIKELY(expired(b->expires[w], now_ms))) continue;
             if (SLUICE_LIKELY(b->entries[w].key == key)) return ConnHandle{b, w, false};
         }

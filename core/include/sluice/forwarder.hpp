@@ -72,15 +72,17 @@ private:
                             uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms);
     void add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                              const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
-                             uint32_t timeout_ms);
+                             uint32_t timeout_ms, bool embryonic);
     uint32_t timeout_for(uint8_t proto, TcpState st) const;
 
     SLUICE_ALWAYS_INLINE void count(Counter c, uint64_t v = 1) {
         counter_add(stats_.counters[static_cast<size_t>(c)], v);
     }
     // A fresh entry for an absent key; evicting a live one is counted.
-    SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, uint64_t hash, uint32_t now_ms) {
-        const ConnHandle h = table_.insert(hash, key, now_ms);
+    // May be empty for an embryonic flow (see ConnTable::insert).
+    SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, uint64_t hash, uint32_t now_ms,
+                                          bool embryonic = false) {
+        const ConnHandle h = table_.insert(hash, key, now_ms, embryonic);
         if (h.evicted) count(Counter::kConnEvictions);
         return h;
     }
@@ -295,7 +297,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
 inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt,
                                            const Scratch& s, const sluice_backend& be,
                                            uint16_t backend_slot, uint32_t now_ms,
-                                           uint32_t timeout_ms) {
+                                           uint32_t timeout_ms, bool embryonic) {
     FlowKey rk{};
     std::memcpy(rk.src, be.addr, sizeof rk.src);
     std::memcpy(rk.dst, s.key.src, sizeof rk.dst);
@@ -305,7 +307,11 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     rk.proto = s.key.proto;
     rk.family = s.key.family;
     rk.direction = FlowDirection::kNatReply;
-    const ConnHandle rh = find_or_claim(rk, flow_hash(rk, cfg.hash_seed), now_ms);
+    const uint64_t rhash = flow_hash(rk, cfg.hash_seed);
+    ConnHandle rh = table_.lookup(rhash, rk, now_ms);
+    if (!rh) rh = claim(rk, rhash, now_ms, embryonic);
+    if (!rh) return;  // a SYN flood filled the table: this connection cannot be translated back
+    rh.set_established(!embryonic);
     ConnEntry& re = rh.entry();
     re.vip_slot = static_cast<uint16_t>(s.vip_slot);
     re.backend_slot = backend_slot;
@@ -378,7 +384,8 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
                                               uint32_t now_ms) {
     const sluice_vip& vip = cfg.vips[s.vip_slot];
     const net::ParsedPacket& p = s.parsed;
-    const uint8_t tcp_flags = p.proto == net::kProtoTcp ? p.l4.tcp_flags : 0;
+    const bool tcp = p.proto == net::kProtoTcp;
+    const uint8_t tcp_flags = tcp ? p.l4.tcp_flags : 0;
     ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
     bool reselect = !h;
     if (h) {
@@ -395,33 +402,47 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             reselect = true;  // a new connection reusing a closing 5-tuple
         }
     }
+    uint16_t backend_slot;
+    uint32_t timeout = 0;
     if (reselect) {
         const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, cfg.hash_seed);
-        const uint16_t slot = cfg.maglev_pool[vip.table_offset + mh % vip.table_size];
-        if (SLUICE_UNLIKELY(slot == SLUICE_MAGLEV_EMPTY)) {
+        backend_slot = cfg.maglev_pool[vip.table_offset + mh % vip.table_size];
+        if (SLUICE_UNLIKELY(backend_slot == SLUICE_MAGLEV_EMPTY)) {
             s.drop = DropReason::kNoBackend;
             return Action::kDrop;
         }
-        if (!h) h = claim(s.key, s.hash, now_ms);
-        ConnEntry& e = h.entry();
-        e.vip_slot = static_cast<uint16_t>(s.vip_slot);
-        e.backend_slot = slot;
-        e.uid = cfg.backends[slot].uid;
-        e.tcp_state = p.proto == net::kProtoTcp ? detail::initial_tcp_state(tcp_flags)
-                                                : TcpState::kNone;
+        const TcpState state = tcp ? detail::initial_tcp_state(tcp_flags) : TcpState::kNone;
+        if (!h) h = claim(s.key, s.hash, now_ms, state == TcpState::kSynSent);
         count(Counter::kNewFlows);
+        if (SLUICE_LIKELY(static_cast<bool>(h))) {
+            ConnEntry& e = h.entry();
+            e.vip_slot = static_cast<uint16_t>(s.vip_slot);
+            e.backend_slot = backend_slot;
+            e.uid = cfg.backends[backend_slot].uid;
+            e.tcp_state = state;
+            h.set_established(!tcp || state == TcpState::kEstablished);
+        } else {
+            // Both buckets hold only established flows (a SYN flood): the
+            // Maglev table alone decides, as it would for this flow's later
+            // packets until one of them finds room.
+            count(Counter::kStatelessForwards);
+        }
+        timeout = timeout_for(p.proto, state);
     } else {
         ConnEntry& e = h.entry();
-        if (p.proto == net::kProtoTcp) e.tcp_state = detail::next_tcp_state(e.tcp_state, tcp_flags);
+        if (tcp) {
+            e.tcp_state = detail::next_tcp_state(e.tcp_state, tcp_flags);
+            h.set_established(e.tcp_state == TcpState::kEstablished);
+        }
+        backend_slot = e.backend_slot;
+        timeout = timeout_for(p.proto, e.tcp_state);
         count(Counter::kConnHits);
     }
-    ConnEntry& e = h.entry();
-    const uint32_t timeout = timeout_for(p.proto, e.tcp_state);
-    h.set_expiry(now_ms, timeout);
-    const uint16_t backend_slot = e.backend_slot;
+    if (h) h.set_expiry(now_ms, timeout);
     const sluice_backend& be = cfg.backends[backend_slot];
     if (vip.mode == SLUICE_MODE_NAT && reselect)
-        add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout);
+        add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout,
+                            tcp && detail::initial_tcp_state(tcp_flags) == TcpState::kSynSent);
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
         remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
     counter_add(stats_.vip_packets[s.vip_slot], 1);
@@ -443,7 +464,10 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, Packe
         s.drop = DropReason::kVipGone;
         return Action::kDrop;
     }
-    if (p.proto == net::kProtoTcp) e.tcp_state = detail::next_tcp_state(e.tcp_state, p.l4.tcp_flags);
+    if (p.proto == net::kProtoTcp) {
+        e.tcp_state = detail::next_tcp_state(e.tcp_state, p.l4.tcp_flags);
+        h.set_established(e.tcp_state != TcpState::kClosing);
+    }
     h.set_expiry(now_ms, timeout_for(p.proto, e.tcp_state == TcpState::kNone
                                                   ? TcpState::kEstablished
                                                   : e.tcp_state));
