@@ -9,7 +9,11 @@
 // One port: one-armed (clients and backends behind the same port). Two
 // ports: the first (or --client-port) faces clients, the other backends.
 #include <signal.h>
+#include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,6 +67,7 @@ struct Options {
     unsigned exit_idle_ms = 0;
     uint16_t mtu = 0;  // 0: the backend port's MTU
     bool no_promiscuous = false;
+    std::string conn_file;  // default: /dev/hugepages/sluice-conn (or /dev/shm) + .<worker>
 };
 
 struct Ports {
@@ -130,20 +135,63 @@ void setup_port(uint16_t port, uint16_t queues, rte_mempool* pool, bool promiscu
                    port_name(port));
 }
 
-// Hugepages when the system has them (fewer TLB misses on a table that is
-// touched at random), plain pages otherwise.
-void* map_conn_table(size_t bytes) {
+// The connection table of one worker lives in a file (on hugetlbfs when
+// there is one) so that a restarted or upgraded dataplane finds every
+// established flow where it left it. A header names the layout; a file of
+// another layout or capacity is replaced, with a warning.
+struct ConnFileHeader {
+    char magic[8];
+    uint32_t version;
+    uint32_t entry_size;
+    uint64_t capacity;
+    uint64_t table_bytes;
+};
+constexpr char kConnFileMagic[8] = {'S', 'L', 'C', 'O', 'N', 'N', '0', '1'};
+constexpr uint32_t kConnFileVersion = 1;
+constexpr size_t kConnFileHeaderBytes = 2u << 20;  // keeps the table 2 MiB aligned on hugetlbfs
+
+void* open_conn_table(const std::string& path, size_t capacity, bool& reused) {
+    const size_t table_bytes = ConnTable::bytes_for(capacity);
     constexpr size_t k2M = 2u << 20;
-    const size_t rounded = (bytes + k2M - 1) / k2M * k2M;
-    void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED)
-        p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED)
-        die(fmt::format("cannot allocate {} MiB for the connection table: {}", rounded >> 20,
-                        std::strerror(errno)));
-    return p;
+    const size_t file_bytes = kConnFileHeaderBytes + (table_bytes + k2M - 1) / k2M * k2M;
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) die(fmt::format("cannot open connection table file {}: {}", path, std::strerror(errno)));
+    ConnFileHeader want{};
+    std::memcpy(want.magic, kConnFileMagic, sizeof want.magic);
+    want.version = kConnFileVersion;
+    want.entry_size = sizeof(ConnEntry);
+    want.capacity = capacity;
+    want.table_bytes = table_bytes;
+    struct stat st{};
+    fstat(fd, &st);
+    void* p = nullptr;
+    reused = false;
+    if (static_cast<size_t>(st.st_size) == file_bytes) {
+        p = mmap(nullptr, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        if (p != MAP_FAILED && std::memcmp(p, &want, sizeof want) == 0) reused = true;
+        if (p != MAP_FAILED && !reused) munmap(p, file_bytes);
+    }
+    if (!reused) {
+        if (st.st_size != 0)
+            fmt::print(stderr, "sluice-dataplane: warning: {} holds another table layout; starting empty\n", path);
+        if (ftruncate(fd, 0) != 0 || ftruncate(fd, static_cast<off_t>(file_bytes)) != 0)
+            die(fmt::format("cannot size {} to {} MiB: {}", path, file_bytes >> 20, std::strerror(errno)));
+        p = mmap(nullptr, file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        if (p == MAP_FAILED)
+            die(fmt::format("cannot map {} ({} MiB): {}", path, file_bytes >> 20, std::strerror(errno)));
+        std::memcpy(p, &want, sizeof want);  // the file is zero-filled: an empty table
+    }
+    close(fd);
+    return static_cast<uint8_t*>(p) + kConnFileHeaderBytes;
+}
+
+// CLOCK_MONOTONIC_COARSE through the vDSO: no system call, and unlike a TSC
+// divided by a calibrated frequency it reads the same across a restart, so
+// expiry times kept in the table stay meaningful.
+uint32_t monotonic_ms() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return static_cast<uint32_t>(static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1'000'000u);
 }
 
 void free_unsent(rte_mbuf** pkts, uint16_t sent, uint16_t n, sluice_lcore_stats& st) {
@@ -228,7 +276,7 @@ int worker_loop(Worker& w) {
 
     while (!g_quit.load(std::memory_order_relaxed)) {
         const uint64_t start = rte_rdtsc();
-        const uint32_t now_ms = static_cast<uint32_t>(start / tsc_per_ms);
+        const uint32_t now_ms = monotonic_ms();
         const sluice_config& cfg = reader.acquire();
         uint16_t n = poll_queue<kOneArmed>(w.ports->client, q, *w.ports, fwd, cfg, st, now_ms);
         if constexpr (!kOneArmed)
@@ -285,6 +333,10 @@ int main(int argc, char** argv) {
                    "there is only one: one-armed)");
     app.add_option("--conn-capacity", opt.conn_capacity, "Connection-table flows per worker lcore")
         ->capture_default_str();
+    app.add_option("--conn-file", opt.conn_file,
+                   "Connection tables live in PATH.<worker>, kept across restarts (default: "
+                   "/dev/hugepages/sluice-conn when hugetlbfs is mounted there, else "
+                   "/dev/shm/sluice-conn)");
     app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms)->capture_default_str();
     app.add_option("--tcp-established-timeout-ms", opt.timeouts.tcp_established_ms)
         ->capture_default_str();
@@ -305,6 +357,12 @@ int main(int argc, char** argv) {
         const int code = app.exit(e);
         rte_eal_cleanup();
         return code;
+    }
+
+    if (opt.conn_file.empty()) {
+        struct statfs fs{};
+        const bool huge = statfs("/dev/hugepages", &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
+        opt.conn_file = huge ? "/dev/hugepages/sluice-conn" : "/dev/shm/sluice-conn";
     }
 
     const uint16_t nb_ports = rte_eth_dev_count_avail();
@@ -371,7 +429,13 @@ int main(int argc, char** argv) {
         std::memcpy(w.fwd_opt.client_port_mac, mac.addr_bytes, 6);
         rte_eth_macaddr_get(ports.backend, &mac);
         std::memcpy(w.fwd_opt.backend_port_mac, mac.addr_bytes, 6);
-        w.conn_memory = map_conn_table(ConnTable::bytes_for(opt.conn_capacity));
+        const std::string file = fmt::format("{}.{}", opt.conn_file, i);
+        bool reused = false;
+        w.conn_memory = open_conn_table(file, opt.conn_capacity, reused);
+        if (reused) {
+            ConnTable t(w.conn_memory, opt.conn_capacity);
+            fmt::print("sluice-dataplane: worker {} keeps {} flows from {}\n", i, t.occupied(monotonic_ms()), file);
+        }
     }
 
     auto& hdr = (*shm)->header;

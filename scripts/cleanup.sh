@@ -10,4 +10,5 @@ done
 rm -f /dev/shm/sluice-sl* /dev/shm/sluice-fixtures-* /dev/shm/sluice-sldemo 2>/dev/null
 rm -rf /var/run/dpdk/sl[0-9]* /var/run/dpdk/fx[0-9]* /var/run/dpdk/sldemo 2>/dev/null
 rm -f /dev/hugepages/sl[0-9]*map_* /dev/hugepages/sldemo*map_* 2>/dev/null
+rm -f /dev/hugepages/sluice-conn-sl* /dev/shm/sluice-conn-sl* 2>/dev/null
 exit 0

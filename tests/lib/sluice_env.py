@@ -66,6 +66,10 @@ class Lab:
         self.socket = os.path.join(self.tmp, "sluiced.sock")
         self.shm = f"/dev/shm/sluice-{self.prefix}"
         self.state = os.path.join(self.tmp, "state.json")
+        # Connection tables outlive the dataplane (restarts keep flows): on
+        # hugetlbfs like production, and removed with everything else.
+        hp = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
+        self.conn_file = f"{hp}/sluice-conn-{self.prefix}"
 
     # --- lifecycle -------------------------------------------------------
     def __enter__(self):
@@ -93,7 +97,7 @@ class Lab:
             for b in (1, 2, 3):
                 subprocess.run(self.ns(f"be{b}") + [DECAP, "detach", "eth0"], timeout=30, capture_output=True)
         subprocess.run([TOPOLOGY, "down", self.prefix], timeout=60)
-        for path in (self.shm,):
+        for path in (self.shm, f"{self.conn_file}.0"):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -159,7 +163,8 @@ class Lab:
                 else f"net_af_xdp0,iface=eth0,xdp_prog={STEER_PROG}")
         args = [DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", self.prefix, "--no-pci",
                 "--vdev", vdev, "--log-level", "*:warning",
-                "--", "--shm", self.shm, "--conn-capacity", str(self.conn_capacity)]
+                "--", "--shm", self.shm, "--conn-capacity", str(self.conn_capacity),
+                "--conn-file", self.conn_file]
         self.spawn("dataplane", "lb", args + self.dataplane_args + list(extra))
         self.wait_log("dataplane", "sluice-dataplane: pid")
 
