@@ -224,9 +224,27 @@ nlohmann::json Daemon::stats() const {
             packets += counter_read(ls.vip_packets[v.slot]);
             bytes += counter_read(ls.vip_bytes[v.slot]);
         }
-        vips.push_back({{"vip", format_vip_id(id)}, {"packets", packets}, {"bytes", bytes}});
+        nlohmann::json backends = nlohmann::json::array();
+        for (const auto& b : v.backends) {
+            uint64_t bp = 0, bb = 0, bn = 0;
+            for (const auto& ls : shm_->lcore_stats) {
+                bp += counter_read(ls.backend_packets[b.slot]);
+                bb += counter_read(ls.backend_bytes[b.slot]);
+                bn += counter_read(ls.backend_new_flows[b.slot]);
+            }
+            backends.push_back({{"address", format_endpoint(b.endpoint)},
+                                {"up", b.healthy},
+                                {"weight", b.weight},
+                                {"packets", bp},
+                                {"bytes", bb},
+                                {"new_flows", bn}});
+        }
+        vips.push_back({{"vip", format_vip_id(id)}, {"packets", packets}, {"bytes", bytes},
+                        {"backends", backends}});
     }
-    return {{"counters", counters}, {"drops", drops}, {"drops_total", drop_total}, {"vips", vips}};
+    return {{"counters", counters},       {"drops", drops},
+            {"drops_total", drop_total},  {"health_changes", health_changes_},
+            {"generation", shm_generation(shm_.get())}, {"vips", vips}};
 }
 
 nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& args) {

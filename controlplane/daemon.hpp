@@ -38,6 +38,8 @@ public:
     nlohmann::json handle(const nlohmann::json& request);
 
     const Model& model() const { return model_; }
+    // Counters, as `sluicectl stats --json` shows them.
+    nlohmann::json stats() const;
 
     // Periodic work (about once a second): keeps the XDP steering maps in
     // step, which also picks up a dataplane that started after the change.
@@ -57,7 +59,6 @@ private:
     void save(const Model& m) const;
 
     nlohmann::json status() const;
-    nlohmann::json stats() const;
     nlohmann::json vip_json(const Vip& v) const;
 
     DaemonOptions opt_;

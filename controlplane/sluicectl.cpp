@@ -71,9 +71,16 @@ void print_human(const std::string& cmd, const json& r) {
         fmt::print("drops (total {}):\n", r["drops_total"].get<uint64_t>());
         for (const auto& [k, v] : r["drops"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
         fmt::print("per VIP:\n");
-        for (const auto& v : r["vips"])
+        for (const auto& v : r["vips"]) {
             fmt::print("  {:<28} packets {:<12} bytes {}\n", v["vip"].get<std::string>(),
                        v["packets"].get<uint64_t>(), v["bytes"].get<uint64_t>());
+            for (const auto& b : v["backends"])
+                fmt::print("    {:<26} {:<4} packets {:<12} bytes {:<14} new flows {}\n",
+                           b["address"].get<std::string>(), b["up"].get<bool>() ? "up" : "DOWN",
+                           b["packets"].get<uint64_t>(), b["bytes"].get<uint64_t>(),
+                           b["new_flows"].get<uint64_t>());
+        }
+        fmt::print("health changes: {}\n", r["health_changes"].get<uint64_t>());
     } else if (r.is_object() && r.contains("vip")) {
         print_vip(r);
     } else {

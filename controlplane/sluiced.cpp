@@ -7,6 +7,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -21,6 +23,7 @@
 
 #include "daemon.hpp"
 #include "ipc.hpp"
+#include "metrics.hpp"
 
 namespace {
 
@@ -45,6 +48,21 @@ int listen_unix(const std::string& path) {
     umask(old);
     if (r != 0) throw std::runtime_error(fmt::format("bind {}: {}", path, std::strerror(errno)));
     if (listen(fd, 64) != 0) throw std::runtime_error(fmt::format("listen: {}", std::strerror(errno)));
+    return fd;
+}
+
+// Prometheus scrapes on localhost only: counters are not for the network.
+int listen_metrics(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 16) != 0)
+        throw std::runtime_error(fmt::format("metrics port 127.0.0.1:{}: {}", port, std::strerror(errno)));
     return fd;
 }
 
@@ -105,6 +123,7 @@ int main(int argc, char** argv) {
     std::optional<uint64_t> seed;
     unsigned publish_timeout_ms = 2000;
     std::optional<std::string> tunnel4, tunnel6;
+    uint16_t metrics_port = 9477;
     app.add_option("--socket", socket_path, "Unix socket sluicectl connects to (mode 0600)")
         ->capture_default_str();
     app.add_option("--shm", opt.shm_path, "Shared-memory segment shared with sluice-dataplane")
@@ -126,6 +145,9 @@ int main(int argc, char** argv) {
     app.add_option("--xdp-iface", opt.xdp_iface,
                    "The dataplane's af_xdp interface: sluiced keeps the maps of the XDP "
                    "steering program attached to it in step with the VIPs");
+    app.add_option("--metrics-port", metrics_port,
+                   "Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: off)")
+        ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
 
@@ -137,13 +159,15 @@ int main(int argc, char** argv) {
         if (tunnel4 || tunnel6) daemon.set_tunnel_sources(tunnel4, tunnel6);
         daemon.publish_current();
         const int listen_fd = listen_unix(socket_path);
+        const int metrics_fd = metrics_port ? listen_metrics(metrics_port) : -1;
         struct sigaction sa{};
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, nullptr);
         sigaction(SIGTERM, &sa, nullptr);
         signal(SIGPIPE, SIG_IGN);
-        fmt::print("sluiced: pid {}, {} VIP(s) restored from {}, shared memory {}, listening on {}\n",
+        fmt::print("sluiced: pid {}, {} VIP(s) restored from {}, shared memory {}, metrics {}, listening on {}\n",
                    getpid(), daemon.model().vips().size(), opt.state_path, opt.shm_path,
+                   metrics_port ? fmt::format("http://127.0.0.1:{}/metrics", metrics_port) : "off",
                    socket_path);
         std::fflush(stdout);
         auto next_tick = std::chrono::steady_clock::now();
@@ -152,10 +176,17 @@ int main(int argc, char** argv) {
                 daemon.tick();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
-            pollfd p[2] = {{listen_fd, POLLIN, 0}, {daemon.health_wake_fd(), POLLIN, 0}};
-            const int r = poll(p, 2, 200);
+            pollfd p[3] = {{listen_fd, POLLIN, 0}, {daemon.health_wake_fd(), POLLIN, 0}, {metrics_fd, POLLIN, 0}};
+            const int r = poll(p, metrics_fd >= 0 ? 3 : 2, 200);
             if (r <= 0) continue;
             if (p[1].revents & POLLIN) daemon.apply_health_changes();
+            if (metrics_fd >= 0 && (p[2].revents & POLLIN)) {
+                const int c = accept4(metrics_fd, nullptr, nullptr, SOCK_CLOEXEC);
+                if (c >= 0) {
+                    sluice::serve_metrics(c, daemon.stats());
+                    close(c);
+                }
+            }
             if (!(p[0].revents & POLLIN)) continue;
             const int client = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
             if (client < 0) continue;

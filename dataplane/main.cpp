@@ -34,6 +34,7 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_telemetry.h>
 
 #include "sluice/conn_table.hpp"
 #include "sluice/forwarder.hpp"
@@ -55,6 +56,8 @@ constexpr unsigned kIdlePollsBeforeSleep = 256;
 constexpr unsigned kMaxIdleSleepUs = 1000;
 
 std::atomic<bool> g_quit{false};
+sluice_shm* g_shm = nullptr;  // for the telemetry callbacks (read-only)
+unsigned g_workers = 0;
 
 void on_signal(int) { g_quit = true; }
 
@@ -303,6 +306,28 @@ int worker_loop(Worker& w) {
     return 0;
 }
 
+// DPDK telemetry (dpdk-telemetry.py, /sluice/stats and /sluice/drops): the
+// same counters sluiced reads, summed over this process's workers.
+template <size_t N>
+int telemetry_counters(rte_tel_data* d, const std::array<std::string_view, N>& names,
+                       __u64 (sluice_lcore_stats::*array)[SLUICE_COUNTER_SLOTS]) {
+    rte_tel_data_start_dict(d);
+    for (size_t c = 0; c < N; ++c) {
+        uint64_t sum = 0;
+        for (unsigned w = 0; w < g_workers; ++w) sum += counter_read((g_shm->lcore_stats[w].*array)[c]);
+        rte_tel_data_add_dict_u64(d, std::string(names[c]).c_str(), sum);
+    }
+    return 0;
+}
+
+int telemetry_stats(const char*, const char*, rte_tel_data* d) {
+    return telemetry_counters(d, kCounterNames, &sluice_lcore_stats::counters);
+}
+
+int telemetry_drops(const char*, const char*, rte_tel_data* d) {
+    return telemetry_counters(d, kDropReasonNames, &sluice_lcore_stats::drops);
+}
+
 int worker_entry(void* arg) {
     auto& w = *static_cast<Worker*>(arg);
     return w.ports->client == w.ports->backend ? worker_loop<true>(w) : worker_loop<false>(w);
@@ -445,6 +470,13 @@ int main(int argc, char** argv) {
     hdr.dataplane_start_ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
     hdr.lcore_count = nb_workers;
     __atomic_store_n(&hdr.dataplane_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
+
+    g_shm = shm->get();
+    g_workers = nb_workers;
+    rte_telemetry_register_cmd("/sluice/stats", telemetry_stats,
+                               "sluice dataplane counters, summed over workers. No parameters");
+    rte_telemetry_register_cmd("/sluice/drops", telemetry_drops,
+                               "sluice dataplane drops by reason, summed over workers. No parameters");
 
     struct sigaction sa{};
     sa.sa_handler = on_signal;

@@ -34,7 +34,7 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 2u
+#define SLUICE_ABI_VERSION 3u
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
@@ -182,6 +182,9 @@ struct sluice_lcore_stats {
 	__u64 drops[SLUICE_COUNTER_SLOTS];    /* SLUICE_DROP_REASONS order */
 	__u64 vip_packets[SLUICE_MAX_VIPS];   /* indexed by VIP slot */
 	__u64 vip_bytes[SLUICE_MAX_VIPS];
+	__u64 backend_packets[SLUICE_MAX_BACKENDS]; /* indexed by backend slot */
+	__u64 backend_bytes[SLUICE_MAX_BACKENDS];
+	__u64 backend_new_flows[SLUICE_MAX_BACKENDS];
 };
 
 struct sluice_shm_header {

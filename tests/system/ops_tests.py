@@ -3,7 +3,9 @@
 health checks moving traffic away from failed backends and back.
 
 usage: ops_tests.py [TEST ...]   (no argument: all)"""
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -150,11 +152,51 @@ def test_restarts_lose_nothing():
         check("be3" in fresh, f"the added backend gets no new connections: {split(fresh)}")
 
 
+def test_counters_prometheus_telemetry():
+    """Per-VIP and per-backend counters agree across sluicectl, the
+    Prometheus endpoint and DPDK telemetry."""
+    with Lab("obs") as lab:
+        lab.ctl("vip", "add", "198.18.1.1:80/tcp", "--mode", "dsr")
+        for ip in BACKEND_IPS:
+            lab.ctl("backend", "add", "198.18.1.1:80/tcp", ip)
+        names = lab.curl_names("http://198.18.1.1", 60)
+        check(len(names) == 60, f"{len(names)} of 60 answers")
+        st = lab.stats()
+        vip = st["vips"][0]
+        per_backend = {b["address"].split(":")[0]: b for b in vip["backends"]}
+        flows = {ip: per_backend[ip]["new_flows"] for ip in BACKEND_IPS}
+        print(f"  new flows per backend: {flows}; curl saw {split(names)}")
+        check(sum(flows.values()) == 60, f"new flows {flows}")
+        check(sum(b["packets"] for b in vip["backends"]) == vip["packets"], "backend packets do not add up")
+        for i, ip in enumerate(BACKEND_IPS):
+            check(flows[ip] == names.count(f"be{i + 1}"), f"{ip}: {flows[ip]} flows but {names.count(f'be{i + 1}')} answers")
+        r = subprocess.run(lab.ns("lb") + ["curl", "-s", "-m", "5", "http://127.0.0.1:9477/metrics"],
+                           capture_output=True, text=True)
+        text = r.stdout
+        check(f'sluice_backend_new_flows_total{{vip="198.18.1.1:80/tcp",backend="198.18.0.11:80"}} {flows["198.18.0.11"]}' in text,
+              f"Prometheus text lacks the backend's flows:\n{text[:2000]}")
+        check('sluice_drops_total{reason="no_vip"}' in text, "no drop counters in the Prometheus text")
+        check('sluice_backend_up{vip="198.18.1.1:80/tcp",backend="198.18.0.12:80"} 1' in text, "no health gauge")
+        tel = subprocess.run(lab.ns("lb") + [SYS_PYTHON, "-c", f"""
+import json, socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect("/var/run/dpdk/{lab.prefix}/dpdk_telemetry.v2")
+s.recv(16384)
+s.send(b"/sluice/stats")
+print(json.dumps(json.loads(s.recv(65536))))
+"""], capture_output=True, text=True, timeout=30)
+        check(tel.returncode == 0, f"telemetry query failed: {tel.stderr[-500:]}")
+        counters = json.loads(tel.stdout)["/sluice/stats"]
+        now = lab.stats()["counters"]
+        check(counters["new_flows"] == now["new_flows"] == 60, f"telemetry {counters['new_flows']} vs {now['new_flows']}")
+
+
 TESTS = {
     "health_failover": test_failed_backend_leaves_and_returns,
     "all_down": test_all_down_keeps_the_table,
     "syn_flood": test_syn_flood_spares_established,
     "restarts": test_restarts_lose_nothing,
+    "observability": test_counters_prometheus_telemetry,
 }
 
 if __name__ == "__main__":

@@ -79,6 +79,12 @@ private:
         counter_add(stats_.counters[static_cast<size_t>(c)], v);
     }
     // A fresh entry for an absent key; evicting a live one is counted.
+    SLUICE_ALWAYS_INLINE void count_vip_backend(int vip_slot, uint16_t backend_slot, uint16_t len) {
+        counter_add(stats_.vip_packets[vip_slot], 1);
+        counter_add(stats_.vip_bytes[vip_slot], len);
+        counter_add(stats_.backend_packets[backend_slot], 1);
+        counter_add(stats_.backend_bytes[backend_slot], len);
+    }
     // May be empty for an embryonic flow (see ConnTable::insert).
     SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, uint64_t hash, uint32_t now_ms,
                                           bool embryonic = false) {
@@ -414,6 +420,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
         const TcpState state = tcp ? detail::initial_tcp_state(tcp_flags) : TcpState::kNone;
         if (!h) h = claim(s.key, s.hash, now_ms, state == TcpState::kSynSent);
         count(Counter::kNewFlows);
+        counter_add(stats_.backend_new_flows[backend_slot], 1);
         if (SLUICE_LIKELY(static_cast<bool>(h))) {
             ConnEntry& e = h.entry();
             e.vip_slot = static_cast<uint16_t>(s.vip_slot);
@@ -445,8 +452,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
                             tcp && detail::initial_tcp_state(tcp_flags) == TcpState::kSynSent);
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
         remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
-    counter_add(stats_.vip_packets[s.vip_slot], 1);
-    counter_add(stats_.vip_bytes[s.vip_slot], b.len);
+    count_vip_backend(s.vip_slot, backend_slot, b.len);
     return send_to_backend(cfg, b, s, vip, be, s.hash);
 }
 
@@ -534,8 +540,7 @@ inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, 
         return Action::kDrop;
     }
     s.vip_slot = e.vip_slot;
-    counter_add(stats_.vip_packets[s.vip_slot], 1);
-    counter_add(stats_.vip_bytes[s.vip_slot], b.len);
+    count_vip_backend(s.vip_slot, e.backend_slot, b.len);
     return send_to_backend(cfg, b, s, vip, be, s.hash);
 }
 
