@@ -17,6 +17,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "common.bpf.h"
 #include "sluice/shm_abi.h"
 
 /* Set by the loader before the program is loaded; 0 disables GUE. */
@@ -38,9 +39,7 @@ struct {
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&decap_stats, &idx);
-	if (c)
-		*c += 1;
+	count_in(&decap_stats, idx);
 }
 
 /* Inner protocol of an outer header's payload, or 0 when it is no tunnel of

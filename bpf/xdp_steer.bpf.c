@@ -22,6 +22,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "common.bpf.h"
 #include "sluice/shm_abi.h"
 
 struct {
@@ -61,9 +62,7 @@ struct {
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&sl_steer_stats, &idx);
-	if (c)
-		*c += 1;
+	count_in(&sl_steer_stats, idx);
 }
 
 static __always_inline int steer(struct xdp_md *ctx)
