@@ -362,12 +362,13 @@ int main(int argc, char** argv) {
                    "Connection tables live in PATH.<worker>, kept across restarts (default: "
                    "/dev/hugepages/sluice-conn when hugetlbfs is mounted there, else "
                    "/dev/shm/sluice-conn)");
-    app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms)->capture_default_str();
-    app.add_option("--tcp-established-timeout-ms", opt.timeouts.tcp_established_ms)
+    app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms, "Idle timeout of a TCP flow before its handshake completes")->capture_default_str();
+    app.add_option("--tcp-established-timeout-ms", opt.timeouts.tcp_established_ms,
+                   "Idle timeout of an established TCP flow")
         ->capture_default_str();
-    app.add_option("--tcp-closing-timeout-ms", opt.timeouts.tcp_closing_ms)->capture_default_str();
-    app.add_option("--udp-timeout-ms", opt.timeouts.udp_ms)->capture_default_str();
-    app.add_option("--other-timeout-ms", opt.timeouts.other_ms)->capture_default_str();
+    app.add_option("--tcp-closing-timeout-ms", opt.timeouts.tcp_closing_ms, "Idle timeout after FIN or RST")->capture_default_str();
+    app.add_option("--udp-timeout-ms", opt.timeouts.udp_ms, "Idle timeout of a UDP flow")->capture_default_str();
+    app.add_option("--other-timeout-ms", opt.timeouts.other_ms, "Idle timeout of other protocols (GRE, ESP, ...)")->capture_default_str();
     app.add_option("--exit-idle-ms", opt.exit_idle_ms,
                    "Exit after this long without packets (pcap replay); 0 = run until SIGTERM")
         ->capture_default_str();
