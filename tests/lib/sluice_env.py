@@ -105,6 +105,7 @@ class Lab:
         if exc and exc[0] is not None:
             self.dump_logs()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)  # EAL runtime files
         return False
 
     def dump_logs(self):
