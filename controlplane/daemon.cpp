@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "config_file.hpp"
 #include "neighbor.hpp"
 #include "sluice/drop_reason.hpp"
 
@@ -272,8 +273,31 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
     if (cmd == "backend.list")
         return vip_json(model_.vip(parse_vip_id(arg<std::string>(args, "vip"))))["backends"];
 
+    if (cmd == "config.dump") return config_of(model_);
+
     Model next = model_;
     nlohmann::json result = nlohmann::json::object();
+    if (cmd == "config.apply") {
+        std::vector<std::string> changes;
+        next = apply_config(
+            model_, arg<nlohmann::json>(args, "config"),
+            [](const IpAddress& a) {
+                auto mac = resolve_neighbor(a, std::chrono::milliseconds(1000));
+                if (!mac)
+                    throw std::invalid_argument(fmt::format(
+                        "mac: cannot resolve the MAC of {}; give mac = \"...\"", format_ip(a)));
+                return *mac;
+            },
+            host_addresses(), changes);
+        result["changes"] = changes;
+        if (changes.empty()) {
+            result["published_generation"] = shm_generation(shm_.get());
+            return result;  // nothing differs: nothing is published or saved
+        }
+        commit(std::move(next));
+        result["published_generation"] = shm_generation(shm_.get());
+        return result;
+    }
     if (cmd == "vip.add") {
         const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
         VipOptions o;

@@ -300,6 +300,21 @@ void Model::set_weight(const VipId& vip_id, const Endpoint& endpoint, uint32_t w
     v.cached_table.clear();
 }
 
+void Model::set_mac(const VipId& vip_id, const Endpoint& endpoint, const MacAddress& mac) {
+    Vip& v = mutable_vip(vip_id);
+    Backend* b = v.find_backend(normalise_backend(v, endpoint));
+    if (!b) invalid(fmt::format("VIP {} has no backend {}", format_vip_id(vip_id), format_endpoint(endpoint)));
+    b->mac = mac;
+}
+
+void Model::set_health(const VipId& vip_id, const HealthCheck& check) {
+    // Validated the way add_vip validates it, on a scratch VIP.
+    const Vip& v = vip(vip_id);
+    Model probe(hash_seed_);
+    probe.add_vip(vip_id, VipOptions{v.mode, v.hash_fields, v.table_size, v.gue_port, v.echo_reply, check});
+    mutable_vip(vip_id).health = check;
+}
+
 bool Model::set_healthy(const VipId& vip_id, const Endpoint& endpoint, bool healthy) {
     Vip& v = mutable_vip(vip_id);
     const Endpoint e = normalise_backend(v, endpoint);

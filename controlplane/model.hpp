@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <optional>
 #include <string_view>
 #include <string>
@@ -135,6 +136,8 @@ public:
                                const MacAddress& mac);
     void remove_backend(const VipId& vip, const Endpoint& endpoint);
     void set_weight(const VipId& vip, const Endpoint& endpoint, uint32_t weight);
+    void set_mac(const VipId& vip, const Endpoint& endpoint, const MacAddress& mac);
+    void set_health(const VipId& vip, const HealthCheck& check);
     // Health-check verdicts; returns false when nothing changed.
     bool set_healthy(const VipId& vip, const Endpoint& endpoint, bool healthy);
 

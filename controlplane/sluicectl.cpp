@@ -2,11 +2,14 @@
 // scripts; errors from the daemon are printed as they come (they name the bad
 // value) and give exit status 1, an unreachable daemon 3, bad usage 2.
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "config_file.hpp"
 #include "ipc.hpp"
 
 namespace {
@@ -228,7 +231,31 @@ int main(int argc, char** argv) {
         req.args = {{"vip", vip}};
     });
 
+    std::string config_path;
+    auto* apply = app.add_subcommand(
+        "apply", "Make the running configuration match a TOML file; changes only what differs");
+    apply->add_option("-f,--file", config_path, "The TOML file (see README: Configuration file)")
+        ->required();
+    apply->callback([&] { req.cmd = "config.apply"; });
+    auto* dump = app.add_subcommand("dump", "Print the running configuration as TOML (apply-able)");
+    dump->add_flag("--json", req.as_json, "Print JSON instead of TOML");
+    dump->callback([&] { req.cmd = "config.dump"; });
+
     CLI11_PARSE(app, argc, argv);
+
+    if (req.cmd == "config.apply") {
+        try {
+            std::ifstream in(config_path);
+            if (!in) throw std::invalid_argument(fmt::format("cannot read {}", config_path));
+            std::stringstream text;
+            text << in.rdbuf();
+            req.args = {{"config", sluice::config_from_toml(text.str())}};
+        } catch (const std::exception& e) {
+            fmt::print(stderr, "sluicectl: {}: the configuration is refused, nothing changed:\n{}\n",
+                       config_path, e.what());
+            return kExitDaemonError;
+        }
+    }
 
     json response;
     try {
@@ -244,7 +271,15 @@ int main(int argc, char** argv) {
     }
     if (req.as_json)
         std::cout << response["result"].dump(2) << "\n";
-    else
+    else if (req.cmd == "config.dump")
+        std::cout << sluice::config_to_toml(response["result"]);
+    else if (req.cmd == "config.apply") {
+        const auto& changes = response["result"]["changes"];
+        for (const auto& c : changes) fmt::print("{}\n", c.get<std::string>());
+        fmt::print("{} change(s){}\n", changes.size(),
+                   changes.empty() ? ", nothing published"
+                                   : fmt::format(", generation {}", response["result"]["published_generation"].get<uint64_t>()));
+    } else
         print_human(req.cmd, response["result"]);
     return 0;
 }

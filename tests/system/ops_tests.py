@@ -191,12 +191,55 @@ print(json.dumps(json.loads(s.recv(65536))))
         check(counters["new_flows"] == now["new_flows"] == 60, f"telemetry {counters['new_flows']} vs {now['new_flows']}")
 
 
+def test_config_apply_and_dump():
+    with Lab("cfg") as lab:
+        path = os.path.join(lab.tmp, "sluice.toml")
+        with open(path, "w") as f:
+            f.write("""
+[node]
+tunnel_source4 = "198.18.200.0/24"
+tunnel_source6 = "2001:db8:ff::/64"
+
+[[vip]]
+address = "198.18.1.1:80/tcp"
+mode = "dsr"
+[[vip.backend]]
+address = "198.18.0.11"
+[[vip.backend]]
+address = "198.18.0.12"
+[[vip.backend]]
+address = "198.18.0.13"
+weight = 200
+""")
+        r = lab.ctl("apply", "-f", path)
+        check("4 change(s)" in r.stdout, f"first apply: {r.stdout}")
+        names = lab.curl_names("http://198.18.1.1", 60)
+        check(len(names) == 60 and set(names) == {"be1", "be2", "be3"}, f"traffic after apply: {split(names)}")
+        dump = lab.ctl("dump").stdout
+        with open(path, "w") as f:
+            f.write(dump)
+        r = lab.ctl("apply", "-f", path)
+        check("0 change(s), nothing published" in r.stdout, f"apply(dump) changed something: {r.stdout}")
+        before = lab.ctl("dump").stdout
+        with open(path, "w") as f:
+            f.write(dump.replace("weight = 200", "weight = 20000").replace("[[vip]]", "[[vip]]\nfoo = 1", 1))
+        r = lab.ctl("apply", "-f", path, check_rc=False)
+        check(r.returncode == 1 and "vip[0].foo: unknown key" in r.stderr, f"bad file: {r.returncode} {r.stderr}")
+        with open(path, "w") as f:
+            f.write(dump.replace("weight = 200", "weight = 20000"))
+        r = lab.ctl("apply", "-f", path, check_rc=False)
+        check(r.returncode == 1 and "20000" in r.stderr and "vip[0].backend[2]" in r.stderr,
+              f"bad weight: {r.returncode} {r.stderr}")
+        check(lab.ctl("dump").stdout == before, "a refused file changed the configuration")
+
+
 TESTS = {
     "health_failover": test_failed_backend_leaves_and_returns,
     "all_down": test_all_down_keeps_the_table,
     "syn_flood": test_syn_flood_spares_established,
     "restarts": test_restarts_lose_nothing,
     "observability": test_counters_prometheus_telemetry,
+    "config_apply": test_config_apply_and_dump,
 }
 
 if __name__ == "__main__":
