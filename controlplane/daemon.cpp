@@ -36,7 +36,6 @@ T arg_or(const nlohmann::json& args, const char* name, T fallback) {
     return args.contains(name) && !args.at(name).is_null() ? arg<T>(args, name) : fallback;
 }
 
-bool alive(uint32_t pid) { return pid != 0 && (kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
 
 }  // namespace
 
@@ -193,8 +192,8 @@ nlohmann::json Daemon::status() const {
             {"abi_version", SLUICE_ABI_VERSION},
             {"generation", shm_generation(shm_.get())},
             {"dataplane_pid", dp},
-            {"dataplane_running", alive(dp)},
-            {"dataplane_lcores_online", alive(dp) ? online : 0},
+            {"dataplane_running", process_alive(dp)},
+            {"dataplane_lcores_online", process_alive(dp) ? online : 0},
             {"vips", model_.vips().size()},
             {"hash_seed", model_.hash_seed()},
             {"health_changes", health_changes_},

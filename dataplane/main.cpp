@@ -429,7 +429,7 @@ int main(int argc, char** argv) {
         die(e.what());
     }
     const uint32_t other = __atomic_load_n(&(*shm)->header.dataplane_pid, __ATOMIC_ACQUIRE);
-    if (other != 0 && other != static_cast<uint32_t>(getpid()) && kill(static_cast<pid_t>(other), 0) == 0)
+    if (other != static_cast<uint32_t>(getpid()) && process_alive(other))
         die(fmt::format("another sluice-dataplane (pid {}) is attached to {}", other, opt.shm_path));
 
     const unsigned mbufs_per_port = nb_workers * (kRxDescriptors + kTxDescriptors + 2 * kMaxBurst);

@@ -72,11 +72,11 @@ bool try_create(const std::string& path) {
     fail_errno("cannot publish shared memory as", path);
 }
 
+}  // namespace
+
 bool process_alive(uint32_t pid) {
     return pid != 0 && (kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
 }
-
-}  // namespace
 
 size_t shm_segment_size() {
     constexpr size_t kPage = 4096;

@@ -15,6 +15,9 @@ namespace sluice {
 
 size_t shm_segment_size();
 
+// Whether the process that recorded `pid` in the header still runs (0: none).
+bool process_alive(uint32_t pid);
+
 class ShmSegment {
 public:
     // Opens `path`, or creates it (mode 0600, fully initialised before it
