@@ -36,21 +36,8 @@ int start_connect(const Endpoint& ep, std::string& err) {
         err = fmt::format("socket: {}", std::strerror(errno));
         return -1;
     }
-    sockaddr_storage ss{};
-    socklen_t len;
-    if (ep.addr.family == 4) {
-        auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons(ep.port);
-        std::memcpy(&sin->sin_addr, ep.addr.bytes.data(), 4);
-        len = sizeof(sockaddr_in);
-    } else {
-        auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons(ep.port);
-        std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
-        len = sizeof(sockaddr_in6);
-    }
+    sockaddr_storage ss;
+    const socklen_t len = to_sockaddr(ep, ss);
     if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 && errno != EINPROGRESS) {
         err = fmt::format("connect: {}", std::strerror(errno));
         close(fd);

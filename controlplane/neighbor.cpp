@@ -81,21 +81,8 @@ std::optional<MacAddress> resolve_neighbor(const IpAddress& addr,
     const int family = addr.family == 4 ? AF_INET : AF_INET6;
     int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd >= 0) {
-        sockaddr_storage ss{};
-        socklen_t len;
-        if (addr.family == 4) {
-            auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-            sin->sin_family = AF_INET;
-            sin->sin_port = htons(9);
-            std::memcpy(&sin->sin_addr, addr.bytes.data(), 4);
-            len = sizeof(sockaddr_in);
-        } else {
-            auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-            sin6->sin6_family = AF_INET6;
-            sin6->sin6_port = htons(9);
-            std::memcpy(&sin6->sin6_addr, addr.bytes.data(), 16);
-            len = sizeof(sockaddr_in6);
-        }
+        sockaddr_storage ss;
+        const socklen_t len = to_sockaddr(Endpoint{addr, 9}, ss);  // the discard port
         (void)sendto(fd, "", 0, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), len);
         close(fd);
     }

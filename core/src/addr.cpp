@@ -115,6 +115,22 @@ bool is_test_range(const IpAddress& a) {
     return a.bytes[0] == 0x20 && a.bytes[1] == 0x01 && a.bytes[2] == 0x0d && a.bytes[3] == 0xb8;
 }
 
+socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out) {
+    out = sockaddr_storage{};
+    if (e.addr.family == 4) {
+        auto* sin = reinterpret_cast<sockaddr_in*>(&out);
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(e.port);
+        std::memcpy(&sin->sin_addr, e.addr.bytes.data(), 4);
+        return sizeof(sockaddr_in);
+    }
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&out);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(e.port);
+    std::memcpy(&sin6->sin6_addr, e.addr.bytes.data(), 16);
+    return sizeof(sockaddr_in6);
+}
+
 std::vector<IpAddress> host_addresses() {
     ifaddrs* list = nullptr;
     if (getifaddrs(&list) != 0)

@@ -2,6 +2,8 @@
 // throws std::invalid_argument with a message that quotes the bad text.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <array>
 #include <cstdint>
 #include <string>
@@ -40,6 +42,9 @@ std::string_view protocol_name(uint8_t proto);
 // True for the ranges the project's tests and demo may use: 198.18.0.0/15 and
 // 2001:db8::/32 (RFC 2544 benchmarking and RFC 3849 documentation space).
 bool is_test_range(const IpAddress& a);
+
+// The socket address of an endpoint; returns its length.
+socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out);
 
 // Every IPv4 and IPv6 address configured on this host's interfaces (in the
 // caller's network namespace).
