@@ -37,6 +37,18 @@ T arg_or(const nlohmann::json& args, const char* name, T fallback) {
 }
 
 
+// A backend's MAC when the operator gave none: the node's neighbour entry.
+MacAddress resolve_backend_mac(const IpAddress& addr) {
+    auto found = resolve_neighbor(addr, std::chrono::milliseconds(1000));
+    if (!found)
+        throw std::invalid_argument(fmt::format(
+            "cannot resolve the MAC of {} from this node (no neighbour entry after 1 s of "
+            "trying): is it on a connected network? Give its MAC otherwise (--mac, or mac = "
+            "in a configuration file)",
+            format_ip(addr)));
+    return *found;
+}
+
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& opt, Model initial)
@@ -280,14 +292,7 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         std::vector<std::string> changes;
         next = apply_config(
             model_, arg<nlohmann::json>(args, "config"),
-            [](const IpAddress& a) {
-                auto mac = resolve_neighbor(a, std::chrono::milliseconds(1000));
-                if (!mac)
-                    throw std::invalid_argument(fmt::format(
-                        "mac: cannot resolve the MAC of {}; give mac = \"...\"", format_ip(a)));
-                return *mac;
-            },
-            host_addresses(), changes);
+            resolve_backend_mac, host_addresses(), changes);
         result["changes"] = changes;
         if (changes.empty()) {
             result["published_generation"] = shm_generation(shm_.get());
@@ -316,18 +321,9 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
     } else if (cmd == "backend.add") {
         const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
         const Endpoint ep = parse_endpoint(arg<std::string>(args, "address"));
-        MacAddress mac;
-        if (args.contains("mac") && !args.at("mac").is_null()) {
-            mac = parse_mac(arg<std::string>(args, "mac"));
-        } else {
-            auto found = resolve_neighbor(ep.addr, std::chrono::milliseconds(1000));
-            if (!found)
-                throw std::invalid_argument(fmt::format(
-                    "cannot resolve the MAC of {} from this node (no neighbour entry after 1 s "
-                    "of trying): is it on a connected network? Give --mac otherwise",
-                    format_ip(ep.addr)));
-            mac = *found;
-        }
+        const MacAddress mac = args.contains("mac") && !args.at("mac").is_null()
+                                   ? parse_mac(arg<std::string>(args, "mac"))
+                                   : resolve_backend_mac(ep.addr);
         next.add_backend(id, ep, arg_or<uint32_t>(args, "weight", kDefaultWeight), mac);
         result = vip_json(next.vip(id));
     } else if (cmd == "backend.remove") {
