@@ -225,11 +225,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
     vk.port = p.l4.dst_port;
     vk.proto = p.proto;
     vk.family = p.family;
-    s.vip_slot = find_vip(cfg, vk);
-    if (s.vip_slot < 0 && vk.port != SLUICE_PORT_ANY) {
-        vk.port = SLUICE_PORT_ANY;  // a VIP for every port of this protocol
-        s.vip_slot = find_vip(cfg, vk);
-    }
+    s.vip_slot = find_vip_for_port(cfg, vk);
     if (SLUICE_LIKELY(s.vip_slot >= 0)) {
         s.kind = Kind::kToVip;
         s.key = make_flow_key(pkt, p, FlowDirection::kToBackend);
@@ -265,11 +261,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
                 qk.proto = q.proto;
                 qk.family = p.family;
                 qk.port = q.has_ports ? load_be16(pkt + q.l4_offset) : 0;
-                s.vip_slot = find_vip(cfg, qk);
-                if (s.vip_slot < 0 && qk.port) {
-                    qk.port = SLUICE_PORT_ANY;
-                    s.vip_slot = find_vip(cfg, qk);
-                }
+                s.vip_slot = find_vip_for_port(cfg, qk);
                 if (s.vip_slot < 0) {
                     s.drop = DropReason::kIcmpUnmatched;
                     return;

@@ -48,6 +48,15 @@ SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
     return -1;
 }
 
+// The VIP a packet to (addr, proto, port) belongs to: the VIP of that port,
+// or else the protocol's every-port VIP on that address. Returns -1 if none.
+SLUICE_ALWAYS_INLINE int find_vip_for_port(const sluice_config& cfg, VipKey key) {
+    const int slot = find_vip(cfg, key);
+    if (slot >= 0 || key.port == SLUICE_PORT_ANY) return slot;
+    key.port = SLUICE_PORT_ANY;
+    return find_vip(cfg, key);
+}
+
 // Control path: rebuilds the index from cfg.vips. Besides one entry per VIP
 // it adds one per VIP address (protocol 0, port 0), pointing at a VIP of that
 // address that answers echo if any does, for ICMP to the address.
