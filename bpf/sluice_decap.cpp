@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sluice/addr.hpp"
+#include "sluice/bpf_keys.hpp"
 #include "sluice/shm_abi.h"
 #include "xdp_decap.skel.h"
 
@@ -44,9 +45,7 @@ unsigned ifindex_of(const std::string& iface) {
 int fill_local_addresses(int map_fd) {
     int n = 0;
     for (const sluice::IpAddress& a : sluice::host_addresses()) {
-        sluice_bpf_addr key{};
-        std::memcpy(key.addr, a.bytes.data(), 16);
-        key.family = a.family;
+        const sluice_bpf_addr key = sluice::bpf_addr_key(a);
         const uint8_t one = 1;
         if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) == 0) ++n;
     }

@@ -16,6 +16,8 @@
 
 #include <fmt/format.h>
 
+#include "sluice/bpf_keys.hpp"
+
 namespace sluice {
 namespace {
 
@@ -52,13 +54,6 @@ void sync_map(int fd, const KeySet<Key>& want, const std::string& name) {
         if (bpf_map_update_elem(fd, &k, &one, BPF_ANY) != 0)
             throw std::runtime_error(
                 fmt::format("cannot update BPF map {}: {}", name, std::strerror(errno)));
-}
-
-sluice_bpf_addr addr_key(const IpAddress& a) {
-    sluice_bpf_addr k{};
-    std::memcpy(k.addr, a.bytes.data(), 16);
-    k.family = a.family;
-    return k;
 }
 
 // The maps of the XDP program attached to `iface`, by name.
@@ -117,7 +112,7 @@ bool XdpMaps::sync(const Model& m) {
     KeySet<sluice_bpf_addr> vip_keys, local_keys;
     KeySet<sluice_bpf_endpoint> nat_keys;
     for (const auto& [id, v] : m.vips()) {
-        vip_keys.insert(addr_key(id.endpoint.addr));
+        vip_keys.insert(bpf_addr_key(id.endpoint.addr));
         if (v.mode != SLUICE_MODE_NAT) continue;
         for (const auto& b : v.backends) {
             sluice_bpf_endpoint e{};
@@ -128,7 +123,7 @@ bool XdpMaps::sync(const Model& m) {
             nat_keys.insert(e);
         }
     }
-    for (const IpAddress& a : host_addresses()) local_keys.insert(addr_key(a));
+    for (const IpAddress& a : host_addresses()) local_keys.insert(bpf_addr_key(a));
     sync_map(vips.fd, vip_keys, SLUICE_BPF_VIP_ADDRS_MAP);
     sync_map(nat.fd, nat_keys, SLUICE_BPF_NAT_BACKENDS_MAP);
     sync_map(local.fd, local_keys, SLUICE_BPF_LOCAL_ADDRS_MAP);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "packet_builder.hpp"
+#include "sluice/bpf_keys.hpp"
 #include "sluice/shm_abi.h"
 #include "xdp_decap.skel.h"
 #include "xdp_steer.skel.h"
@@ -50,13 +51,7 @@ uint64_t percpu_sum(int map_fd, uint32_t key) {
     return sum;
 }
 
-sluice_bpf_addr addr_key(const char* text) {
-    const IpAddress a = parse_ip(text);
-    sluice_bpf_addr k{};
-    std::memcpy(k.addr, a.bytes.data(), 16);
-    k.family = a.family;
-    return k;
-}
+sluice_bpf_addr addr_key(const char* text) { return bpf_addr_key(parse_ip(text)); }
 
 struct Steer {
     Steer() {
