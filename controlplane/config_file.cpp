@@ -214,10 +214,7 @@ Model apply_config(const Model& current, const json& desired,
             w.opt.table_size = v.value("table_size", kMaglevDefaultTableSize);
             w.opt.gue_port = v.value("gue_port", uint16_t{0});
             w.opt.echo_reply = v.value("echo_reply", true);
-            json check = v.value("check", json::object());
-            if (check.value("type", std::string("auto")) == "auto")
-                check["type"] = w.id.proto == IPPROTO_TCP ? "tcp" : "none";
-            w.opt.health = health_from_json(check);
+            w.opt.health = vip_health_from_json(v.value("check", json::object()), w.id, w.opt.mode);
         });
         for (const auto& other : wants) {
             const bool same_addr = other.id.endpoint.addr == w.id.endpoint.addr && other.id.proto == w.id.proto;

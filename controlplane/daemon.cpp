@@ -310,10 +310,8 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         o.table_size = arg_or<uint32_t>(args, "table_size", kMaglevDefaultTableSize);
         o.gue_port = arg_or<uint16_t>(args, "gue_port", 0);
         o.echo_reply = arg_or<bool>(args, "echo_reply", true);
-        nlohmann::json health = arg_or<nlohmann::json>(args, "health", nlohmann::json::object());
-        if (health.value("type", std::string("auto")) == "auto")
-            health["type"] = id.proto == IPPROTO_TCP ? "tcp" : "none";
-        o.health = health_from_json(health);
+        o.health = vip_health_from_json(arg_or<nlohmann::json>(args, "health", nlohmann::json::object()), id,
+                                        o.mode);
         next.add_vip(id, o);
         result = vip_json(next.vip(id));
     } else if (cmd == "vip.remove") {

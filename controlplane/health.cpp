@@ -9,8 +9,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <random>
 
 #include <fmt/format.h>
+
+#include "sluice/tunnel_probe.hpp"
 
 namespace sluice {
 namespace {
@@ -22,12 +26,15 @@ using Clock = std::chrono::steady_clock;
 struct Probe {
     std::pair<VipId, Endpoint> key;
     CheckTarget target;
-    int fd = -1;
-    enum class Phase { kConnecting, kSending, kReading } phase = Phase::kConnecting;
+    int fd = -1;  // -1 for tunnel probes: their answers arrive on the shared raw sockets
+    enum class Phase { kConnecting, kSending, kReading, kAwaitingTunnelAnswer } phase = Phase::kConnecting;
     Clock::time_point deadline;
     std::string request, response;
     size_t sent = 0;
+    TcpProbe tunnel;
 };
+
+using Verdict = std::pair<bool, std::string>;
 
 int start_connect(const Endpoint& ep, std::string& err) {
     const int family = ep.addr.family == 4 ? AF_INET : AF_INET6;
@@ -67,6 +74,98 @@ bool judge_http(const HealthCheck& c, const std::string& resp, std::string& reas
     return true;
 }
 
+// The address of this node that `dst` routes back to: the kernel's source
+// address choice for a datagram towards it.
+std::optional<IpAddress> source_towards(const IpAddress& dst, std::string& err) {
+    const int fd = socket(dst.family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        err = fmt::format("socket: {}", std::strerror(errno));
+        return std::nullopt;
+    }
+    sockaddr_storage ss;
+    socklen_t len = to_sockaddr(Endpoint{dst, 9}, ss);
+    std::optional<IpAddress> out;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+        err = fmt::format("no route to {}: {}", format_ip(dst), std::strerror(errno));
+    } else {
+        len = sizeof ss;
+        getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        IpAddress a{dst.family, {}};
+        if (dst.family == 4)
+            std::memcpy(a.bytes.data(), &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, 4);
+        else
+            std::memcpy(a.bytes.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
+        out = a;
+    }
+    close(fd);
+    return out;
+}
+
+// Sends `inner` to the backend the way the dataplane's tunnel would: as the
+// payload of an IP-in-IP packet (the kernel adds the outer header) or of a
+// GUE datagram.
+bool send_encapsulated(const CheckTarget& t, const std::vector<uint8_t>& inner, std::string& err) {
+    const bool outer4 = t.backend.addr.family == 4;
+    const bool gue = t.mode == SLUICE_MODE_GUE;
+    const int inner_proto = t.probe.addr.family == 4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+    const int fd = socket(outer4 ? AF_INET : AF_INET6, (gue ? SOCK_DGRAM : SOCK_RAW) | SOCK_CLOEXEC,
+                          gue ? 0 : inner_proto);
+    if (fd < 0) {
+        err = fmt::format("{} socket: {}", gue ? "GUE" : "IP-in-IP", std::strerror(errno));
+        return false;
+    }
+    sockaddr_storage ss;
+    const socklen_t len = to_sockaddr(Endpoint{t.backend.addr, gue ? t.gue_port : uint16_t{0}}, ss);
+    const bool ok = sendto(fd, inner.data(), inner.size(), 0, reinterpret_cast<sockaddr*>(&ss), len) ==
+                    static_cast<ssize_t>(inner.size());
+    if (!ok) err = fmt::format("send to {}: {}", format_ip(t.backend.addr), std::strerror(errno));
+    close(fd);
+    return ok;
+}
+
+// A raw TCP socket sees a copy of every TCP segment this node receives; the
+// tunnel probes' answers are picked out of them. Opened on first use.
+struct RawTcpSockets {
+    int v4 = -1, v6 = -1;
+    ~RawTcpSockets() {
+        if (v4 >= 0) close(v4);
+        if (v6 >= 0) close(v6);
+    }
+    int& of(uint8_t family) { return family == 4 ? v4 : v6; }
+    bool open(uint8_t family, std::string& err) {
+        int& fd = of(family);
+        if (fd >= 0) return true;
+        fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        if (fd < 0) err = fmt::format("raw TCP socket (needs CAP_NET_RAW): {}", std::strerror(errno));
+        return fd >= 0;
+    }
+    // Calls f(from, tcp header, length) for each queued segment.
+    template <typename F>
+    void drain(uint8_t family, F&& f) {
+        const int fd = of(family);
+        uint8_t buf[2048];
+        for (;;) {
+            sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            const ssize_t n = recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&ss), &sl);
+            if (n <= 0) return;
+            IpAddress from{family, {}};
+            const uint8_t* tcp = buf;
+            size_t len = static_cast<size_t>(n);
+            if (family == 4) {  // IPv4 raw sockets deliver the IP header too
+                const size_t ihl = (buf[0] & 0x0fu) * 4u;
+                if (len < ihl) continue;
+                std::memcpy(from.bytes.data(), buf + 12, 4);
+                tcp += ihl;
+                len -= ihl;
+            } else {
+                std::memcpy(from.bytes.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
+            }
+            f(from, tcp, len);
+        }
+    }
+};
+
 }  // namespace
 
 std::vector<CheckTarget> check_targets(const Model& m) {
@@ -75,8 +174,9 @@ std::vector<CheckTarget> check_targets(const Model& m) {
         if (v.health.type == HealthCheck::Type::kNone) continue;
         for (const auto& b : v.backends) {
             Endpoint probe = b.endpoint;
+            if (v.health.type == HealthCheck::Type::kTunnel) probe = id.endpoint;
             if (v.health.port) probe.port = v.health.port;
-            out.push_back({id, b.endpoint, probe, v.health});
+            out.push_back({id, b.endpoint, probe, v.health, v.mode, v.gue_port});
         }
     }
     return out;
@@ -141,6 +241,11 @@ void HealthChecker::record(State& st, bool ok, std::string reason) {
 
 void HealthChecker::run() {
     std::vector<Probe> probes;
+    RawTcpSockets raw;
+    // Probe source ports above Linux's default ephemeral range (32768-60999),
+    // so a probe never collides with a connection of this node.
+    std::mt19937 rng{std::random_device{}()};
+    std::uniform_int_distribution<uint32_t> probe_port(61000, 65535);
     while (!stop_) {
         const auto now = Clock::now();
         {
@@ -155,13 +260,33 @@ void HealthChecker::run() {
                 Probe p;
                 p.key = key;
                 p.target = st.target;
+                p.deadline = now + std::chrono::milliseconds(st.target.check.timeout_ms);
                 std::string err;
+                if (st.target.check.type == HealthCheck::Type::kTunnel) {
+                    const IpAddress& vip = st.target.probe.addr;
+                    // The inner source must be an address the backend routes
+                    // back to without the balancer.
+                    const auto src = source_towards(
+                        vip.family == st.target.backend.addr.family ? st.target.backend.addr : vip, err);
+                    if (!src || !raw.open(vip.family, err)) {
+                        record(st, false, err);
+                        continue;
+                    }
+                    p.tunnel = {*src, vip, static_cast<uint16_t>(probe_port(rng)), st.target.probe.port,
+                                static_cast<uint32_t>(rng())};
+                    if (!send_encapsulated(st.target, build_probe_packet(p.tunnel, false), err)) {
+                        record(st, false, err);
+                        continue;
+                    }
+                    p.phase = Probe::Phase::kAwaitingTunnelAnswer;
+                    probes.push_back(std::move(p));
+                    continue;
+                }
                 p.fd = start_connect(st.target.probe, err);
                 if (p.fd < 0) {
                     record(st, false, err);
                     continue;
                 }
-                p.deadline = now + std::chrono::milliseconds(st.target.check.timeout_ms);
                 if (st.target.check.type == HealthCheck::Type::kHttp)
                     p.request = fmt::format("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: sluiced\r\n"
                                             "Connection: close\r\n\r\n",
@@ -169,25 +294,51 @@ void HealthChecker::run() {
                 probes.push_back(std::move(p));
             }
         }
+        // poll() skips negative descriptors: tunnel probes take no slot of
+        // their own; the raw sockets follow the probes.
         std::vector<pollfd> pfds;
         for (const auto& p : probes)
             pfds.push_back({p.fd, static_cast<short>(p.phase == Probe::Phase::kReading ? POLLIN : POLLOUT), 0});
+        pfds.push_back({raw.v4, POLLIN, 0});
+        pfds.push_back({raw.v6, POLLIN, 0});
         poll(pfds.data(), pfds.size(), 20);
         const auto after = Clock::now();
-        std::vector<std::pair<size_t, std::pair<bool, std::string>>> done;
+        std::vector<std::optional<Verdict>> verdicts(probes.size());
+        for (const uint8_t family : {uint8_t{4}, uint8_t{6}}) {
+            if (!(pfds[probes.size() + (family == 4 ? 0 : 1)].revents & POLLIN)) continue;
+            raw.drain(family, [&](const IpAddress& from, const uint8_t* tcp, size_t len) {
+                for (size_t i = 0; i < probes.size(); ++i) {
+                    Probe& p = probes[i];
+                    if (p.phase != Probe::Phase::kAwaitingTunnelAnswer || verdicts[i]) continue;
+                    const ProbeAnswer a = match_probe_answer(p.tunnel, from, tcp, len);
+                    if (a == ProbeAnswer::kNotOurs) continue;
+                    if (a == ProbeAnswer::kSynAck) {
+                        // Tear the backend's half-open connection down, through
+                        // the tunnel as well.
+                        std::string ignored;
+                        send_encapsulated(p.target, build_probe_packet(p.tunnel, true), ignored);
+                        verdicts[i] = Verdict{true, "SYN-ACK through the tunnel"};
+                    } else {
+                        verdicts[i] = Verdict{false, fmt::format("RST through the tunnel: nothing listens on {}",
+                                                                 format_endpoint(p.target.probe))};
+                    }
+                }
+            });
+        }
         for (size_t i = 0; i < probes.size(); ++i) {
             Probe& p = probes[i];
+            if (verdicts[i]) continue;
             const short rev = pfds[i].revents;
             if (p.phase == Probe::Phase::kConnecting && rev) {
                 int soerr = 0;
                 socklen_t sl = sizeof soerr;
                 getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
                 if (soerr) {
-                    done.push_back({i, {false, fmt::format("connect: {}", std::strerror(soerr))}});
+                    verdicts[i] = Verdict{false, fmt::format("connect: {}", std::strerror(soerr))};
                     continue;
                 }
                 if (p.request.empty()) {
-                    done.push_back({i, {true, "connected"}});
+                    verdicts[i] = Verdict{true, "connected"};
                     continue;
                 }
                 p.phase = Probe::Phase::kSending;
@@ -195,7 +346,7 @@ void HealthChecker::run() {
             if (p.phase == Probe::Phase::kSending && (rev & POLLOUT)) {
                 const ssize_t n = send(p.fd, p.request.data() + p.sent, p.request.size() - p.sent, MSG_NOSIGNAL);
                 if (n < 0 && errno != EAGAIN) {
-                    done.push_back({i, {false, fmt::format("send: {}", std::strerror(errno))}});
+                    verdicts[i] = Verdict{false, fmt::format("send: {}", std::strerror(errno))};
                     continue;
                 }
                 if (n > 0 && (p.sent += static_cast<size_t>(n)) == p.request.size()) p.phase = Probe::Phase::kReading;
@@ -204,30 +355,34 @@ void HealthChecker::run() {
                 const ssize_t n = recv(p.fd, buf, sizeof buf, 0);
                 if (n > 0 && p.response.size() < 65536) {
                     p.response.append(buf, static_cast<size_t>(n));
-                } else if (n == 0 || n > 0) {
+                } else if (n >= 0) {
                     std::string reason;
                     const bool ok = judge_http(p.target.check, p.response, reason);
-                    done.push_back({i, {ok, reason}});
+                    verdicts[i] = Verdict{ok, reason};
                     continue;
                 } else if (errno != EAGAIN) {
-                    done.push_back({i, {false, fmt::format("recv: {}", std::strerror(errno))}});
+                    verdicts[i] = Verdict{false, fmt::format("recv: {}", std::strerror(errno))};
                     continue;
                 }
             }
             if (after > p.deadline)
-                done.push_back({i, {false, fmt::format("no answer within {} ms", p.target.check.timeout_ms)}});
+                verdicts[i] = Verdict{false, p.phase == Probe::Phase::kAwaitingTunnelAnswer
+                                                 ? fmt::format("no answer through the tunnel within {} ms",
+                                                               p.target.check.timeout_ms)
+                                                 : fmt::format("no answer within {} ms", p.target.check.timeout_ms)};
         }
-        if (done.empty()) continue;
         std::lock_guard lock(mu_);
-        for (auto it = done.rbegin(); it != done.rend(); ++it) {
-            Probe& p = probes[it->first];
-            close(p.fd);
+        for (size_t i = probes.size(); i-- > 0;) {
+            if (!verdicts[i]) continue;
+            Probe& p = probes[i];
+            if (p.fd >= 0) close(p.fd);
             auto st = states_.find(p.key);
-            if (st != states_.end()) record(st->second, it->second.first, it->second.second);
-            probes.erase(probes.begin() + static_cast<long>(it->first));
+            if (st != states_.end()) record(st->second, verdicts[i]->first, verdicts[i]->second);
+            probes.erase(probes.begin() + static_cast<long>(i));
         }
     }
-    for (auto& p : probes) close(p.fd);
+    for (auto& p : probes)
+        if (p.fd >= 0) close(p.fd);
 }
 
 }  // namespace sluice

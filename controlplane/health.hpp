@@ -1,6 +1,7 @@
 // Backend health checks: a thread of sluiced probes every backend of every
-// VIP (TCP connect, or an HTTP GET with an expected status and optional body
-// substring) on the VIP's interval, applies rise/fall counts, and hands state
+// VIP (TCP connect, an HTTP GET with an expected status and optional body
+// substring, or a TCP SYN to the VIP sent through the tunnel) on the VIP's
+// interval, applies rise/fall counts, and hands state
 // changes to the main thread, which republishes the Maglev tables. Probes run
 // concurrently on non-blocking sockets, so a dead backend's timeout never
 // delays the others.
@@ -21,8 +22,10 @@ namespace sluice {
 struct CheckTarget {
     VipId vip;
     Endpoint backend;  // as configured (identifies the backend)
-    Endpoint probe;    // where the probe connects
+    Endpoint probe;    // where the probe connects (tunnel: VIP address and port)
     HealthCheck check;
+    uint8_t mode = 0;  // tunnel checks encapsulate as the VIP does
+    uint16_t gue_port = 0;
 };
 
 struct HealthChange {

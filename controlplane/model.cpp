@@ -100,7 +100,8 @@ HealthCheck::Type parse_check_type(std::string_view text) {
     if (text == "none") return HealthCheck::Type::kNone;
     if (text == "tcp") return HealthCheck::Type::kTcp;
     if (text == "http") return HealthCheck::Type::kHttp;
-    invalid(fmt::format("'{}' is not a health check (none, tcp, http)", text));
+    if (text == "tunnel") return HealthCheck::Type::kTunnel;
+    invalid(fmt::format("'{}' is not a health check (none, tcp, http, tunnel)", text));
 }
 
 std::string_view check_type_name(HealthCheck::Type t) {
@@ -108,6 +109,7 @@ std::string_view check_type_name(HealthCheck::Type t) {
     case HealthCheck::Type::kNone: return "none";
     case HealthCheck::Type::kTcp: return "tcp";
     case HealthCheck::Type::kHttp: return "http";
+    case HealthCheck::Type::kTunnel: return "tunnel";
     }
     return "?";
 }
@@ -217,6 +219,12 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
             invalid(fmt::format("rise {} / fall {} must be 1-100", hc.rise, hc.fall));
         if (hc.type == HealthCheck::Type::kHttp && (hc.http_path.empty() || hc.http_path[0] != '/'))
             invalid(fmt::format("HTTP check path '{}' must start with '/'", hc.http_path));
+        if (hc.type == HealthCheck::Type::kTunnel && mode != SLUICE_MODE_IPIP && mode != SLUICE_MODE_GUE)
+            invalid(fmt::format("VIP {}: a tunnel check needs an ipip or gue VIP, not {}",
+                                format_vip_id(id), mode_name(mode)));
+        if (hc.type == HealthCheck::Type::kTunnel && id.endpoint.port == 0 && hc.port == 0)
+            invalid(fmt::format("VIP {}: a tunnel check of an every-port VIP needs --check-port",
+                                format_vip_id(id)));
         if (id.proto != IPPROTO_TCP && hc.port == 0)
             invalid(fmt::format("VIP {}: a {} check of a {} VIP needs --check-port", format_vip_id(id),
                                 check_type_name(hc.type), protocol_name(id.proto)));
@@ -395,6 +403,16 @@ HealthCheck health_from_json(const nlohmann::json& j) {
     h.http_status = j.value("http_status", h.http_status);
     h.http_body = j.value("http_body", h.http_body);
     return h;
+}
+
+HealthCheck vip_health_from_json(nlohmann::json j, const VipId& id, uint8_t mode) {
+    if (j.value("type", std::string("auto")) == "auto") {
+        const bool tcp = id.proto == IPPROTO_TCP;
+        const bool tunnel = mode == SLUICE_MODE_IPIP || mode == SLUICE_MODE_GUE;
+        const bool has_port = id.endpoint.port != 0 || j.value("port", 0) != 0;
+        j["type"] = !tcp || !has_port ? "none" : tunnel ? "tunnel" : "tcp";
+    }
+    return health_from_json(j);
 }
 
 nlohmann::json Model::to_json() const {

@@ -55,23 +55,29 @@ struct Backend {
 // How sluiced checks a VIP's backends (NSDI'16 §3.2.1: health checks drive
 // which backends are in the Maglev table).
 struct HealthCheck {
-    enum class Type : uint8_t { kNone, kTcp, kHttp };
+    // kTunnel: a TCP SYN to VIP:port sent through the VIP's tunnel (IPIP or
+    // GUE VIPs only; see sluice/tunnel_probe.hpp).
+    enum class Type : uint8_t { kNone, kTcp, kHttp, kTunnel };
     Type type = Type::kNone;  // sluicectl's "auto" picks tcp for TCP VIPs
     uint32_t interval_ms = 1000;
     uint32_t timeout_ms = 500;
     uint8_t rise = 2;  // consecutive successes to come back
     uint8_t fall = 2;  // consecutive failures to go down
-    uint16_t port = 0;  // 0: the backend's port
+    uint16_t port = 0;  // 0: the backend's port (tunnel: the VIP's port)
     std::string http_path = "/";
     uint16_t http_status = 200;
     std::string http_body;  // expected substring; empty: any
 
     bool operator==(const HealthCheck&) const = default;
 };
-HealthCheck::Type parse_check_type(std::string_view text);  // none, tcp, http
+HealthCheck::Type parse_check_type(std::string_view text);  // none, tcp, http, tunnel
 std::string_view check_type_name(HealthCheck::Type t);
 nlohmann::json health_json(const HealthCheck& h);
 HealthCheck health_from_json(const nlohmann::json& j);  // missing keys keep defaults
+// As health_from_json, resolving type "auto" (or none given): tunnel for TCP
+// VIPs with a port (or a check port) in ipip/gue mode (the check then covers the path clients'
+// packets take), tcp for other TCP VIPs with a port, none otherwise.
+HealthCheck vip_health_from_json(nlohmann::json j, const VipId& id, uint8_t mode);
 
 struct VipOptions {
     uint8_t mode = SLUICE_MODE_DSR;

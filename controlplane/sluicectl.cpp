@@ -147,8 +147,9 @@ int main(int argc, char** argv) {
     vip_add->add_flag("--no-echo", no_echo,
                       "Do not answer ICMP echo to the VIP address (answered by default)");
     vip_add->add_option("--check", check,
-                        "Backend health check: tcp (connect), http (GET, see --http-*), none, or "
-                        "auto (tcp for TCP VIPs, none for others)")
+                        "Backend health check: tcp (connect), http (GET, see --http-*), tunnel (a "
+                        "SYN to the VIP through the ipip/gue tunnel), none, or auto (tunnel for "
+                        "ipip/gue TCP VIPs, tcp for other TCP VIPs, none for others)")
         ->capture_default_str();
     vip_add->add_option("--check-interval-ms", check_interval, "Time between checks of a backend")
         ->capture_default_str();
@@ -158,7 +159,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     vip_add->add_option("--fall", fall, "Consecutive failed checks before a backend goes down")
         ->capture_default_str();
-    vip_add->add_option("--check-port", check_port, "Port to check (default: the backend's)");
+    vip_add->add_option("--check-port", check_port, "Port to check (default: the backend's; tunnel: the VIP's)");
     vip_add->add_option("--http-path", http_path, "HTTP check: the path to GET")->capture_default_str();
     vip_add->add_option("--http-status", http_status, "HTTP check: the expected status")
         ->capture_default_str();

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""System tests of issue 4 (operations), as far as implemented: backend
-health checks moving traffic away from failed backends and back.
+"""System tests of issue 4 (operations): health checks (TCP, HTTP, tunnel),
+the SYN-flood defence, restarts, observability and the config file.
 
 usage: ops_tests.py [TEST ...]   (no argument: all)"""
 import json
@@ -10,23 +10,32 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from sluice_env import BACKEND_IPS, SYS_PYTHON, Lab, check, run_tests, split  # noqa: E402
+from sluice_env import (BACKEND_IPS, BACKEND_IPS6, DECAP, GUE_PORT, SYS_PYTHON, Lab, check,  # noqa: E402
+                        run_tests, split)
 
 VIP = "198.18.1.1:9000/tcp"
 INTERVAL_MS, TIMEOUT_MS, RISE, FALL = 200, 150, 2, 2
 
 
-def states(lab):
-    return {b["address"].split(":")[0]: b["state"] for b in lab.ctl("backend", "list", VIP, as_json=True)}
+def backend_ip(address):
+    return address.rsplit(":", 1)[0].strip("[]")
 
 
-def wait_state(lab, ip, want, limit):
+def checks(lab, vip=VIP):
+    return {backend_ip(b["address"]): b for b in lab.ctl("backend", "list", vip, as_json=True)}
+
+
+def states(lab, vip=VIP):
+    return {ip: b["state"] for ip, b in checks(lab, vip).items()}
+
+
+def wait_state(lab, ip, want, limit, vip=VIP):
     start = time.time()
     while time.time() - start < limit:
-        if states(lab)[ip] == want:
+        if states(lab, vip)[ip] == want:
             return time.time() - start
         time.sleep(0.05)
-    raise AssertionError(f"{ip} not {want} after {limit}s: {lab.ctl('backend', 'list', VIP).stdout}")
+    raise AssertionError(f"{ip} not {want} after {limit}s: {lab.ctl('backend', 'list', vip).stdout}")
 
 
 def start_checked_service(lab, b):
@@ -72,6 +81,55 @@ def test_failed_backend_leaves_and_returns():
         print(f"  be2 back {took:.2f}s after its check service returned")
         back = client.open("198.18.1.1", 9000, 45)
         check("be2" in back, f"the recovered backend gets no new connections: {split(back)}")
+
+
+def test_tunnel_check():
+    """The tunnel check sends its SYN through the VIP's tunnel: a backend whose
+    own address still answers but whose decap is gone must fail it."""
+    v4, v6, closed = "198.18.1.2:80/tcp", "[2001:db8:1::2]:80/tcp", "198.18.1.3:81/tcp"
+    timing = ["--check-interval-ms", str(INTERVAL_MS), "--check-timeout-ms", str(TIMEOUT_MS),
+              "--rise", str(RISE), "--fall", str(FALL)]
+    with Lab("tck", decap=True) as lab:
+        # "auto" picks the tunnel check for tunnel VIPs.
+        lab.ctl("vip", "add", v4, "--mode", "ipip", *timing)
+        lab.ctl("vip", "add", v6, "--mode", "gue", "--gue-port", str(GUE_PORT), *timing)
+        lab.ctl("vip", "add", closed, "--mode", "ipip", "--check", "tunnel", *timing)
+        for ip, ip6 in zip(BACKEND_IPS, BACKEND_IPS6):
+            lab.ctl("backend", "add", v4, ip)
+            lab.ctl("backend", "add", v6, ip6)
+            lab.ctl("backend", "add", closed, ip)
+        time.sleep(1)
+        for vip in (v4, v6):
+            got = checks(lab, vip)
+            check(all(b["state"] == "active" and "SYN-ACK through the tunnel" in b["last_check"]
+                      for b in got.values()), f"{vip}: {got}")
+        got = checks(lab, closed)
+        check(all(b["state"] == "down" and "RST through the tunnel" in b["last_check"] for b in got.values()),
+              f"a port nobody listens on passed: {got}")
+
+        subprocess.run(lab.ns("be2") + [DECAP, "detach", "eth0"], check=True, timeout=30, capture_output=True)
+        bound = (FALL * INTERVAL_MS + TIMEOUT_MS) / 1000 + 0.5
+        took4 = wait_state(lab, BACKEND_IPS[1], "down", 5, v4)
+        took6 = wait_state(lab, BACKEND_IPS6[1], "down", 5, v6)
+        print(f"  be2 without decap: down after {took4:.2f}s (IPIP) / {took6:.2f}s (GUE over IPv6)")
+        check(max(took4, took6) <= bound + 0.3, f"tunnel failover slower than {bound:.2f}s")
+        reason = checks(lab, v4)[BACKEND_IPS[1]]["last_check"]
+        check("no answer through the tunnel" in reason, f"reason: {reason}")
+        # A plain TCP connect to be2's own address still works: only the
+        # tunnel check could see this failure.
+        r = subprocess.run(lab.ns("lb") + ["curl", "-s", "--max-time", "2", f"http://{BACKEND_IPS[1]}/"],
+                           capture_output=True, text=True, timeout=10)
+        check(r.stdout.strip() == "be2", f"be2 itself should still answer: {r.stdout!r}")
+        for url in ("http://198.18.1.2", "http://[2001:db8:1::2]"):
+            names = lab.curl_names(url, 30)
+            check(len(names) == 30 and "be2" not in names, f"{url} after be2 lost decap: {split(names)}")
+
+        subprocess.run(lab.ns("be2") + [DECAP, "attach", "eth0", "--gue-port", str(GUE_PORT)], check=True,
+                       timeout=30, capture_output=True)
+        wait_state(lab, BACKEND_IPS[1], "active", 5, v4)
+        wait_state(lab, BACKEND_IPS6[1], "active", 5, v6)
+        names = lab.curl_names("http://198.18.1.2", 45)
+        check("be2" in names, f"be2 back but gets nothing: {split(names)}")
 
 
 def test_all_down_keeps_the_table():
@@ -235,6 +293,7 @@ weight = 200
 
 TESTS = {
     "health_failover": test_failed_backend_leaves_and_returns,
+    "tunnel_check": test_tunnel_check,
     "all_down": test_all_down_keeps_the_table,
     "syn_flood": test_syn_flood_spares_established,
     "restarts": test_restarts_lose_nothing,
