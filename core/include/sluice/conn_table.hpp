@@ -89,6 +89,18 @@ public:
 
     size_t capacity() const { return (mask_ + 1) * kConnWays; }
     size_t occupied(uint32_t now_ms) const;  // slow: walks the table
+    size_t bucket_count() const { return mask_ + 1; }
+
+    // Calls visit(entry) for every live way of buckets [first, first + n).
+    // The incremental census (flow_census.hpp) walks the table this way, a
+    // slice at a time, instead of stopping a worker for a full scan.
+    template <typename F>
+    void visit(size_t first, size_t n, uint32_t now_ms, F&& visit_entry) const {
+        for (size_t b = first; b < first + n && b <= mask_; ++b)
+            for (unsigned w = 0; w < kConnWays; ++w)
+                if (buckets_[b].sig[w] != 0 && !expired(buckets_[b].expires[w], now_ms))
+                    visit_entry(buckets_[b].entries[w]);
+    }
 
     SLUICE_ALWAYS_INLINE void prefetch(uint64_t hash) const {
         prefetch_read(primary(hash));

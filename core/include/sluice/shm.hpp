@@ -52,6 +52,10 @@ SLUICE_ALWAYS_INLINE uint64_t shm_generation(const sluice_shm* shm) {
 SLUICE_ALWAYS_INLINE void counter_add(__u64& c, uint64_t v) {
     __atomic_store_n(&c, c + v, __ATOMIC_RELAXED);
 }
+// Gauges (occupancy, active flows): the single writer stores a new value.
+SLUICE_ALWAYS_INLINE void counter_set(__u64& c, uint64_t v) {
+    __atomic_store_n(&c, v, __ATOMIC_RELAXED);
+}
 SLUICE_ALWAYS_INLINE uint64_t counter_read(const __u64& c) {
     return __atomic_load_n(&c, __ATOMIC_RELAXED);
 }
