@@ -215,13 +215,21 @@ nlohmann::json Daemon::status() const {
 }
 
 nlohmann::json Daemon::stats() const {
+    // Occupancy and capacity are gauges (the census's latest figures), not
+    // running totals; they are reported apart from the counters.
+    auto is_gauge = [](size_t c) {
+        return c == static_cast<size_t>(Counter::kConnOccupied) || c == static_cast<size_t>(Counter::kConnCapacity);
+    };
+    const unsigned lcores = std::min(__atomic_load_n(&shm_->header.lcore_count, __ATOMIC_ACQUIRE), SLUICE_MAX_LCORES);
     nlohmann::json counters = nlohmann::json::object();
+    nlohmann::json gauges = nlohmann::json::object();
     nlohmann::json drops = nlohmann::json::object();
+    nlohmann::json workers = nlohmann::json::array();
     uint64_t drop_total = 0;
     for (size_t c = 0; c < kCounterNames.size(); ++c) {
         uint64_t sum = 0;
         for (const auto& ls : shm_->lcore_stats) sum += counter_read(ls.counters[c]);
-        counters[std::string(kCounterNames[c])] = sum;
+        (is_gauge(c) ? gauges : counters)[std::string(kCounterNames[c])] = sum;
     }
     for (size_t d = 0; d < kDropReasonNames.size(); ++d) {
         uint64_t sum = 0;
@@ -229,34 +237,50 @@ nlohmann::json Daemon::stats() const {
         drops[std::string(kDropReasonNames[d])] = sum;
         drop_total += sum;
     }
+    // Per worker, what shows how the load is shared.
+    for (unsigned w = 0; w < lcores; ++w) {
+        const auto& ls = shm_->lcore_stats[w];
+        auto get = [&](Counter c) { return counter_read(ls.counters[static_cast<size_t>(c)]); };
+        workers.push_back({{"worker", w},
+                           {"rx_packets", get(Counter::kRxPackets)},
+                           {"tx_packets", get(Counter::kTxPackets)},
+                           {"handed_off", get(Counter::kHandedOff)},
+                           {"new_flows", get(Counter::kNewFlows)},
+                           {"conn_occupied", get(Counter::kConnOccupied)},
+                           {"conn_capacity", get(Counter::kConnCapacity)}});
+    }
     nlohmann::json vips = nlohmann::json::array();
     for (const auto& [id, v] : model_.vips()) {
-        uint64_t packets = 0, bytes = 0;
+        uint64_t packets = 0, bytes = 0, active = 0;
         for (const auto& ls : shm_->lcore_stats) {
             packets += counter_read(ls.vip_packets[v.slot]);
             bytes += counter_read(ls.vip_bytes[v.slot]);
+            active += counter_read(ls.vip_active_flows[v.slot]);
         }
         nlohmann::json backends = nlohmann::json::array();
         for (const auto& b : v.backends) {
-            uint64_t bp = 0, bb = 0, bn = 0;
+            uint64_t bp = 0, bb = 0, bn = 0, ba = 0;
             for (const auto& ls : shm_->lcore_stats) {
                 bp += counter_read(ls.backend_packets[b.slot]);
                 bb += counter_read(ls.backend_bytes[b.slot]);
                 bn += counter_read(ls.backend_new_flows[b.slot]);
+                ba += counter_read(ls.backend_active_flows[b.slot]);
             }
             backends.push_back({{"address", format_endpoint(b.endpoint)},
                                 {"up", b.healthy},
                                 {"weight", b.weight},
                                 {"packets", bp},
                                 {"bytes", bb},
-                                {"new_flows", bn}});
+                                {"new_flows", bn},
+                                {"active_flows", ba}});
         }
         vips.push_back({{"vip", format_vip_id(id)}, {"packets", packets}, {"bytes", bytes},
-                        {"backends", backends}});
+                        {"active_flows", active}, {"backends", backends}});
     }
-    return {{"counters", counters},       {"drops", drops},
-            {"drops_total", drop_total},  {"health_changes", health_changes_},
-            {"generation", shm_generation(shm_.get())}, {"vips", vips}};
+    return {{"counters", counters},       {"gauges", gauges},
+            {"drops", drops},             {"drops_total", drop_total},
+            {"health_changes", health_changes_},
+            {"generation", shm_generation(shm_.get())}, {"workers", workers}, {"vips", vips}};
 }
 
 nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& args) {

@@ -33,6 +33,8 @@ std::string prometheus_text(const nlohmann::json& st) {
     for (const auto& [name, value] : st.at("counters").items())
         out += fmt::format("# TYPE sluice_{}_total counter\nsluice_{}_total {}\n", name, name,
                            value.get<uint64_t>());
+    for (const auto& [name, value] : st.at("gauges").items())
+        out += fmt::format("# TYPE sluice_{} gauge\nsluice_{} {}\n", name, name, value.get<uint64_t>());
     out += "# HELP sluice_drops_total Packets the dataplane dropped, by reason.\n"
            "# TYPE sluice_drops_total counter\n";
     for (const auto& [reason, value] : st.at("drops").items())
@@ -44,16 +46,19 @@ std::string prometheus_text(const nlohmann::json& st) {
     out += "# TYPE sluice_vip_packets_total counter\n# TYPE sluice_vip_bytes_total counter\n"
            "# TYPE sluice_backend_packets_total counter\n# TYPE sluice_backend_bytes_total counter\n"
            "# TYPE sluice_backend_new_flows_total counter\n# TYPE sluice_backend_up gauge\n"
-           "# TYPE sluice_backend_weight gauge\n";
+           "# TYPE sluice_backend_weight gauge\n# TYPE sluice_vip_active_flows gauge\n"
+           "# TYPE sluice_backend_active_flows gauge\n";
     for (const auto& v : st.at("vips")) {
         const std::string vip = label(v.at("vip").get<std::string>());
         out += fmt::format("sluice_vip_packets_total{{vip=\"{}\"}} {}\n", vip, v.at("packets").get<uint64_t>());
         out += fmt::format("sluice_vip_bytes_total{{vip=\"{}\"}} {}\n", vip, v.at("bytes").get<uint64_t>());
+        out += fmt::format("sluice_vip_active_flows{{vip=\"{}\"}} {}\n", vip, v.at("active_flows").get<uint64_t>());
         for (const auto& b : v.at("backends")) {
             const std::string l = fmt::format("vip=\"{}\",backend=\"{}\"", vip, label(b.at("address").get<std::string>()));
             out += fmt::format("sluice_backend_packets_total{{{}}} {}\n", l, b.at("packets").get<uint64_t>());
             out += fmt::format("sluice_backend_bytes_total{{{}}} {}\n", l, b.at("bytes").get<uint64_t>());
             out += fmt::format("sluice_backend_new_flows_total{{{}}} {}\n", l, b.at("new_flows").get<uint64_t>());
+            out += fmt::format("sluice_backend_active_flows{{{}}} {}\n", l, b.at("active_flows").get<uint64_t>());
             out += fmt::format("sluice_backend_up{{{}}} {}\n", l, b.at("up").get<bool>() ? 1 : 0);
             out += fmt::format("sluice_backend_weight{{{}}} {}\n", l, b.at("weight").get<uint32_t>());
         }

@@ -71,17 +71,25 @@ void print_human(const std::string& cmd, const json& r) {
     } else if (cmd == "stats") {
         fmt::print("counters:\n");
         for (const auto& [k, v] : r["counters"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
+        fmt::print("connection tables: {} of {} flows occupied\n", r["gauges"]["conn_occupied"].get<uint64_t>(),
+                   r["gauges"]["conn_capacity"].get<uint64_t>());
+        for (const auto& w : r["workers"])
+            fmt::print("  worker {:<3} rx {:<12} tx {:<12} handed off {:<10} occupied {}\n",
+                       w["worker"].get<unsigned>(), w["rx_packets"].get<uint64_t>(),
+                       w["tx_packets"].get<uint64_t>(), w["handed_off"].get<uint64_t>(),
+                       w["conn_occupied"].get<uint64_t>());
         fmt::print("drops (total {}):\n", r["drops_total"].get<uint64_t>());
         for (const auto& [k, v] : r["drops"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
         fmt::print("per VIP:\n");
         for (const auto& v : r["vips"]) {
-            fmt::print("  {:<28} packets {:<12} bytes {}\n", v["vip"].get<std::string>(),
-                       v["packets"].get<uint64_t>(), v["bytes"].get<uint64_t>());
+            fmt::print("  {:<28} packets {:<12} bytes {:<14} active flows {}\n", v["vip"].get<std::string>(),
+                       v["packets"].get<uint64_t>(), v["bytes"].get<uint64_t>(),
+                       v["active_flows"].get<uint64_t>());
             for (const auto& b : v["backends"])
-                fmt::print("    {:<26} {:<4} packets {:<12} bytes {:<14} new flows {}\n",
+                fmt::print("    {:<26} {:<4} packets {:<12} bytes {:<14} new flows {:<10} active flows {}\n",
                            b["address"].get<std::string>(), b["up"].get<bool>() ? "up" : "DOWN",
                            b["packets"].get<uint64_t>(), b["bytes"].get<uint64_t>(),
-                           b["new_flows"].get<uint64_t>());
+                           b["new_flows"].get<uint64_t>(), b["active_flows"].get<uint64_t>());
         }
         fmt::print("health changes: {}\n", r["health_changes"].get<uint64_t>());
     } else if (r.is_object() && r.contains("vip")) {

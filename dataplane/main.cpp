@@ -34,9 +34,11 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_ring.h>
 #include <rte_telemetry.h>
 
 #include "sluice/conn_table.hpp"
+#include "sluice/flow_census.hpp"
 #include "sluice/forwarder.hpp"
 #include "sluice/shm.hpp"
 
@@ -54,6 +56,14 @@ constexpr unsigned kMbufCache = 256;
 // the kernel threads that carry veth traffic.
 constexpr unsigned kIdlePollsBeforeSleep = 256;
 constexpr unsigned kMaxIdleSleepUs = 1000;
+// Handoff rings between workers (see Steering in forwarder.hpp): one
+// single-producer single-consumer ring per ordered pair of workers.
+constexpr unsigned kHandoffRingSize = 2048;
+// The flow census walks this many buckets per idle poll, and per 64th busy
+// poll under load (about 4 bytes of table read per forwarded packet).
+constexpr size_t kCensusBucketsIdle = 64;
+constexpr size_t kCensusBucketsBusy = 16;
+constexpr unsigned kCensusBusyPollPeriod = 64;
 
 std::atomic<bool> g_quit{false};
 sluice_shm* g_shm = nullptr;  // for the telemetry callbacks (read-only)
@@ -86,6 +96,8 @@ struct Worker {
     sluice_shm* shm;
     ForwarderOptions fwd_opt;
     void* conn_memory;
+    std::vector<rte_ring*> to;     // to[w]: packets this worker hands to worker w (null for itself)
+    std::vector<rte_ring*> inbox;  // rings other workers hand packets to this one through
 };
 
 [[noreturn]] void die(const std::string& msg) {
@@ -204,17 +216,83 @@ void free_unsent(rte_mbuf** pkts, uint16_t sent, uint16_t n, sluice_lcore_stats&
     }
 }
 
-// One RX queue's burst: decide, then send each direction as one TX burst.
-template <bool kOneArmed>
-SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const Ports& ports,
-                                         Forwarder& fwd, const sluice_config& cfg,
-                                         sluice_lcore_stats& st, uint32_t now_ms) {
-    rte_mbuf* rx[kMaxBurst];
-    const uint16_t n = rte_eth_rx_burst(rx_port, queue, rx, kMaxBurst);
-    if (n == 0) return 0;
+// Decides a burst and sends each direction as one TX burst on this worker's
+// queue; with several workers, packets owned by another worker go to its
+// handoff ring instead.
+template <bool kOneArmed, Steering kSteering>
+SLUICE_ALWAYS_INLINE void forward_burst(rte_mbuf** rx, uint16_t n, Worker& w, Forwarder& fwd,
+                                        const sluice_config& cfg, sluice_lcore_stats& st,
+                                        uint32_t now_ms) {
+    const Ports& ports = *w.ports;
+    const uint16_t queue = static_cast<uint16_t>(w.slot);
     PacketBuf bufs[kMaxBurst];
     Action actions[kMaxBurst];
     DropReason drops[kMaxBurst];
+    uint16_t owners[kMaxBurst];
+    for (uint16_t i = 0; i < n; ++i)
+        bufs[i] = {rte_pktmbuf_mtod(rx[i], uint8_t*), rte_pktmbuf_data_len(rx[i]), rte_pktmbuf_headroom(rx[i])};
+    fwd.process_burst<kSteering>(cfg, bufs, n, now_ms, actions, drops, owners);
+
+    rte_mbuf* to_backend[kMaxBurst];
+    rte_mbuf* to_client[kMaxBurst];
+    rte_mbuf* dropped[kMaxBurst];
+    uint16_t nb = 0, nc = 0, nd = 0, nh = 0;
+    uint64_t tx_bytes = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+        if (actions[i] == Action::kDrop) {
+            dropped[nd++] = rx[i];
+            continue;
+        }
+        if (kSteering == Steering::kToOwner && actions[i] == Action::kHandoff) {
+            ++nh;
+            continue;
+        }
+        // Encapsulation and ICMP errors move the frame start into the headroom.
+        rx[i]->data_off = static_cast<uint16_t>(bufs[i].data - static_cast<uint8_t*>(rx[i]->buf_addr));
+        rx[i]->data_len = bufs[i].len;
+        rx[i]->pkt_len = bufs[i].len;
+        tx_bytes += bufs[i].len;
+        // One-armed: the same port either way, so one TX burst in arrival order.
+        if (kOneArmed || actions[i] == Action::kToBackend)
+            to_backend[nb++] = rx[i];
+        else
+            to_client[nc++] = rx[i];
+    }
+    if constexpr (kSteering == Steering::kToOwner) {
+        // Per owner, in arrival order, one enqueue each.
+        for (uint16_t i = 0; nh && i < n; ++i) {
+            if (actions[i] != Action::kHandoff) continue;
+            const uint16_t owner = owners[i];
+            rte_mbuf* batch[kMaxBurst];
+            uint16_t k = 0;
+            for (uint16_t j = i; j < n; ++j)
+                if (actions[j] == Action::kHandoff && owners[j] == owner) {
+                    batch[k++] = rx[j];
+                    actions[j] = Action::kDrop;  // taken
+                }
+            nh -= k;
+            const unsigned sent = rte_ring_enqueue_burst(w.to[owner], reinterpret_cast<void**>(batch), k, nullptr);
+            if (SLUICE_UNLIKELY(sent < k)) {
+                counter_add(st.drops[static_cast<size_t>(DropReason::kHandoffFull)], k - sent);
+                rte_pktmbuf_free_bulk(batch + sent, k - sent);
+            }
+        }
+    }
+    if (nb) free_unsent(to_backend, rte_eth_tx_burst(ports.backend, queue, to_backend, nb), nb, st);
+    if (nc) free_unsent(to_client, rte_eth_tx_burst(ports.client, queue, to_client, nc), nc, st);
+    if (nd) rte_pktmbuf_free_bulk(dropped, nd);
+    counter_add(st.counters[static_cast<size_t>(Counter::kTxPackets)], nb + nc);
+    counter_add(st.counters[static_cast<size_t>(Counter::kTxBytes)], tx_bytes);
+}
+
+// One RX queue's burst.
+template <bool kOneArmed, Steering kSteering>
+SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, Worker& w, Forwarder& fwd,
+                                         const sluice_config& cfg, sluice_lcore_stats& st,
+                                         uint32_t now_ms) {
+    rte_mbuf* rx[kMaxBurst];
+    const uint16_t n = rte_eth_rx_burst(rx_port, static_cast<uint16_t>(w.slot), rx, kMaxBurst);
+    if (n == 0) return 0;
     uint16_t kept = 0;
     for (uint16_t i = 0; i < n; ++i) {
         // Frames chained over several mbufs (jumbo) are not balanced: the
@@ -225,53 +303,37 @@ SLUICE_ALWAYS_INLINE uint16_t poll_queue(uint16_t rx_port, uint16_t queue, const
             rte_pktmbuf_free(rx[i]);
             continue;
         }
-        rx[kept] = rx[i];
-        bufs[kept++] = {rte_pktmbuf_mtod(rx[i], uint8_t*), rte_pktmbuf_data_len(rx[i]),
-                        rte_pktmbuf_headroom(rx[i])};
+        rx[kept++] = rx[i];
     }
-    fwd.process_burst(cfg, bufs, kept, now_ms, actions, drops);
-    for (uint16_t i = 0; i < kept; ++i) {
-        if (actions[i] == Action::kDrop) continue;
-        // Encapsulation and ICMP errors move the frame start into the headroom.
-        rx[i]->data_off = static_cast<uint16_t>(bufs[i].data - static_cast<uint8_t*>(rx[i]->buf_addr));
-        rx[i]->data_len = bufs[i].len;
-        rx[i]->pkt_len = bufs[i].len;
-    }
-
-    rte_mbuf* to_backend[kMaxBurst];
-    rte_mbuf* to_client[kMaxBurst];
-    rte_mbuf* dropped[kMaxBurst];
-    uint16_t nb = 0, nc = 0, nd = 0;
-    uint64_t tx_bytes = 0;
-    for (uint16_t i = 0; i < kept; ++i) {
-        if (actions[i] == Action::kDrop) {
-            dropped[nd++] = rx[i];
-            continue;
-        }
-        tx_bytes += bufs[i].len;
-        // One-armed: the same port either way, so one TX burst in arrival order.
-        if (kOneArmed || actions[i] == Action::kToBackend)
-            to_backend[nb++] = rx[i];
-        else
-            to_client[nc++] = rx[i];
-    }
-    if (nb) free_unsent(to_backend, rte_eth_tx_burst(ports.backend, queue, to_backend, nb), nb, st);
-    if (nc) free_unsent(to_client, rte_eth_tx_burst(ports.client, queue, to_client, nc), nc, st);
-    if (nd) rte_pktmbuf_free_bulk(dropped, nd);
-    counter_add(st.counters[static_cast<size_t>(Counter::kTxPackets)], nb + nc);
-    counter_add(st.counters[static_cast<size_t>(Counter::kTxBytes)], tx_bytes);
+    forward_burst<kOneArmed, kSteering>(rx, kept, w, fwd, cfg, st, now_ms);
     return n;
 }
 
+// Packets other workers handed over, already counted as received there.
 template <bool kOneArmed>
+uint16_t drain_inbox(Worker& w, Forwarder& fwd, const sluice_config& cfg, sluice_lcore_stats& st,
+                     uint32_t now_ms) {
+    uint16_t total = 0;
+    for (rte_ring* ring : w.inbox) {
+        rte_mbuf* pkts[kMaxBurst];
+        const auto n = static_cast<uint16_t>(
+            rte_ring_dequeue_burst(ring, reinterpret_cast<void**>(pkts), kMaxBurst, nullptr));
+        if (n) forward_burst<kOneArmed, Steering::kArrived>(pkts, n, w, fwd, cfg, st, now_ms);
+        total += n;
+    }
+    return total;
+}
+
+template <bool kOneArmed, bool kMultiWorker>
 int worker_loop(Worker& w) {
+    constexpr Steering kRxSteering = kMultiWorker ? Steering::kToOwner : Steering::kSingle;
     ConnTable table(w.conn_memory, w.opt->conn_capacity);
     LcoreReader reader(w.shm, w.slot);
     sluice_lcore_stats& st = reader.stats();
     Forwarder fwd(table, st, w.fwd_opt);
+    FlowCensus census;
     const uint64_t tsc_per_ms = rte_get_tsc_hz() / 1000;
-    const uint16_t q = static_cast<uint16_t>(w.slot);
-    unsigned idle_polls = 0, sleep_us = 1;
+    unsigned idle_polls = 0, sleep_us = 1, busy_since_census = 0;
     uint64_t last_rx_tsc = rte_rdtsc();
     auto& busy_polls = st.counters[static_cast<size_t>(Counter::kBusyPolls)];
     auto& idle_counter = st.counters[static_cast<size_t>(Counter::kIdlePolls)];
@@ -281,11 +343,16 @@ int worker_loop(Worker& w) {
         const uint64_t start = rte_rdtsc();
         const uint32_t now_ms = monotonic_ms();
         const sluice_config& cfg = reader.acquire();
-        uint16_t n = poll_queue<kOneArmed>(w.ports->client, q, *w.ports, fwd, cfg, st, now_ms);
+        uint16_t n = poll_queue<kOneArmed, kRxSteering>(w.ports->client, w, fwd, cfg, st, now_ms);
         if constexpr (!kOneArmed)
-            n += poll_queue<kOneArmed>(w.ports->backend, q, *w.ports, fwd, cfg, st, now_ms);
-        reader.quiescent();
+            n += poll_queue<kOneArmed, kRxSteering>(w.ports->backend, w, fwd, cfg, st, now_ms);
+        if constexpr (kMultiWorker) n += drain_inbox<kOneArmed>(w, fwd, cfg, st, now_ms);
         if (n) {
+            if (SLUICE_UNLIKELY(++busy_since_census == kCensusBusyPollPeriod)) {
+                busy_since_census = 0;
+                census.step(table, cfg, st, now_ms, kCensusBucketsBusy);
+            }
+            reader.quiescent();
             counter_add(busy_polls, 1);
             counter_add(busy_cycles, rte_rdtsc() - start);
             idle_polls = 0;
@@ -293,6 +360,8 @@ int worker_loop(Worker& w) {
             last_rx_tsc = start;
             continue;
         }
+        census.step(table, cfg, st, now_ms, kCensusBucketsIdle);
+        reader.quiescent();
         counter_add(idle_counter, 1);
         if (w.opt->exit_idle_ms && start - last_rx_tsc > w.opt->exit_idle_ms * tsc_per_ms) {
             g_quit = true;
@@ -330,7 +399,9 @@ int telemetry_drops(const char*, const char*, rte_tel_data* d) {
 
 int worker_entry(void* arg) {
     auto& w = *static_cast<Worker*>(arg);
-    return w.ports->client == w.ports->backend ? worker_loop<true>(w) : worker_loop<false>(w);
+    const bool one_armed = w.ports->client == w.ports->backend;
+    if (w.fwd_opt.workers > 1) return one_armed ? worker_loop<true, true>(w) : worker_loop<false, true>(w);
+    return one_armed ? worker_loop<true, false>(w) : worker_loop<false, false>(w);
 }
 
 }  // namespace
@@ -412,12 +483,12 @@ int main(int argc, char** argv) {
         ports.backend = *p;
     }
 
+    // Every lcore forwards, the main one included (worker 0): -l 2 is one
+    // worker, -l 0-1 two. Each has one RX/TX queue pair on every port.
     std::vector<unsigned> worker_lcores;
     unsigned lcore;
     RTE_LCORE_FOREACH_WORKER(lcore) worker_lcores.push_back(lcore);
-    // With a single lcore the main lcore forwards itself.
-    const bool main_forwards = worker_lcores.empty();
-    const unsigned nb_workers = main_forwards ? 1 : static_cast<unsigned>(worker_lcores.size());
+    const unsigned nb_workers = 1 + static_cast<unsigned>(worker_lcores.size());
     if (nb_workers > SLUICE_MAX_LCORES)
         die(fmt::format("{} workers exceed the limit of {}", nb_workers, SLUICE_MAX_LCORES));
     ports.queues = static_cast<uint16_t>(nb_workers);
@@ -433,7 +504,8 @@ int main(int argc, char** argv) {
         die(fmt::format("another sluice-dataplane (pid {}) is attached to {}", other, opt.shm_path));
 
     const unsigned mbufs_per_port = nb_workers * (kRxDescriptors + kTxDescriptors + 2 * kMaxBurst);
-    const unsigned nb_mbufs = std::max(8191u, mbufs_per_port * nb_ports + nb_workers * kMbufCache);
+    const unsigned nb_mbufs = std::max(8191u, mbufs_per_port * nb_ports + nb_workers * kMbufCache +
+                                                  nb_workers * (nb_workers - 1) * kHandoffRingSize);
     rte_mempool* pool = rte_pktmbuf_pool_create("sluice_mbufs", nb_mbufs, kMbufCache, 0,
                                                 RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
     if (!pool) die(fmt::format("cannot create a pool of {} mbufs: {}", nb_mbufs, rte_strerror(rte_errno)));
@@ -442,9 +514,22 @@ int main(int argc, char** argv) {
     if (opt.mtu == 0 && rte_eth_dev_get_mtu(ports.backend, &opt.mtu) != 0) opt.mtu = RTE_ETHER_MTU;
 
     std::vector<Worker> workers(nb_workers);
+    for (unsigned i = 0; i < nb_workers; ++i) workers[i].to.assign(nb_workers, nullptr);
+    for (unsigned from = 0; from < nb_workers && nb_workers > 1; ++from)
+        for (unsigned to = 0; to < nb_workers; ++to) {
+            if (from == to) continue;
+            const std::string name = fmt::format("sl_handoff_{}_{}", from, to);
+            rte_ring* r = rte_ring_create(name.c_str(), kHandoffRingSize, rte_socket_id(),
+                                          RING_F_SP_ENQ | RING_F_SC_DEQ);
+            if (!r) die(fmt::format("cannot create ring {}: {}", name, rte_strerror(rte_errno)));
+            workers[from].to[to] = r;
+            workers[to].inbox.push_back(r);
+        }
     for (unsigned i = 0; i < nb_workers; ++i) {
         Worker& w = workers[i];
         w.slot = i;
+        w.fwd_opt.worker = static_cast<uint16_t>(i);
+        w.fwd_opt.workers = static_cast<uint16_t>(nb_workers);
         w.opt = &opt;
         w.ports = &ports;
         w.shm = shm->get();
@@ -498,13 +583,9 @@ int main(int argc, char** argv) {
                opt.shm_path, shm_generation(shm->get()));
     std::fflush(stdout);
 
-    if (main_forwards) {
-        worker_entry(&workers[0]);
-    } else {
-        for (unsigned i = 0; i < nb_workers; ++i)
-            rte_eal_remote_launch(worker_entry, &workers[i], worker_lcores[i]);
-        rte_eal_mp_wait_lcore();
-    }
+    for (unsigned i = 1; i < nb_workers; ++i) rte_eal_remote_launch(worker_entry, &workers[i], worker_lcores[i - 1]);
+    worker_entry(&workers[0]);
+    rte_eal_mp_wait_lcore();
 
     __atomic_store_n(&hdr.dataplane_pid, 0, __ATOMIC_RELEASE);
     uint64_t rx = 0, tx = 0, dropped = 0;

@@ -12,6 +12,9 @@
 #           2001:db8:1::1-5 on lo; replies to the client subnets go straight
 #           to the client (dsr) or through the LB (nat)
 #
+# The LB's eth0 gets $SLUICE_LB_QUEUES RX/TX queue pairs (default 1), one
+# per dataplane worker; the bridge side spreads flows over them by hash.
+#
 # usage: topology.sh up PREFIX [dsr|nat] | route PREFIX dsr|nat | down PREFIX
 set -euo pipefail
 
@@ -56,7 +59,10 @@ up() {
   for h in "${hosts[@]}"; do
     i=$((i + 1))
     ip netns add "$prefix-$h"
-    ip link add "sl$$-$i" type veth peer name eth0 netns "$prefix-$h"
+    local q=1
+    [ "$h" = lb ] && q=${SLUICE_LB_QUEUES:-1}
+    ip link add "sl$$-$i" numtxqueues "$q" numrxqueues "$q" type veth \
+      peer name eth0 numtxqueues "$q" numrxqueues "$q" netns "$prefix-$h"
     ip link set "sl$$-$i" netns "$prefix-sw"
     ns sw ip link set "sl$$-$i" master br0 up
     ns "$h" ip link set lo up

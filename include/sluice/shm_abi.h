@@ -34,7 +34,7 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 3u
+#define SLUICE_ABI_VERSION 4u
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
@@ -91,7 +91,8 @@
 	X(NoHeadroom, "no_headroom")                                          \
 	X(FragmentUnknown, "fragment_first_missing")                          \
 	X(IcmpUnmatched, "icmp_error_unmatched")                              \
-	X(MultiSegment, "multi_segment")
+	X(MultiSegment, "multi_segment")                                      \
+	X(HandoffFull, "handoff_ring_full")
 
 /* Per-lcore counters that are not drops, in ABI order. */
 #define SLUICE_LCORE_COUNTERS(X)                                               \
@@ -113,7 +114,11 @@
 	X(StatelessForwards, "conn_full_stateless")                           \
 	X(BusyPolls, "busy_polls")                                            \
 	X(IdlePolls, "idle_polls")                                            \
-	X(BusyCycles, "busy_cycles")
+	X(BusyCycles, "busy_cycles")                                          \
+	X(HandedOff, "handed_off")                                            \
+	X(ConnOccupied, "conn_occupied")                                      \
+	X(ConnCapacity, "conn_capacity")                                      \
+	X(ConnCensusPasses, "conn_census_passes")
 
 #define SLUICE_X_COUNT(name, str) +1
 #define SLUICE_DROP_REASON_COUNT (0 SLUICE_DROP_REASONS(SLUICE_X_COUNT))
@@ -185,6 +190,10 @@ struct sluice_lcore_stats {
 	__u64 backend_packets[SLUICE_MAX_BACKENDS]; /* indexed by backend slot */
 	__u64 backend_bytes[SLUICE_MAX_BACKENDS];
 	__u64 backend_new_flows[SLUICE_MAX_BACKENDS];
+	/* Gauges from the last complete census of the worker's connection table
+	 * (live to-backend entries), refreshed every conn_census_passes. */
+	__u64 vip_active_flows[SLUICE_MAX_VIPS];
+	__u64 backend_active_flows[SLUICE_MAX_BACKENDS];
 };
 
 struct sluice_shm_header {

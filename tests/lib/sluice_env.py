@@ -53,12 +53,13 @@ class Lab:
     """with Lab("name") as lab: ... — everything it starts is stopped on exit."""
 
     def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=(), port="af_xdp",
-                 decap=False, conn_capacity=65536):
+                 decap=False, conn_capacity=65536, workers=1):
         self.prefix = f"sl{os.getpid() % 100000}{name[:3]}"
         self.route = route
         self.port = port
         self.decap = decap
         self.conn_capacity = conn_capacity
+        self.workers = workers  # dataplane lcores, one queue pair each on a multi-queue veth
         self.start_dataplane_now = start_dataplane
         self.dataplane_args = list(dataplane_args)
         self.procs = {}
@@ -74,7 +75,8 @@ class Lab:
     # --- lifecycle -------------------------------------------------------
     def __enter__(self):
         try:
-            subprocess.run([TOPOLOGY, "up", self.prefix, self.route], check=True, timeout=60)
+            subprocess.run([TOPOLOGY, "up", self.prefix, self.route], check=True, timeout=60,
+                           env=dict(os.environ, SLUICE_LB_QUEUES=str(self.workers)))
             for i, name in enumerate(BACKEND_NAMES):
                 if self.decap:
                     subprocess.run(self.ns(f"be{i + 1}") + [DECAP, "attach", "eth0", "--gue-port", str(GUE_PORT)],
@@ -97,7 +99,7 @@ class Lab:
             for b in (1, 2, 3):
                 subprocess.run(self.ns(f"be{b}") + [DECAP, "detach", "eth0"], timeout=30, capture_output=True)
         subprocess.run([TOPOLOGY, "down", self.prefix], timeout=60)
-        for path in (self.shm, f"{self.conn_file}.0"):
+        for path in [self.shm] + [f"{self.conn_file}.{w}" for w in range(self.workers)]:
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -160,9 +162,10 @@ class Lab:
         self.wait_log("sluiced", "listening on")
 
     def start_dataplane(self, extra=()):
-        vdev = ("net_af_packet0,iface=eth0,qpairs=1" if self.port == "af_packet"
-                else f"net_af_xdp0,iface=eth0,xdp_prog={STEER_PROG}")
-        args = [DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", self.prefix, "--no-pci",
+        vdev = (f"net_af_packet0,iface=eth0,qpairs={self.workers}" if self.port == "af_packet"
+                else f"net_af_xdp0,iface=eth0,xdp_prog={STEER_PROG},start_queue=0,queue_count={self.workers}")
+        lcores = "1" if self.workers == 1 else f"0-{self.workers - 1}"
+        args = [DATAPLANE, "-l", lcores, "--in-memory", "--file-prefix", self.prefix, "--no-pci",
                 "--vdev", vdev, "--log-level", "*:warning",
                 "--", "--shm", self.shm, "--conn-capacity", str(self.conn_capacity),
                 "--conn-file", self.conn_file]

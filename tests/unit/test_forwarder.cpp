@@ -11,6 +11,7 @@
 
 #include "model.hpp"
 #include "packet_builder.hpp"
+#include "sluice/flow_census.hpp"
 #include "sluice/forwarder.hpp"
 
 using namespace sluice;
@@ -31,7 +32,7 @@ struct FreeDeleter {
 };
 
 struct Harness {
-    Harness() : model(1234) {
+    explicit Harness(uint16_t worker = 0, uint16_t workers = 1) : model(1234) {
         cfg.reset(static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))));
         stats.reset(static_cast<sluice_lcore_stats*>(std::calloc(1, sizeof(sluice_lcore_stats))));
         const size_t bytes = ConnTable::bytes_for(4096);
@@ -41,6 +42,8 @@ struct Harness {
         ForwarderOptions opt;
         std::memcpy(opt.client_port_mac, kLbMac.data(), 6);
         std::memcpy(opt.backend_port_mac, kLbMac.data(), 6);
+        opt.worker = worker;
+        opt.workers = workers;
         fwd.emplace(*table, *stats, opt);
     }
 
@@ -51,15 +54,19 @@ struct Harness {
 
     // Runs one packet through the forwarder in a buffer with headroom, as the
     // dataplane does, and replaces `pkt` with the frame it produced.
-    Action run(std::vector<uint8_t>& pkt, DropReason* why = nullptr, uint32_t now = 1000) {
+    template <Steering kSteering = Steering::kSingle>
+    Action run(std::vector<uint8_t>& pkt, DropReason* why = nullptr, uint32_t now = 1000,
+               uint16_t* owner = nullptr) {
         constexpr uint16_t kHeadroom = 128;
         std::vector<uint8_t> buf(kHeadroom + pkt.size());
         std::copy(pkt.begin(), pkt.end(), buf.begin() + kHeadroom);
         PacketBuf b{buf.data() + kHeadroom, static_cast<uint16_t>(pkt.size()), kHeadroom};
         Action a[1];
         DropReason d[1];
-        fwd->process_burst(*cfg, &b, 1, now, a, d);
+        uint16_t o[1] = {0xffff};
+        fwd->process_burst<kSteering>(*cfg, &b, 1, now, a, d, o);
         if (why) *why = d[0];
+        if (owner) *owner = o[0];
         if (a[0] != Action::kDrop) pkt.assign(b.data, b.data + b.len);
         return a[0];
     }
@@ -677,4 +684,130 @@ TEST_CASE("SYNs find no room in a table full of established flows: forwarded sta
         CHECK(h.backend_of(syn) == h.backend_of(again));  // Maglev alone is consistent
     }
     CHECK(h.counter(Counter::kStatelessForwards) == 200);
+}
+
+TEST_CASE("Two workers: a NAT flow's directions and a datagram's fragments meet at one owner") {
+    // Each worker has its own table; the same configuration in both.
+    Harness w[2] = {Harness(0, 2), Harness(1, 2)};
+    const VipId nat = parse_vip_id("198.18.1.1:80/tcp");
+    const VipId dsr = parse_vip_id("198.18.1.2:53/udp");
+    for (auto& h : w) {
+        h.model.add_vip(nat, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+        h.model.add_vip(dsr, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+        add_backends(h, nat, 3, 8080);
+        add_backends(h, dsr, 3);
+        h.publish();
+    }
+    // Delivers a packet as the dataplane does: RX on `rx`, handed over when
+    // it belongs to the other worker. Returns the worker that processed it.
+    auto deliver = [&](std::vector<uint8_t>& pkt, int rx, Action& a) {
+        uint16_t owner = 0xffff;
+        a = w[rx].run<Steering::kToOwner>(pkt, nullptr, 1000, &owner);
+        if (a != Action::kHandoff) return rx;
+        REQUIRE(owner == 1 - rx);
+        a = w[owner].run<Steering::kArrived>(pkt);
+        return static_cast<int>(owner);
+    };
+    int owned[2] = {0, 0};
+    for (int c = 1; c <= 40; ++c) {
+        INFO("client " << c);
+        PacketSpec fwd = client_packet(40000);
+        fwd.src = fmt::format("198.18.2.{}", c);
+        fwd.tcp_flags = 0x02;
+        auto pkt = build_packet(fwd);
+        Action a;
+        const int owner = deliver(pkt, c % 2, a);  // RSS put it on either queue
+        REQUIRE(a == Action::kToBackend);
+        ++owned[owner];
+        const int be = w[owner].backend_of(pkt);
+        REQUIRE(be >= 0);
+
+        // The reply arrives on the other queue than the owner's: only the
+        // owner can translate it back.
+        PacketSpec reply;
+        reply.src_mac = kBackendMac[be];
+        reply.dst_mac = kLbMac;
+        reply.src = kBackendIp[be];
+        reply.dst = fwd.src;
+        reply.sport = 8080;
+        reply.dport = 40000;
+        reply.tcp_flags = 0x12;
+        auto r = build_packet(reply);
+        auto unsteered = r;
+        DropReason why;
+        CHECK(w[1 - owner].run(unsteered, &why) == Action::kDrop);  // what a second table would do
+        CHECK(why == DropReason::kNoVip);
+        REQUIRE(deliver(r, 1 - owner, a) == owner);
+        CHECK(a == Action::kToClient);
+        CHECK(std::memcmp(r.data() + 26, std::array<uint8_t, 4>{198, 18, 1, 1}.data(), 4) == 0);
+
+        // DSR without fragments stays on the queue RSS picked.
+        PacketSpec d = client_packet(5000);
+        d.src = fwd.src;
+        d.dst = "198.18.1.2";
+        d.dport = 53;
+        d.proto = 17;
+        auto dp = build_packet(d);
+        CHECK(deliver(dp, 1 - owner, a) == 1 - owner);
+
+        // Fragments: the first (with ports) and a later one (without) land on
+        // different queues, and meet at the owner.
+        d.payload.assign(32, 'f');
+        auto first = build_packet(d);
+        store_be16(first.data() + 18, static_cast<uint16_t>(c));
+        first[20] = 0x20;  // MF
+        store_be16(first.data() + 24, 0);
+        store_be16(first.data() + 24, net::csum_full(first.data() + 14, 20));
+        auto later = first;
+        later[20] = 0x00;
+        later[21] = 0x02;
+        store_be16(later.data() + 24, 0);
+        store_be16(later.data() + 24, net::csum_full(later.data() + 14, 20));
+        REQUIRE(deliver(first, 1 - owner, a) == owner);
+        REQUIRE(a == Action::kToBackend);
+        REQUIRE(deliver(later, owner, a) == owner);
+        REQUIRE(a == Action::kToBackend);
+        CHECK(w[owner].backend_of(first) == w[owner].backend_of(later));
+    }
+    // The client address spreads ownership over both workers.
+    CHECK(owned[0] >= 8);
+    CHECK(owned[1] >= 8);
+    // RX is counted once, where the packet arrived.
+    const uint64_t rx = w[0].counter(Counter::kRxPackets) + w[1].counter(Counter::kRxPackets);
+    CHECK(rx == 40u * 5u + 40u);  // 5 delivered packets per client, plus the unsteered reply
+    CHECK(w[0].counter(Counter::kHandedOff) + w[1].counter(Counter::kHandedOff) >= 60u);
+}
+
+TEST_CASE("Flow census: active flows per VIP and backend, and occupancy") {
+    Harness h;
+    const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+    h.model.add_vip(vip, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+    add_backends(h, vip, 3, 8080);
+    h.publish();
+    for (uint16_t port = 1000; port < 1100; ++port) {
+        auto pkt = build_packet(client_packet(port));
+        REQUIRE(h.run(pkt, nullptr, 1000) == Action::kToBackend);
+    }
+    FlowCensus census;
+    const size_t buckets = h.table->bucket_count();
+    // A pass in slices publishes nothing until it completes.
+    census.step(*h.table, *h.cfg, *h.stats, 1000, buckets / 2);
+    CHECK(h.counter(Counter::kConnCensusPasses) == 0);
+    census.step(*h.table, *h.cfg, *h.stats, 1000, buckets - buckets / 2);
+    CHECK(h.counter(Counter::kConnCensusPasses) == 1);
+    // NAT: each flow has a reply entry too.
+    CHECK(h.counter(Counter::kConnOccupied) == 200);
+    CHECK(h.counter(Counter::kConnCapacity) == h.table->capacity());
+    const uint16_t vslot = h.model.vip(vip).slot;
+    CHECK(h.stats->vip_active_flows[vslot] == 100);
+    uint64_t sum = 0;
+    for (const auto& b : h.model.vip(vip).backends) {
+        CHECK(h.stats->backend_active_flows[b.slot] > 10);
+        sum += h.stats->backend_active_flows[b.slot];
+    }
+    CHECK(sum == 100);
+    // After the flows' timeout, the next pass finds none.
+    census.step(*h.table, *h.cfg, *h.stats, 1000 + 400'000, buckets);
+    CHECK(h.stats->vip_active_flows[vslot] == 0);
+    CHECK(h.counter(Counter::kConnOccupied) == 0);
 }

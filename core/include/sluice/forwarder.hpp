@@ -18,7 +18,16 @@
 
 namespace sluice {
 
-enum class Action : uint8_t { kDrop, kToBackend, kToClient };
+// kHandoff: the packet belongs to another worker (see Steering).
+enum class Action : uint8_t { kDrop, kToBackend, kToClient, kHandoff };
+
+// Several workers: RSS keeps each direction of a 5-tuple on one queue, but
+// not a NAT flow's two directions (different tuples) nor a datagram's
+// fragments (no ports after the first). Those packets belong to the worker
+// picked by the client's address, which all of them carry; any other worker
+// hands them over (kToOwner) and the owner processes them as arrived
+// (kArrived, RX already counted). One worker: kSingle, no check at all.
+enum class Steering : uint8_t { kSingle, kToOwner, kArrived };
 
 inline constexpr uint16_t kMaxBurst = 32;
 
@@ -36,6 +45,8 @@ struct ForwarderOptions {
     uint16_t mtu = 1500;             // IP MTU towards backends
     uint8_t client_port_mac[6]{};   // source MAC of frames sent towards clients
     uint8_t backend_port_mac[6]{};  // source MAC of frames sent towards backends
+    uint16_t worker = 0;   // this worker's index
+    uint16_t workers = 1;  // how many share the traffic
 };
 
 class Forwarder {
@@ -44,9 +55,11 @@ public:
         : table_(table), stats_(stats), opt_(opt) {}
 
     // Decides and rewrites a burst in place. `drops[i]` says why when
-    // actions[i] is kDrop (and is kNone otherwise).
+    // actions[i] is kDrop (and is kNone otherwise); with kToOwner,
+    // `owners[i]` names the worker a kHandoff packet goes to (untouched).
+    template <Steering kSteering = Steering::kSingle>
     void process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n, uint32_t now_ms,
-                       Action* actions, DropReason* drops);
+                       Action* actions, DropReason* drops, uint16_t* owners = nullptr);
 
 private:
     enum class Kind : uint8_t { kToVip, kNatReply, kEcho, kIcmpError, kLaterFragment };
@@ -74,6 +87,7 @@ private:
                              const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
                              uint32_t timeout_ms, bool embryonic);
     uint32_t timeout_for(uint8_t proto, TcpState st) const;
+    uint16_t owner(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s) const;
 
     SLUICE_ALWAYS_INLINE void count(Counter c, uint64_t v = 1) {
         counter_add(stats_.counters[static_cast<size_t>(c)], v);
@@ -536,16 +550,51 @@ inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, 
     return send_to_backend(cfg, b, s, vip, be, s.hash);
 }
 
+// The worker a packet belongs to (see Steering): this one unless it is part
+// of a NAT flow or a fragment.
+SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const uint8_t* pkt,
+                                               const Scratch& s) const {
+    const net::ParsedPacket& p = s.parsed;
+    const uint8_t* client;
+    switch (s.kind) {
+    case Kind::kToVip:
+        if (cfg.vips[s.vip_slot].mode != SLUICE_MODE_NAT && p.fragment == net::Fragment::kNone)
+            return opt_.worker;
+        client = p.src_addr(pkt);
+        break;
+    case Kind::kNatReply: client = p.dst_addr(pkt); break;
+    case Kind::kIcmpError:
+        if (cfg.vips[s.vip_slot].mode != SLUICE_MODE_NAT) return opt_.worker;
+        client = s.key.src;
+        break;
+    case Kind::kLaterFragment: {
+        VipKey vk{};
+        std::memcpy(vk.addr, p.dst_addr(pkt), p.addr_len());
+        vk.family = p.family;
+        client = find_vip(cfg, vk) >= 0 ? p.src_addr(pkt) : p.dst_addr(pkt);
+        break;
+    }
+    default: return opt_.worker;
+    }
+    uint32_t h = 0;
+    for (unsigned i = 0; i < p.addr_len(); i += 4) h = (h ^ load_be32(client + i)) * 0x9e3779b1u;
+    return static_cast<uint16_t>((static_cast<uint64_t>(h) * opt_.workers) >> 32);
+}
+
+template <Steering kSteering>
 inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n,
-                                     uint32_t now_ms, Action* actions, DropReason* drops) {
+                                     uint32_t now_ms, Action* actions, DropReason* drops,
+                                     uint16_t* owners) {
     Scratch scratch[kMaxBurst];
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
         prefetch_write(pkts[i].data);
         bytes += pkts[i].len;
     }
-    count(Counter::kRxPackets, n);
-    count(Counter::kRxBytes, bytes);
+    if constexpr (kSteering != Steering::kArrived) {
+        count(Counter::kRxPackets, n);
+        count(Counter::kRxBytes, bytes);
+    }
     if (SLUICE_UNLIKELY(cfg.generation == 0)) {
         for (uint16_t i = 0; i < n; ++i) {
             actions[i] = Action::kDrop;
@@ -560,6 +609,18 @@ inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, 
     for (uint16_t i = 0; i < n; ++i) {
         Scratch& s = scratch[i];
         Action a = Action::kDrop;
+        if constexpr (kSteering == Steering::kToOwner) {
+            if (SLUICE_LIKELY(s.drop == DropReason::kNone)) {
+                const uint16_t o = owner(cfg, pkts[i].data, s);
+                if (o != opt_.worker) {
+                    actions[i] = Action::kHandoff;
+                    drops[i] = DropReason::kNone;
+                    owners[i] = o;
+                    count(Counter::kHandedOff);
+                    continue;
+                }
+            }
+        }
         if (SLUICE_LIKELY(s.drop == DropReason::kNone)) {
             switch (s.kind) {
             case Kind::kToVip:
