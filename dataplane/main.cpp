@@ -34,6 +34,7 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_pdump.h>
 #include <rte_ring.h>
 #include <rte_telemetry.h>
 
@@ -413,6 +414,10 @@ int main(int argc, char** argv) {
                    rte_strerror(rte_errno));
         return 1;
     }
+    // dpdk-dumpcap and dpdk-pdump attach as secondary processes and ask this
+    // one to mirror packets; that needs EAL's multi-process channel, which
+    // --in-memory (the tests' choice) turns off.
+    const bool capture = rte_pdump_init() == 0;
     argc -= eal_args;
     argv += eal_args;
     argv[0] = const_cast<char*>("sluice-dataplane");
@@ -581,6 +586,8 @@ int main(int argc, char** argv) {
                getpid(), nb_workers, port_desc(ports.client), port_desc(ports.backend),
                ports.client == ports.backend ? " (one-armed)" : "", opt.conn_capacity, opt.mtu,
                opt.shm_path, shm_generation(shm->get()));
+    fmt::print("sluice-dataplane: packet capture (dpdk-dumpcap --file-prefix <this process's prefix>) {}\n",
+               capture ? "available" : "unavailable: no multi-process channel (--in-memory)");
     std::fflush(stdout);
 
     for (unsigned i = 1; i < nb_workers; ++i) rte_eal_remote_launch(worker_entry, &workers[i], worker_lcores[i - 1]);
@@ -600,6 +607,7 @@ int main(int argc, char** argv) {
         rte_eth_dev_close(p);
     }
     fmt::print("sluice-dataplane: stopped: rx {} tx {} dropped {}\n", rx, tx, dropped);
+    if (capture) rte_pdump_uninit();
     rte_eal_cleanup();
     return 0;
 }

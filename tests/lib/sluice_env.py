@@ -53,13 +53,16 @@ class Lab:
     """with Lab("name") as lab: ... — everything it starts is stopped on exit."""
 
     def __init__(self, name, route="dsr", start_dataplane=True, dataplane_args=(), port="af_xdp",
-                 decap=False, conn_capacity=65536, workers=1):
+                 decap=False, conn_capacity=65536, workers=1, capture=False):
         self.prefix = f"sl{os.getpid() % 100000}{name[:3]}"
         self.route = route
         self.port = port
         self.decap = decap
         self.conn_capacity = conn_capacity
         self.workers = workers  # dataplane lcores, one queue pair each on a multi-queue veth
+        # dpdk-dumpcap attaches as a secondary process: EAL keeps its runtime
+        # and hugepage files (no --in-memory); cleanup removes them.
+        self.capture = capture
         self.start_dataplane_now = start_dataplane
         self.dataplane_args = list(dataplane_args)
         self.procs = {}
@@ -108,6 +111,10 @@ class Lab:
             self.dump_logs()
         shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)  # EAL runtime files
+        for d in ("/dev/hugepages", "/dev/shm"):
+            for f in os.listdir(d) if os.path.isdir(d) else []:
+                if f.startswith(f"{self.prefix}map_"):
+                    os.unlink(os.path.join(d, f))
         return False
 
     def dump_logs(self):
@@ -165,7 +172,8 @@ class Lab:
         vdev = (f"net_af_packet0,iface=eth0,qpairs={self.workers}" if self.port == "af_packet"
                 else f"net_af_xdp0,iface=eth0,xdp_prog={STEER_PROG},start_queue=0,queue_count={self.workers}")
         lcores = "1" if self.workers == 1 else f"0-{self.workers - 1}"
-        args = [DATAPLANE, "-l", lcores, "--in-memory", "--file-prefix", self.prefix, "--no-pci",
+        args = [DATAPLANE, "-l", lcores] + ([] if self.capture else ["--in-memory"]) + [
+                "--file-prefix", self.prefix, "--no-pci",
                 "--vdev", vdev, "--log-level", "*:warning",
                 "--", "--shm", self.shm, "--conn-capacity", str(self.conn_capacity),
                 "--conn-file", self.conn_file]

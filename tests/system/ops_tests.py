@@ -197,6 +197,35 @@ def test_two_workers():
               f"capacity {st['gauges']}")
 
 
+def test_dumpcap():
+    """dpdk-dumpcap captures from the running dataplane (README, "Packet
+    capture")."""
+    with Lab("cap", capture=True) as lab:
+        lab.ctl("vip", "add", "198.18.1.1:80/tcp", "--mode", "dsr", "--check", "none")
+        for ip in BACKEND_IPS:
+            lab.ctl("backend", "add", "198.18.1.1:80/tcp", ip)
+        lab.wait_xdp_maps()
+        lab.wait_log("dataplane", "packet capture (dpdk-dumpcap --file-prefix <this process's prefix>) available")
+        out = os.path.join(lab.tmp, "capture.pcapng")
+        cap = subprocess.Popen(lab.ns("lb") + ["dpdk-dumpcap", "--file-prefix", lab.prefix, "-i", "net_af_xdp0",
+                                               "-q", "-c", "10", "-a", "duration:20", "-w", out],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lab.procs["dumpcap"] = cap
+        deadline = time.time() + 15
+        while time.time() < deadline and cap.poll() is None:
+            lab.curl_names("http://198.18.1.1", 5)
+            time.sleep(0.2)
+        check(cap.poll() == 0, f"dpdk-dumpcap did not finish: {cap.poll()} {cap.stdout.read() if cap.poll() else ''}")
+        summary = lab.scapy("lb", f"""
+from scapy.all import rdpcap, IP, TCP
+pkts = rdpcap({out!r})
+print(len(pkts), sum(1 for p in pkts if IP in p and TCP in p and p[IP].dst == "198.18.1.1" and p[TCP].dport == 80))
+""")
+        total, to_vip = map(int, summary.split())
+        print(f"  dpdk-dumpcap captured {total} packets, {to_vip} of them TCP to the VIP")
+        check(total >= 10 and to_vip >= 1, f"capture: {total} packets, {to_vip} to the VIP")
+
+
 def test_all_down_keeps_the_table():
     with Lab("ad") as lab:
         lab.ctl("vip", "add", VIP, "--mode", "dsr", "--check", "tcp", "--check-port", "8081",
@@ -360,6 +389,7 @@ TESTS = {
     "health_failover": test_failed_backend_leaves_and_returns,
     "tunnel_check": test_tunnel_check,
     "two_workers": test_two_workers,
+    "dumpcap": test_dumpcap,
     "all_down": test_all_down_keeps_the_table,
     "syn_flood": test_syn_flood_spares_established,
     "restarts": test_restarts_lose_nothing,

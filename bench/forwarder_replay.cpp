@@ -1,0 +1,134 @@
+// The forwarder alone, without DPDK: replays a pcap through
+// Forwarder::process_burst in bursts of 32, the way a worker does, and
+// prints nanoseconds per packet. Its second use is exactness: under
+// `valgrind --tool=callgrind --toggle-collect=forward_one_burst` the
+// instruction count of the packet path per packet is exact and repeatable,
+// where this machine's VM has no hardware counters for `perf stat`.
+//
+//   sluice-forwarder-replay PCAP --mode nat|dsr|ipip|gue [--passes N] [--backends N]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "model.hpp"
+#include "sluice/flow_census.hpp"
+#include "sluice/forwarder.hpp"
+
+using namespace sluice;
+
+namespace {
+
+constexpr uint16_t kHeadroom = 128;
+constexpr uint16_t kBufSize = 256;
+
+std::vector<std::vector<uint8_t>> read_pcap(const std::string& path) {
+    std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
+    if (!f) throw std::runtime_error(fmt::format("cannot open {}", path));
+    uint8_t hdr[24];
+    if (std::fread(hdr, 1, 24, f.get()) != 24 || load_be32(hdr) != 0xd4c3b2a1u)
+        throw std::runtime_error(fmt::format("{} is not a little-endian microsecond pcap", path));
+    std::vector<std::vector<uint8_t>> out;
+    uint8_t rec[16];
+    while (std::fread(rec, 1, 16, f.get()) == 16) {
+        uint32_t caplen;
+        std::memcpy(&caplen, rec + 8, 4);
+        if (caplen > kBufSize - kHeadroom) throw std::runtime_error(fmt::format("{}: a {}-byte frame", path, caplen));
+        out.emplace_back(caplen);
+        if (std::fread(out.back().data(), 1, caplen, f.get()) != caplen) break;
+    }
+    return out;
+}
+
+// The unit callgrind counts: one burst through the forwarder.
+[[gnu::noinline]] void forward_one_burst(Forwarder& fwd, const sluice_config& cfg, PacketBuf* bufs,
+                                         uint16_t n, uint32_t now, Action* actions, DropReason* drops) {
+    fwd.process_burst(cfg, bufs, n, now, actions, drops);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string pcap, mode = "ipip";
+    unsigned passes = 20, backends = 10;
+    size_t capacity = 2u << 20;
+    CLI::App app{"sluice-forwarder-replay: the forwarder alone on a pcap (bench/README.md)"};
+    app.add_option("pcap", pcap, "Input pcap (bench/gen_pcaps.py)")->required();
+    app.add_option("--mode", mode, "VIP mode: nat, dsr, ipip, gue")->capture_default_str();
+    app.add_option("--passes", passes, "Replays of the whole file; the first warms the table")->capture_default_str();
+    app.add_option("--backends", backends, "Backends of the VIP")->capture_default_str();
+    app.add_option("--conn-capacity", capacity, "Connection-table flows")->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        const auto packets = read_pcap(pcap);
+        if (packets.empty()) throw std::runtime_error("no packets");
+        const bool v6 = packets[0][12] == 0x86;
+        Model model(42);
+        model.set_tunnel_source(4, parse_prefix("198.18.200.0/24"));
+        model.set_tunnel_source(6, parse_prefix("2001:db8:200::/64"));
+        const VipId vip = parse_vip_id(v6 ? "[2001:db8:1::1]:80/tcp" : "198.18.1.1:80/tcp");
+        model.add_vip(vip, parse_mode(mode), SLUICE_HASH_5TUPLE, kMaglevDefaultTableSize);
+        for (unsigned i = 0; i < backends; ++i)
+            model.add_backend(vip, parse_endpoint(v6 ? fmt::format("[2001:db8::{:x}]", 0x100 + i)
+                                                     : fmt::format("198.18.0.{}", 100 + i)),
+                              100, MacAddress{2, 0, 0, 0, 1, static_cast<uint8_t>(i)});
+        auto cfg = std::unique_ptr<sluice_config, decltype(&std::free)>(
+            static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))), std::free);
+        auto stats = std::unique_ptr<sluice_lcore_stats, decltype(&std::free)>(
+            static_cast<sluice_lcore_stats*>(std::calloc(1, sizeof(sluice_lcore_stats))), std::free);
+        model.compile(*cfg);
+        cfg->generation = 1;
+        const size_t bytes = ConnTable::bytes_for(capacity);
+        void* mem = std::aligned_alloc(64, bytes);
+        std::memset(mem, 0, bytes);
+        ConnTable table(mem, capacity);
+        ForwarderOptions opt;
+        std::memcpy(opt.client_port_mac, "\x02\x5e\x00\x00\x00\x02", 6);
+        std::memcpy(opt.backend_port_mac, "\x02\x5e\x00\x00\x00\x02", 6);
+        Forwarder fwd(table, *stats, opt);
+
+        // Working buffers for one burst, refilled from the pristine copies
+        // as a PMD fills mbufs.
+        std::vector<uint8_t> work(kMaxBurst * kBufSize);
+        PacketBuf bufs[kMaxBurst];
+        Action actions[kMaxBurst];
+        DropReason drops[kMaxBurst];
+        uint64_t forwarded = 0, timed_packets = 0;
+        const auto t_start = std::chrono::steady_clock::now();
+        auto t_timed = t_start;
+        for (unsigned pass = 0; pass < passes; ++pass) {
+            if (pass == 1) t_timed = std::chrono::steady_clock::now();
+            for (size_t i = 0; i < packets.size(); i += kMaxBurst) {
+                const auto n = static_cast<uint16_t>(std::min<size_t>(kMaxBurst, packets.size() - i));
+                for (uint16_t j = 0; j < n; ++j) {
+                    uint8_t* data = work.data() + j * kBufSize + kHeadroom;
+                    std::memcpy(data, packets[i + j].data(), packets[i + j].size());
+                    bufs[j] = {data, static_cast<uint16_t>(packets[i + j].size()), kHeadroom};
+                }
+                forward_one_burst(fwd, *cfg, bufs, n, 1000, actions, drops);
+                for (uint16_t j = 0; j < n; ++j) forwarded += actions[j] != Action::kDrop;
+                if (pass > 0) timed_packets += n;
+            }
+        }
+        const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t_timed).count();
+        const auto counter = [&](Counter c) { return stats->counters[static_cast<size_t>(c)]; };
+        fmt::print("{{\"pcap\": \"{}\", \"mode\": \"{}\", \"packets\": {}, \"passes\": {}, \"forwarded\": {}, "
+                   "\"new_flows\": {}, \"conn_hits\": {}, \"ns_per_packet\": {:.2f}, \"mpps\": {:.3f}}}\n",
+                   pcap, mode, packets.size(), passes, forwarded, counter(Counter::kNewFlows),
+                   counter(Counter::kConnHits), timed_packets ? ns / timed_packets : 0.0,
+                   timed_packets ? timed_packets * 1e3 / ns : 0.0);
+        std::free(mem);
+        return forwarded == uint64_t{passes} * packets.size() ? 0 : 1;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluice-forwarder-replay: {}\n", e.what());
+        return 2;
+    }
+}
