@@ -1,6 +1,6 @@
 #include "sluice/maglev.hpp"
 
-#include <xxhash.h>
+#include "sluice/xxhash.hpp"
 
 #include <algorithm>
 #include <stdexcept>
