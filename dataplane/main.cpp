@@ -82,6 +82,8 @@ struct Options {
     uint16_t mtu = 0;  // 0: the backend port's MTU
     bool no_promiscuous = false;
     std::string conn_file;  // default: /dev/hugepages/sluice-conn (or /dev/shm) + .<worker>
+    unsigned mbufs = 0;      // 0: enough for the descriptors and rings
+    uint16_t mbuf_data_room = RTE_MBUF_DEFAULT_BUF_SIZE;
 };
 
 struct Ports {
@@ -449,6 +451,12 @@ int main(int argc, char** argv) {
                    "Exit after this long without packets (pcap replay); 0 = run until SIGTERM")
         ->capture_default_str();
     app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous");
+    app.add_option("--mbufs", opt.mbufs,
+                   "Packet buffers in the pool (default: enough for every queue's descriptors and the "
+                   "handoff rings; net_pcap with infinite_rx=1 keeps the whole file in buffers)");
+    app.add_option("--mbuf-size", opt.mbuf_data_room,
+                   "Data room of a packet buffer in bytes, headroom included")
+        ->capture_default_str();
     app.add_option("--mtu", opt.mtu,
                    "IP MTU towards backends; tunnelled packets that would exceed it are answered "
                    "with ICMP fragmentation-needed / packet-too-big (default: the backend "
@@ -509,10 +517,14 @@ int main(int argc, char** argv) {
         die(fmt::format("another sluice-dataplane (pid {}) is attached to {}", other, opt.shm_path));
 
     const unsigned mbufs_per_port = nb_workers * (kRxDescriptors + kTxDescriptors + 2 * kMaxBurst);
-    const unsigned nb_mbufs = std::max(8191u, mbufs_per_port * nb_ports + nb_workers * kMbufCache +
-                                                  nb_workers * (nb_workers - 1) * kHandoffRingSize);
+    const unsigned nb_mbufs = opt.mbufs ? opt.mbufs
+                                        : std::max(8191u, mbufs_per_port * nb_ports + nb_workers * kMbufCache +
+                                                              nb_workers * (nb_workers - 1) * kHandoffRingSize);
+    if (opt.mbuf_data_room < RTE_PKTMBUF_HEADROOM + 128)
+        die(fmt::format("--mbuf-size {} leaves no room for a frame after the {}-byte headroom", opt.mbuf_data_room,
+                        RTE_PKTMBUF_HEADROOM));
     rte_mempool* pool = rte_pktmbuf_pool_create("sluice_mbufs", nb_mbufs, kMbufCache, 0,
-                                                RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+                                                opt.mbuf_data_room, rte_socket_id());
     if (!pool) die(fmt::format("cannot create a pool of {} mbufs: {}", nb_mbufs, rte_strerror(rte_errno)));
 
     for (uint16_t p : ids) setup_port(p, ports.queues, pool, !opt.no_promiscuous);

@@ -14,7 +14,7 @@ packages=(
   bpftool linux-libc-dev
   libfmt-dev catch2 libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libxxhash-dev
   # test and demo tools
-  iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy tcpdump procps psmisc
+  iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy python3-matplotlib valgrind tcpdump procps psmisc
 )
 
 missing=()
