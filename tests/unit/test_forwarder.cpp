@@ -101,6 +101,23 @@ PacketSpec client_packet(uint16_t sport = 40000) {
     return s;
 }
 
+// An IPv4 datagram as two fragments: the first (MF, with the ports) and a
+// later one (offset 16 bytes, no ports), IP identification `id`.
+std::pair<std::vector<uint8_t>, std::vector<uint8_t>> fragment_pair(const PacketSpec& spec, uint16_t id) {
+    auto first = build_packet(spec);
+    store_be16(first.data() + 18, id);
+    first[20] = 0x20;  // MF
+    first[21] = 0;
+    store_be16(first.data() + 24, 0);
+    store_be16(first.data() + 24, net::csum_full(first.data() + 14, 20));
+    auto later = first;
+    later[20] = 0x00;  // offset 2 (16 bytes), last fragment
+    later[21] = 0x02;
+    store_be16(later.data() + 24, 0);
+    store_be16(later.data() + 24, net::csum_full(later.data() + 14, 20));
+    return {first, later};
+}
+
 void add_backends(Harness& h, const VipId& vip, int n, uint16_t port = 0) {
     for (int i = 0; i < n; ++i)
         h.model.add_backend(vip, Endpoint{parse_ip(kBackendIp[i]), port}, 100, kBackendMac[i]);
@@ -605,17 +622,7 @@ TEST_CASE("Fragments of a datagram follow its first fragment, in every mode") {
             s.proto = 17;
             s.dport = 53;
             s.payload.assign(32, 'd');
-            auto first = build_packet(s);
-            store_be16(first.data() + 18, id);
-            first[20] = 0x20;  // MF
-            first[21] = 0;
-            store_be16(first.data() + 24, 0);
-            store_be16(first.data() + 24, net::csum_full(first.data() + 14, 20));
-            auto later = first;
-            later[20] = 0x00;  // offset 2 (16 bytes), last fragment
-            later[21] = 0x02;
-            store_be16(later.data() + 24, 0);
-            store_be16(later.data() + 24, net::csum_full(later.data() + 14, 20));
+            auto [first, later] = fragment_pair(s, id);
             REQUIRE(h.run(first) == Action::kToBackend);
             REQUIRE(h.run(later) == Action::kToBackend);
             CHECK(h.backend_of(first) == h.backend_of(later));
@@ -753,16 +760,7 @@ TEST_CASE("Two workers: a NAT flow's directions and a datagram's fragments meet 
         // Fragments: the first (with ports) and a later one (without) land on
         // different queues, and meet at the owner.
         d.payload.assign(32, 'f');
-        auto first = build_packet(d);
-        store_be16(first.data() + 18, static_cast<uint16_t>(c));
-        first[20] = 0x20;  // MF
-        store_be16(first.data() + 24, 0);
-        store_be16(first.data() + 24, net::csum_full(first.data() + 14, 20));
-        auto later = first;
-        later[20] = 0x00;
-        later[21] = 0x02;
-        store_be16(later.data() + 24, 0);
-        store_be16(later.data() + 24, net::csum_full(later.data() + 14, 20));
+        auto [first, later] = fragment_pair(d, static_cast<uint16_t>(c));
         REQUIRE(deliver(first, 1 - owner, a) == owner);
         REQUIRE(a == Action::kToBackend);
         REQUIRE(deliver(later, owner, a) == owner);
