@@ -16,6 +16,7 @@ core. Instructions per packet: this machine's VM exposes no hardware
 counters to `perf stat`, so callgrind counts them exactly in
 sluice-forwarder-replay-v3 (the forwarder alone, same code, x86-64-v3)."""
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -90,62 +91,32 @@ def eal_ports(pcap):
     return ["--no-pci", "--vdev", f"net_pcap0,rx_pcap={pcap},infinite_rx=1", "--vdev", "net_null0,no-rx=1"]
 
 
-def run_sluice(tmp, pcap, scen, seconds):
-    name, mode, _, vip, pattern = scen
-    prefix = f"slb{os.getpid()}"
+@contextlib.contextmanager
+def sluice_stack(tmp, tag, pcap, conn_capacity, mbufs, dataplane_extra=()):
+    """sluiced with an empty configuration and sluice-dataplane (one lcore,
+    net_pcap -> net_null); yields the sluicectl command prefix and removes
+    everything, shared memory and EAL files included, on the way out."""
+    prefix = f"sl{tag}{os.getpid()}"
     shm = f"/dev/shm/sluice-{prefix}"
-    sock = os.path.join(tmp, "sluiced.sock")
     conn = f"/dev/shm/sluice-conn-{prefix}"
-    procs = []
-    state = os.path.join(tmp, "state.json")
+    sock = os.path.join(tmp, f"{tag}.sock")
+    state = os.path.join(tmp, f"{tag}-state.json")
     if os.path.exists(state):
-        os.unlink(state)  # every scenario starts from an empty configuration
+        os.unlink(state)  # every run starts from an empty configuration
+    procs = []
     try:
-        d = Proc([SLUICED, "--socket", sock, "--shm", shm, "--state", state,
-                  "--metrics-port", "0", "--tunnel-source4", "198.18.200.0/24",
-                  "--tunnel-source6", "2001:db8:200::/64"], os.path.join(tmp, "sluiced.log"))
-        procs.append(d)
-        wait_for(os.path.join(tmp, "sluiced.log"), "listening on", d)
-        ctl = [SLUICECTL, "--socket", sock]
-        subprocess.run(ctl + ["vip", "add", vip, "--mode", mode, "--check", "none"], check=True,
-                       capture_output=True)
-        for i in range(BACKENDS):
-            subprocess.run(ctl + ["backend", "add", vip, pattern.format(100 + i), "--mac", f"02:00:00:00:01:{i:02x}"],
-                           check=True, capture_output=True)
-        packets = pcap_packets(pcap)
-        extra = ["--tcp-syn-timeout-ms", "1"] if name.endswith("-new") else []
-        dp_log = os.path.join(tmp, f"dataplane-{name}.log")
-        dp = Proc([DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", prefix, "--log-level", "*:warning",
-                   *eal_ports(pcap), "--", "--shm", shm, "--conn-file", conn, "--conn-capacity", str(2 << 20),
-                   "--client-port", "net_pcap0", "--backend-port", "net_null0",
-                   "--mbufs", str(packets + 16384), "--mbuf-size", str(MBUF_SIZE), *extra], dp_log)
-        procs.append(dp)
-        wait_for(dp_log, "sluice-dataplane: pid", dp, timeout=120)
-
-        def sample():
-            st = json.loads(subprocess.run(ctl + ["stats", "--json"], check=True, capture_output=True,
-                                           text=True).stdout)
-            return time.time(), st["counters"]
-
-        # Warm-up: at least one pass over the file (every flow in the table).
-        t_start = time.time()
-        while True:
-            t, c = sample()
-            if c["rx_packets"] >= 2 * packets or t - t_start > 30:
-                break
-            time.sleep(0.2)
-        t0, c0 = sample()
-        time.sleep(seconds)
-        t1, c1 = sample()
-        rx = c1["rx_packets"] - c0["rx_packets"]
-        res = {
-            "mpps": rx / (t1 - t0) / 1e6,
-            "cycles_per_packet": (c1["busy_cycles"] - c0["busy_cycles"]) / rx if rx else None,
-            "new_flows_per_s": (c1["new_flows"] - c0["new_flows"]) / (t1 - t0),
-            "forwarded_share": (c1["tx_packets"] - c0["tx_packets"]) / rx if rx else 0,
-            "conn_hit_share": (c1["conn_hits"] - c0["conn_hits"]) / rx if rx else 0,
-        }
-        return res
+        log_d = os.path.join(tmp, f"{tag}-sluiced.log")
+        procs.append(Proc([SLUICED, "--socket", sock, "--shm", shm, "--state", state, "--metrics-port", "0",
+                           "--tunnel-source4", "198.18.200.0/24", "--tunnel-source6", "2001:db8:200::/64"], log_d))
+        wait_for(log_d, "listening on", procs[-1])
+        log_dp = os.path.join(tmp, f"{tag}-dataplane.log")
+        procs.append(Proc([DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", prefix, "--log-level", "*:warning",
+                           *eal_ports(pcap), "--", "--shm", shm, "--conn-file", conn,
+                           "--conn-capacity", str(conn_capacity), "--client-port", "net_pcap0",
+                           "--backend-port", "net_null0", "--mbufs", str(mbufs), "--mbuf-size", str(MBUF_SIZE),
+                           *dataplane_extra], log_dp))
+        wait_for(log_dp, "sluice-dataplane: pid", procs[-1], timeout=120)
+        yield [SLUICECTL, "--socket", sock]
     finally:
         for p in reversed(procs):
             p.stop()
@@ -155,26 +126,68 @@ def run_sluice(tmp, pcap, scen, seconds):
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
 
 
+def run_sluice(tmp, pcap, scen, seconds):
+    name, mode, _, vip, pattern = scen
+    packets = pcap_packets(pcap)
+    extra = ["--tcp-syn-timeout-ms", "1"] if name.endswith("-new") else []
+    with sluice_stack(tmp, "b", pcap, 2 << 20, packets + 16384, extra) as ctl:
+        def sample():
+            st = json.loads(subprocess.run(ctl + ["stats", "--json"], check=True, capture_output=True,
+                                           text=True).stdout)
+            return time.time(), st["counters"]
+
+        subprocess.run(ctl + ["vip", "add", vip, "--mode", mode, "--check", "none"], check=True,
+                       capture_output=True)
+        for i in range(BACKENDS):
+            subprocess.run(ctl + ["backend", "add", vip, pattern.format(100 + i), "--mac", f"02:00:00:00:01:{i:02x}"],
+                           check=True, capture_output=True)
+        # Warm-up: two passes over the file once configured (every flow in
+        # the table); packets before that were dropped as not_configured.
+        t_start, c_start = sample()
+        while True:
+            t, c = sample()
+            if c["rx_packets"] - c_start["rx_packets"] >= 2 * packets or t - t_start > 30:
+                break
+            time.sleep(0.2)
+        t0, c0 = sample()
+        time.sleep(seconds)
+        t1, c1 = sample()
+    rx = c1["rx_packets"] - c0["rx_packets"]
+    return {
+        "mpps": rx / (t1 - t0) / 1e6,
+        "cycles_per_packet": (c1["busy_cycles"] - c0["busy_cycles"]) / rx if rx else None,
+        "new_flows_per_s": (c1["new_flows"] - c0["new_flows"]) / (t1 - t0),
+        "forwarded_share": (c1["tx_packets"] - c0["tx_packets"]) / rx if rx else 0,
+        "conn_hit_share": (c1["conn_hits"] - c0["conn_hits"]) / rx if rx else 0,
+    }
+
+
 def run_testpmd(tmp, pcap, fwd_mode, seconds):
     prefix = f"tpb{os.getpid()}"
     packets = pcap_packets(pcap)
     logf = os.path.join(tmp, f"testpmd-{fwd_mode}.log")
+
+    def rates():
+        # Port 0's Rx-pps, one per stats period, once forwarding has begun.
+        text = open(logf, errors="replace").read()
+        return [int(m) for m in re.findall(r"statistics for port 0 .*?Rx-pps:\s+(\d+)", text, re.S) if int(m) > 0]
+
     p = Proc(["dpdk-testpmd", "-l", "0,1", "--in-memory", "--file-prefix", prefix, "--log-level", "*:warning",
               *eal_ports(pcap), "--", f"--forward-mode={fwd_mode}", f"--total-num-mbufs={packets + 16384}",
               f"--mbuf-size={MBUF_SIZE}", "--nb-cores=1", "--stats-period=1", "--no-lsc-interrupt"], logf)
     try:
-        time.sleep(2 + seconds + (packets / 2e5))  # the PMD reads the whole file first
+        # The PMD reads the whole file first; then one period of ramp-up and
+        # `seconds` periods measured.
+        deadline = time.time() + 60 + packets / 2e5
+        while len(rates()) < 1 + max(2, round(seconds)) and time.time() < deadline and p.p.poll() is None:
+            time.sleep(0.5)
     finally:
         p.stop()
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
-    text = open(logf, errors="replace").read()
-    # Port 0's Rx-pps per stats period; skip the first ones (start-up).
-    rates = [int(m) for m in re.findall(r"statistics for port 0 .*?Rx-pps:\s+(\d+)", text, re.S)]
-    rates = [r for r in rates if r > 0]
-    if len(rates) < 2:
-        raise RuntimeError(f"testpmd {fwd_mode}: no rate in {logf}:\n{text[-1500:]}")
-    steady = rates[1:] if len(rates) > 2 else rates
-    return {"mpps": sum(steady) / len(steady) / 1e6}
+    measured = rates()[1:]
+    if not measured:
+        raise RuntimeError(f"testpmd {fwd_mode}: no rate in {logf}:\n{open(logf, errors='replace').read()[-1500:]}")
+    return {"mpps": sum(measured) / len(measured) / 1e6}
 
 
 def instructions_per_packet(tmp, pcap, mode):
@@ -206,24 +219,8 @@ def instructions_per_packet(tmp, pcap, mode):
 def publish_latency(tmp):
     """sluicectl command -> dataplane on the new table: sluicectl returns once
     every online worker has passed the new generation (shm_abi.h)."""
-    prefix = f"slp{os.getpid()}"
-    shm = f"/dev/shm/sluice-{prefix}"
-    sock = os.path.join(tmp, "p.sock")
-    conn = f"/dev/shm/sluice-conn-{prefix}"
     pcap = os.path.join(tmp, "pcaps", "est-v4-1000.pcap")
-    procs = []
-    try:
-        d = Proc([SLUICED, "--socket", sock, "--shm", shm, "--state", os.path.join(tmp, "p.json"),
-                  "--metrics-port", "0"], os.path.join(tmp, "p-sluiced.log"))
-        procs.append(d)
-        wait_for(os.path.join(tmp, "p-sluiced.log"), "listening on", d)
-        dp = Proc([DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", prefix, "--log-level", "*:warning",
-                   *eal_ports(pcap), "--", "--shm", shm, "--conn-file", conn, "--conn-capacity", "65536",
-                   "--client-port", "net_pcap0", "--backend-port", "net_null0", "--mbufs", "20000",
-                   "--mbuf-size", str(MBUF_SIZE)], os.path.join(tmp, "p-dp.log"))
-        procs.append(dp)
-        wait_for(os.path.join(tmp, "p-dp.log"), "sluice-dataplane: pid", dp)
-        ctl = [SLUICECTL, "--socket", sock]
+    with sluice_stack(tmp, "p", pcap, 65536, 20000) as ctl:
         subprocess.run(ctl + ["vip", "add", "198.18.1.1:80/tcp", "--check", "none"], check=True, capture_output=True)
         times = []
         for i in range(40):
@@ -231,15 +228,8 @@ def publish_latency(tmp):
             subprocess.run(ctl + ["backend", "add", "198.18.1.1:80/tcp", f"198.18.0.{100 + i}", "--mac",
                                   f"02:00:00:00:01:{i:02x}"], check=True, capture_output=True)
             times.append((time.perf_counter() - t) * 1000)
-        times.sort()
-        return {"median_ms": times[len(times) // 2], "max_ms": times[-1], "table_size": 65537}
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        for f in (shm, f"{conn}.0"):
-            if os.path.exists(f):
-                os.unlink(f)
-        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+    times.sort()
+    return {"median_ms": times[len(times) // 2], "max_ms": times[-1], "table_size": 65537}
 
 
 def core_bench():
