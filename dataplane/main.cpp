@@ -38,6 +38,7 @@
 #include <rte_ring.h>
 #include <rte_telemetry.h>
 
+#include "eal_process.hpp"
 #include "sluice/conn_table.hpp"
 #include "sluice/flow_census.hpp"
 #include "sluice/forwarder.hpp"
@@ -103,11 +104,7 @@ struct Worker {
     std::vector<rte_ring*> inbox;  // rings other workers hand packets to this one through
 };
 
-[[noreturn]] void die(const std::string& msg) {
-    fmt::print(stderr, "sluice-dataplane: {}\n", msg);
-    rte_eal_cleanup();
-    std::exit(1);
-}
+[[noreturn]] void die(const std::string& msg) { die_after_eal("sluice-dataplane", msg); }
 
 std::optional<uint16_t> port_by_name(const std::string& name) {
     uint16_t id;
@@ -410,19 +407,11 @@ int worker_entry(void* arg) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const int eal_args = rte_eal_init(argc, argv);
-    if (eal_args < 0) {
-        fmt::print(stderr, "sluice-dataplane: EAL initialisation failed: {}\n",
-                   rte_strerror(rte_errno));
-        return 1;
-    }
+    if (!init_eal(argc, argv, "sluice-dataplane")) return 1;
     // dpdk-dumpcap and dpdk-pdump attach as secondary processes and ask this
     // one to mirror packets; that needs EAL's multi-process channel, which
     // --in-memory (the tests' choice) turns off.
     const bool capture = rte_pdump_init() == 0;
-    argc -= eal_args;
-    argv += eal_args;
-    argv[0] = const_cast<char*>("sluice-dataplane");
 
     Options opt;
     CLI::App app{"sluice-dataplane: DPDK forwarding process of the sluice L4 load balancer.\n"
@@ -581,10 +570,7 @@ int main(int argc, char** argv) {
     rte_telemetry_register_cmd("/sluice/drops", telemetry_drops,
                                "sluice dataplane drops by reason, summed over workers. No parameters");
 
-    struct sigaction sa{};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
+    on_stop_signals(on_signal);
 
     auto port_desc = [](uint16_t p) {
         rte_ether_addr mac{};
