@@ -35,7 +35,9 @@ SLUICED = os.path.join(BUILD, "controlplane", "sluiced")
 SLUICECTL = os.path.join(BUILD, "controlplane", "sluicectl")
 REPLAY_V3 = os.path.join(BUILD, "bench", "sluice-forwarder-replay-v3")
 CORE_BENCH = os.path.join(BUILD, "bench", "sluice-core-bench")
-GEN = os.path.join(ROOT, "bench", "gen_pcaps.py")
+GEN_PCAPS = os.path.join(ROOT, "bench", "gen_pcaps.py")
+SLUICE_GEN = os.path.join(BUILD, "bench", "sluice-gen")
+PKTGEN_RUNNER = os.path.join(ROOT, "bench", "pktgen", "run_pktgen.sh")
 MBUF_SIZE = 384  # 128 headroom + a 60-78 byte frame + up to 48 bytes of tunnel headers
 BACKENDS = 10
 
@@ -92,10 +94,12 @@ def eal_ports(pcap):
 
 
 @contextlib.contextmanager
-def sluice_stack(tmp, tag, pcap, conn_capacity, mbufs, dataplane_extra=()):
-    """sluiced with an empty configuration and sluice-dataplane (one lcore,
-    net_pcap -> net_null); yields the sluicectl command prefix and removes
-    everything, shared memory and EAL files included, on the way out."""
+def sluice_stack(tmp, tag, ports, dataplane_extra=(), in_memory=True):
+    """sluiced with an empty configuration and sluice-dataplane (one lcore
+    on the EAL `ports`); yields the sluicectl command prefix and removes
+    everything, shared memory and EAL files included, on the way out.
+    net_memif needs EAL's multi-process channel, so no --in-memory there
+    (--huge-unlink instead: nothing left in /dev/hugepages)."""
     prefix = f"sl{tag}{os.getpid()}"
     shm = f"/dev/shm/sluice-{prefix}"
     conn = f"/dev/shm/sluice-conn-{prefix}"
@@ -110,11 +114,9 @@ def sluice_stack(tmp, tag, pcap, conn_capacity, mbufs, dataplane_extra=()):
                            "--tunnel-source4", "198.18.200.0/24", "--tunnel-source6", "2001:db8:200::/64"], log_d))
         wait_for(log_d, "listening on", procs[-1])
         log_dp = os.path.join(tmp, f"{tag}-dataplane.log")
-        procs.append(Proc([DATAPLANE, "-l", "1", "--in-memory", "--file-prefix", prefix, "--log-level", "*:warning",
-                           *eal_ports(pcap), "--", "--shm", shm, "--conn-file", conn,
-                           "--conn-capacity", str(conn_capacity), "--client-port", "net_pcap0",
-                           "--backend-port", "net_null0", "--mbufs", str(mbufs), "--mbuf-size", str(MBUF_SIZE),
-                           *dataplane_extra], log_dp))
+        procs.append(Proc([DATAPLANE, "-l", "1", "--in-memory" if in_memory else "--huge-unlink",
+                           "--file-prefix", prefix, "--log-level", "*:warning", *ports, "--", "--shm", shm,
+                           "--conn-file", conn, *dataplane_extra], log_dp))
         wait_for(log_dp, "sluice-dataplane: pid", procs[-1], timeout=120)
         yield [SLUICECTL, "--socket", sock]
     finally:
@@ -126,21 +128,26 @@ def sluice_stack(tmp, tag, pcap, conn_capacity, mbufs, dataplane_extra=()):
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
 
 
+def configure_vip(ctl, vip, mode, pattern):
+    subprocess.run(ctl + ["vip", "add", vip, "--mode", mode, "--check", "none"], check=True, capture_output=True)
+    for i in range(BACKENDS):
+        subprocess.run(ctl + ["backend", "add", vip, pattern.format(100 + i), "--mac", f"02:00:00:00:01:{i:02x}"],
+                       check=True, capture_output=True)
+
+
 def run_sluice(tmp, pcap, scen, seconds):
     name, mode, _, vip, pattern = scen
     packets = pcap_packets(pcap)
     extra = ["--tcp-syn-timeout-ms", "1"] if name.endswith("-new") else []
-    with sluice_stack(tmp, "b", pcap, 2 << 20, packets + 16384, extra) as ctl:
+    replay_args = ["--conn-capacity", str(2 << 20), "--client-port", "net_pcap0", "--backend-port", "net_null0",
+                   "--mbufs", str(packets + 16384), "--mbuf-size", str(MBUF_SIZE)]
+    with sluice_stack(tmp, "b", eal_ports(pcap), replay_args + extra) as ctl:
         def sample():
             st = json.loads(subprocess.run(ctl + ["stats", "--json"], check=True, capture_output=True,
                                            text=True).stdout)
             return time.time(), st["counters"]
 
-        subprocess.run(ctl + ["vip", "add", vip, "--mode", mode, "--check", "none"], check=True,
-                       capture_output=True)
-        for i in range(BACKENDS):
-            subprocess.run(ctl + ["backend", "add", vip, pattern.format(100 + i), "--mac", f"02:00:00:00:01:{i:02x}"],
-                           check=True, capture_output=True)
+        configure_vip(ctl, vip, mode, pattern)
         # Warm-up: two passes over the file once configured (every flow in
         # the table); packets before that were dropped as not_configured.
         t_start, c_start = sample()
@@ -190,6 +197,111 @@ def run_testpmd(tmp, pcap, fwd_mode, seconds):
     return {"mpps": sum(measured) / len(measured) / 1e6}
 
 
+# The memif benchmark: sluice-gen (lcore 0) -> net_memif -> the forwarder
+# under test (lcore 1, one-armed) -> net_memif -> sluice-gen. Every scenario
+# uses one UDP VIP, 64-byte frames. name, forwarder (a sluice VIP mode or
+# "testpmd"), flows, rate (Mpps, 0 = as fast as the ports take them), share
+# of new flows.
+MEMIF_VIP = ("198.18.1.1:80/udp", "198.18.0.{}")
+MEMIF_SCENARIOS = [
+    ("testpmd-io", "testpmd", 1000, 0, 0),
+    ("ipip4", "ipip", 1000, 0, 0),
+    ("ipip4-1M", "ipip", 1000000, 0, 0),
+    ("ipip4-new20", "ipip", 1000, 0, 0.2),
+    ("nat", "nat", 1000, 0, 0),
+    ("dsr", "dsr", 1000, 0, 0),
+    ("testpmd-io@1Mpps", "testpmd", 1000, 1, 0),
+    ("ipip4@1Mpps", "ipip", 1000, 1, 0),
+    ("ipip4@4Mpps", "ipip", 1000, 4, 0),
+]
+
+
+def memif_vdev(sock, role):
+    return ["--no-pci", "--vdev", f"net_memif0,role={role},socket={sock},id=0"]
+
+
+def run_gen(tmp, sock, flows, rate, new_share, seconds):
+    prefix = f"sg{os.getpid()}"
+    try:
+        r = subprocess.run([SLUICE_GEN, "-l", "0", "--huge-unlink", "--file-prefix", prefix, "--log-level", "*:error",
+                            *memif_vdev(sock, "client"), "--", "--vip", MEMIF_VIP[0], "--flows", str(flows),
+                            "--rate-mpps", str(rate), "--new-share", str(new_share), "--seconds", str(seconds),
+                            "--json"], capture_output=True, text=True, timeout=180 + seconds)
+    finally:
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("{")), None)
+    if r.returncode != 0 or not line:
+        raise RuntimeError(f"sluice-gen failed ({r.returncode}):\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}")
+    return json.loads(line)
+
+
+@contextlib.contextmanager
+def memif_testpmd(tmp, sock):
+    """dpdk-testpmd forwarding everything back (io, one port looped): the
+    baseline on the same memif ports."""
+    prefix = f"tpm{os.getpid()}"
+    logf = os.path.join(tmp, "testpmd-memif.log")
+    p = Proc(["dpdk-testpmd", "-l", "0,1", "--huge-unlink", "--file-prefix", prefix, "--log-level", "*:warning",
+              *memif_vdev(sock, "server"), "--", "--forward-mode=io", "--port-topology=loop",
+              "--total-num-mbufs=32768", "--nb-cores=1", "--stats-period=10", "--no-lsc-interrupt"], logf)
+    try:
+        wait_for(logf, "start packet forwarding", p)
+        yield
+    finally:
+        p.stop()
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+
+
+def memif_forwarder(tmp, sock, kind):
+    if kind == "testpmd":
+        return memif_testpmd(tmp, sock)
+
+    @contextlib.contextmanager
+    def sluice():
+        with sluice_stack(tmp, "m", memif_vdev(sock, "server"), ["--conn-capacity", str(4 << 20)],
+                          in_memory=False) as ctl:
+            configure_vip(ctl, MEMIF_VIP[0], kind, MEMIF_VIP[1])
+            yield
+    return sluice()
+
+
+def run_memif(tmp, seconds, pktgen):
+    results = []
+    for name, kind, flows, rate, new_share in MEMIF_SCENARIOS:
+        sock = os.path.join(tmp, "memif.sock")
+        with memif_forwarder(tmp, sock, kind):
+            r = run_gen(tmp, sock, flows, rate, new_share, seconds)
+            if pktgen and rate == 0 and new_share == 0 and flows == 1000:
+                r["pktgen"] = run_pktgen(tmp, sock, seconds)
+        r["name"] = name
+        results.append(r)
+        lat = r["latency_ns"]
+        log(f"memif {name:<17} {flows:>8} flows: offered {r['offered_mpps']:6.2f} Mpps, forwarded "
+            f"{r['forwarded_mpps']:6.2f} Mpps, loss {r['loss_ratio'] * 100:.3f}%, latency p50/p99/p99.9 "
+            f"{lat['p50'] / 1e3:.1f}/{lat['p99'] / 1e3:.1f}/{lat['p999'] / 1e3:.1f} us")
+        pg = r.get("pktgen", {})
+        if "forwarded_mpps" in pg:
+            log(f"      Pktgen-DPDK in place of sluice-gen: offered {pg['offered_mpps']:.2f} Mpps, forwarded "
+                f"{pg['forwarded_mpps']:.2f} Mpps, latency {pg['latency']}")
+        elif pg:
+            log(f"      Pktgen-DPDK: {pg}")
+    return results
+
+
+def run_pktgen(tmp, sock, seconds):
+    """The same scenario driven by Pktgen-DPDK when a `pktgen` binary is on
+    PATH (bench/pktgen/run_pktgen.sh says so when it is not)."""
+    out = os.path.join(tmp, "pktgen.json")
+    r = subprocess.run([PKTGEN_RUNNER, "--socket", sock, "--seconds", str(seconds), "--out", out],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode == 2:
+        return {"skipped": r.stdout.strip() or r.stderr.strip()}
+    if r.returncode != 0 or not os.path.exists(out):
+        return {"failed": (r.stdout + r.stderr)[-1500:]}
+    with open(out) as f:
+        return json.load(f)
+
+
 def instructions_per_packet(tmp, pcap, mode):
     """Exact: callgrind on the forwarder alone, counting only forward_one_burst."""
     if not shutil.which("valgrind"):
@@ -220,7 +332,9 @@ def publish_latency(tmp):
     """sluicectl command -> dataplane on the new table: sluicectl returns once
     every online worker has passed the new generation (shm_abi.h)."""
     pcap = os.path.join(tmp, "pcaps", "est-v4-1000.pcap")
-    with sluice_stack(tmp, "p", pcap, 65536, 20000) as ctl:
+    with sluice_stack(tmp, "p", eal_ports(pcap), ["--conn-capacity", "65536", "--client-port", "net_pcap0",
+                                                  "--backend-port", "net_null0", "--mbufs", "20000",
+                                                  "--mbuf-size", str(MBUF_SIZE)]) as ctl:
         subprocess.run(ctl + ["vip", "add", "198.18.1.1:80/tcp", "--check", "none"], check=True, capture_output=True)
         times = []
         for i in range(40):
@@ -237,14 +351,18 @@ def core_bench():
     return out
 
 
-def plot(results, outdir):
+def pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
         log("matplotlib missing (apt-get install python3-matplotlib): no plots")
-        return []
+        return None
+
+
+def plot_replay(plt, results, outdir):
     flows = sorted({r["flows"] for r in results["replay"]})
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in [s[0] for s in SCENARIOS] + ["testpmd-io-v4", "testpmd-5tswap-v4", "testpmd-io-v6"]:
@@ -262,7 +380,32 @@ def plot(results, outdir):
     ax.grid(True, which="both", alpha=0.3)
     path = os.path.join(outdir, "mpps_vs_flows.png")
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    return [path]
+    plt.close(fig)
+    return path
+
+
+def plot_latency(plt, results, outdir):
+    runs = results["memif"]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.27
+    for k, (key, label) in enumerate((("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))):
+        xs = [i + (k - 1) * width for i in range(len(runs))]
+        ax.bar(xs, [max(r["latency_ns"][key], 1) / 1e3 for r in runs], width, label=label)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([f"{r['name']}\n{r['forwarded_mpps']:.1f} Mpps" for r in runs], fontsize=7, rotation=30,
+                       ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("round-trip latency, microseconds")
+    ax.set_title("sluice-gen -> net_memif -> forwarder -> net_memif -> sluice-gen, 64-byte UDP")
+    ax.legend()
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    path = os.path.join(outdir, "latency_percentiles.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+PARTS = ("replay", "instructions", "memif", "control", "core")
 
 
 def main():
@@ -270,48 +413,72 @@ def main():
     ap.add_argument("--flows", type=int, nargs="+", default=[1000, 100000, 1000000])
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
-    ap.add_argument("--skip-core", action="store_true", help="skip the core microbenchmark (10M entries)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to run; results of parts not run are kept from the existing results.json")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "results.json")
+    results = {}
+    if set(args.parts) != set(PARTS) and os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    results["machine"] = {"cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                                       if l.startswith("model name")), "?"),
+                          "cores": os.cpu_count(), "kernel": platform.release(),
+                          "date": time.strftime("%Y-%m-%d %H:%M"), "parts": args.parts}
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     pcaps = os.path.join(tmp, "pcaps")
-    results = {"machine": {"cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                                        if l.startswith("model name")), "?"),
-                           "cores": os.cpu_count(), "kernel": platform.release(),
-                           "date": time.strftime("%Y-%m-%d %H:%M")},
-               "replay": [], "instructions": {}}
     try:
-        subprocess.run([sys.executable, GEN, pcaps, "--flows", *map(str, args.flows)], check=True,
-                       stdout=subprocess.DEVNULL)
-        for n in args.flows:
-            for kind, fam in (("est-v4", "v4"), ("est-v6", "v6")):
-                pcap = os.path.join(pcaps, f"{kind}-{n}.pcap")
-                for mode in ("io", "5tswap") if fam == "v4" else ("io",):
-                    r = run_testpmd(tmp, pcap, mode, args.seconds)
-                    results["replay"].append({"name": f"testpmd-{mode}-{fam}", "flows": n, **r})
-                    log(f"{n:>8} flows  testpmd {mode:<7} {fam}: {r['mpps']:7.2f} Mpps")
+        if {"replay", "instructions", "control"} & set(args.parts):
+            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, args.flows)], check=True,
+                           stdout=subprocess.DEVNULL)
+        if "replay" in args.parts:
+            results["replay"] = []
+            for n in args.flows:
+                for kind, fam in (("est-v4", "v4"), ("est-v6", "v6")):
+                    pcap = os.path.join(pcaps, f"{kind}-{n}.pcap")
+                    for mode in ("io", "5tswap") if fam == "v4" else ("io",):
+                        r = run_testpmd(tmp, pcap, mode, args.seconds)
+                        results["replay"].append({"name": f"testpmd-{mode}-{fam}", "flows": n, **r})
+                        log(f"{n:>8} flows  testpmd {mode:<7} {fam}: {r['mpps']:7.2f} Mpps")
+                for scen in SCENARIOS:
+                    pcap = os.path.join(pcaps, f"{scen[2]}-{n}.pcap")
+                    r = run_sluice(tmp, pcap, scen, args.seconds)
+                    base = next(x["mpps"] for x in results["replay"]
+                                if x["name"] == f"testpmd-io-{scen[2][-2:]}" and x["flows"] == n)
+                    r["ratio_vs_testpmd_io"] = r["mpps"] / base
+                    results["replay"].append({"name": scen[0], "flows": n, **r})
+                    log(f"{n:>8} flows  sluice  {scen[0]:<10}: {r['mpps']:7.2f} Mpps, ratio "
+                        f"{r['ratio_vs_testpmd_io']:.3f}, {r['cycles_per_packet'] or 0:6.0f} cycles/pkt, "
+                        f"{r['new_flows_per_s'] / 1e6:.2f} M new flows/s")
+        if "instructions" in args.parts:
+            results["instructions"] = {}
+            small = min(args.flows)
             for scen in SCENARIOS:
-                pcap = os.path.join(pcaps, f"{scen[2]}-{n}.pcap")
-                r = run_sluice(tmp, pcap, scen, args.seconds)
-                base = next(x["mpps"] for x in results["replay"]
-                            if x["name"] == f"testpmd-io-{scen[2][-2:]}" and x["flows"] == n)
-                r["ratio_vs_testpmd_io"] = r["mpps"] / base
-                results["replay"].append({"name": scen[0], "flows": n, **r})
-                log(f"{n:>8} flows  sluice  {scen[0]:<10}: {r['mpps']:7.2f} Mpps, ratio {r['ratio_vs_testpmd_io']:.3f},"
-                    f" {r['cycles_per_packet'] or 0:6.0f} cycles/pkt, {r['new_flows_per_s'] / 1e6:.2f} M new flows/s")
-        small = min(args.flows)
-        for scen in SCENARIOS:
-            ipp = instructions_per_packet(tmp, os.path.join(pcaps, f"{scen[2]}-{small}.pcap"), scen[1])
-            if ipp:
-                results["instructions"][scen[0]] = ipp
-                log(f"instructions/packet {scen[0]:<10} ({small} flows, callgrind): {ipp['instructions_per_packet']:.0f}")
-        results["publish"] = publish_latency(tmp)
-        log(f"sluicectl backend add -> dataplane on the new table: median {results['publish']['median_ms']:.1f} ms")
-        if not args.skip_core:
+                ipp = instructions_per_packet(tmp, os.path.join(pcaps, f"{scen[2]}-{small}.pcap"), scen[1])
+                if ipp:
+                    results["instructions"][scen[0]] = ipp
+                    log(f"instructions/packet {scen[0]:<10} ({small} flows, callgrind): "
+                        f"{ipp['instructions_per_packet']:.0f}")
+        if "memif" in args.parts:
+            pktgen = shutil.which("pktgen") is not None
+            if not pktgen:
+                r = subprocess.run([PKTGEN_RUNNER, "--check"], capture_output=True, text=True)
+                results["pktgen"] = {"skipped": (r.stdout + r.stderr).strip()}
+                log(results["pktgen"]["skipped"])
+            results["memif"] = run_memif(tmp, args.seconds, pktgen)
+        if "control" in args.parts:
+            results["publish"] = publish_latency(tmp)
+            log(f"sluicectl backend add -> dataplane on the new table: median {results['publish']['median_ms']:.1f} ms")
+        if "core" in args.parts:
             results["core_bench"] = core_bench()
             log(results["core_bench"])
-        results["plots"] = plot(results, args.out)
-        path = os.path.join(args.out, "results.json")
+        plt = pyplot()
+        results["plots"] = []
+        if plt and results.get("replay"):
+            results["plots"].append(plot_replay(plt, results, args.out))
+        if plt and results.get("memif"):
+            results["plots"].append(plot_latency(plt, results, args.out))
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
         log(f"wrote {path} and {', '.join(results['plots'])}")
