@@ -5,7 +5,7 @@
 // instruction count of the packet path per packet is exact and repeatable,
 // where this machine's VM has no hardware counters for `perf stat`.
 //
-//   sluice-forwarder-replay PCAP --mode nat|dsr|ipip|gue [--passes N] [--backends N]
+//   sluice-forwarder-replay PCAP --mode nat|dsr|ipip|gue [--passes N] [--backends N] [--new-flows]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -65,6 +65,10 @@ int main(int argc, char** argv) {
     app.add_option("--passes", passes, "Replays of the whole file; the first warms the table")->capture_default_str();
     app.add_option("--backends", backends, "Backends of the VIP")->capture_default_str();
     app.add_option("--conn-capacity", capacity, "Connection-table flows")->capture_default_str();
+    bool fresh = false;
+    app.add_flag("--new-flows", fresh,
+                 "Advance the clock past every timeout between passes, so each pass finds its flows expired "
+                 "and inserts them anew (the new-flow cost)");
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -113,7 +117,8 @@ int main(int argc, char** argv) {
                     std::memcpy(data, packets[i + j].data(), packets[i + j].size());
                     bufs[j] = {data, static_cast<uint16_t>(packets[i + j].size()), kHeadroom};
                 }
-                forward_one_burst(fwd, *cfg, bufs, n, 1000, actions, drops);
+                const uint32_t now_ms = fresh ? 1000 + pass * 10'000'000u : 1000;
+                forward_one_burst(fwd, *cfg, bufs, n, now_ms, actions, drops);
                 for (uint16_t j = 0; j < n; ++j) forwarded += actions[j] != Action::kDrop;
                 if (pass > 0) timed_packets += n;
             }

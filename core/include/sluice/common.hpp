@@ -35,6 +35,17 @@ SLUICE_ALWAYS_INLINE void store_be32(uint8_t* p, uint32_t v) {
     std::memcpy(p, &v, sizeof v);
 }
 
+SLUICE_ALWAYS_INLINE uint64_t load_be64(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return __builtin_bswap64(v);
+}
+
+SLUICE_ALWAYS_INLINE void store_be64(uint8_t* p, uint64_t v) {
+    v = __builtin_bswap64(v);
+    std::memcpy(p, &v, sizeof v);
+}
+
 SLUICE_ALWAYS_INLINE void prefetch_read(const void* p) { __builtin_prefetch(p, 0, 3); }
 SLUICE_ALWAYS_INLINE void prefetch_write(const void* p) { __builtin_prefetch(p, 1, 3); }
 

@@ -32,23 +32,38 @@ SLUICE_ALWAYS_INLINE uint16_t encap_overhead(uint8_t outer_family, bool gue) {
                                  (gue ? net::kUdpHeaderLen : 0));
 }
 
-// The address `prefix/len` with its host bits taken from `hash`.
-SLUICE_ALWAYS_INLINE void prefix_with_hash(uint8_t* out, const uint8_t* prefix, unsigned len,
-                                           unsigned bytes, uint64_t hash) {
-    for (unsigned i = 0; i < bytes; ++i) {
-        const unsigned bit = i * 8;
-        const uint8_t keep = bit + 8 <= len ? 0xff : bit >= len ? 0 : static_cast<uint8_t>(0xff << (8 - (len - bit)));
-        out[i] = static_cast<uint8_t>((prefix[i] & keep) | (static_cast<uint8_t>(hash >> ((i % 8) * 8)) & ~keep));
-    }
+// The top `len` bits of a 32- or 64-bit word.
+template <typename T>
+SLUICE_ALWAYS_INLINE T high_bits(unsigned len) {
+    constexpr unsigned kBits = sizeof(T) * 8;
+    return len >= kBits ? static_cast<T>(~T{0}) : len == 0 ? T{0} : static_cast<T>(~T{0} << (kBits - len));
+}
+
+// The address `prefix/len` with its host bits taken from `hash`: address byte
+// i carries hash byte i % 8. Built in registers, a word at a time: the
+// outer header's checksum is then summed from values, never read back from
+// bytes just stored (which a load cannot forward from).
+SLUICE_ALWAYS_INLINE uint32_t prefix_with_hash4(const uint8_t* prefix, unsigned len, uint64_t hash) {
+    const uint32_t keep = high_bits<uint32_t>(len);
+    return (load_be32(prefix) & keep) | (__builtin_bswap32(static_cast<uint32_t>(hash)) & ~keep);
+}
+
+SLUICE_ALWAYS_INLINE void prefix_with_hash6(uint8_t* out, const uint8_t* prefix, unsigned len, uint64_t hash) {
+    const uint64_t host = __builtin_bswap64(hash);
+    const uint64_t keep_hi = high_bits<uint64_t>(len);
+    const uint64_t keep_lo = high_bits<uint64_t>(len > 64 ? len - 64 : 0);
+    store_be64(out, (load_be64(prefix) & keep_hi) | (host & ~keep_hi));
+    store_be64(out + 8, (load_be64(prefix + 8) & keep_lo) | (host & ~keep_lo));
 }
 
 // Decrements the inner TTL / hop limit (RFC 2003 §3 / RFC 2473 §3.1).
 SLUICE_ALWAYS_INLINE bool decrement_inner_ttl(uint8_t* ip, uint8_t family) {
     if (family == 4) {
-        if (ip[8] <= 1) return false;
-        const uint8_t before[2] = {ip[8], ip[9]};
-        --ip[8];
-        net::csum_replace(ip + net::kIpv4OffChecksum, before, ip + 8, 2);
+        const uint16_t ttl_proto = load_be16(ip + 8);
+        if (ttl_proto < 0x200) return false;  // TTL 0 or 1
+        const auto after = static_cast<uint16_t>(ttl_proto - 0x100);
+        store_be16(ip + 8, after);
+        net::csum_replace16(ip + net::kIpv4OffChecksum, ttl_proto, after);
     } else {
         if (ip[7] <= 1) return false;
         --ip[7];
@@ -83,25 +98,26 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     const uint8_t tos = inner_family == 4 ? inner[1]
                                           : static_cast<uint8_t>((load_be16(inner) >> 4) & 0xff);
     if (t.outer_family == 4) {
-        const bool df = inner_family == 6 || (inner[6] & 0x40u);
-        outer[0] = 0x45;
-        outer[1] = tos;
-        store_be16(outer + 2, static_cast<uint16_t>(overhead + inner_len));
-        store_be16(outer + 4, 0);
-        store_be16(outer + 6, df ? 0x4000 : 0);
-        outer[8] = net::kDefaultHopLimit;
-        outer[9] = next;
-        store_be16(outer + 10, 0);
-        prefix_with_hash(outer + net::kIpv4OffSrc, cfg.tunnel_src4, cfg.tunnel_src4_len, 4, hash);
-        std::memcpy(outer + net::kIpv4OffDst, t.dst, 4);
-        store_be16(outer + 10, net::csum_full(outer, net::kIpv4MinHeaderLen));
+        const uint16_t ver_tos = static_cast<uint16_t>(0x4500u | tos);
+        const auto total_len = static_cast<uint16_t>(overhead + inner_len);
+        const uint16_t frag = inner_family == 6 || (inner[6] & 0x40u) ? 0x4000 : 0;  // DF
+        const uint16_t ttl_proto = static_cast<uint16_t>(net::kDefaultHopLimit << 8 | next);
+        const uint32_t src = prefix_with_hash4(cfg.tunnel_src4, cfg.tunnel_src4_len, hash);
+        const uint32_t dst = load_be32(t.dst);
+        const uint32_t sum = uint32_t{ver_tos} + total_len + frag + ttl_proto + (src >> 16) + (src & 0xffff) +
+                             (dst >> 16) + (dst & 0xffff);
+        store_be32(outer, uint32_t{ver_tos} << 16 | total_len);
+        store_be32(outer + 4, frag);  // identification 0
+        store_be32(outer + 8, uint32_t{ttl_proto} << 16 | static_cast<uint16_t>(~net::csum_fold(sum)));
+        store_be32(outer + net::kIpv4OffSrc, src);
+        store_be32(outer + net::kIpv4OffDst, dst);
     } else {
         store_be32(outer, 0x60000000u | (static_cast<uint32_t>(tos) << 20) |
                               static_cast<uint32_t>(hash & 0xfffffu));
         store_be16(outer + 4, static_cast<uint16_t>(overhead - net::kIpv6HeaderLen + inner_len));
         outer[6] = next;
         outer[7] = net::kDefaultHopLimit;
-        prefix_with_hash(outer + net::kIpv6OffSrc, cfg.tunnel_src6, cfg.tunnel_src6_len, 16, hash);
+        prefix_with_hash6(outer + net::kIpv6OffSrc, cfg.tunnel_src6, cfg.tunnel_src6_len, hash);
         std::memcpy(outer + net::kIpv6OffDst, t.dst, 16);
     }
     if (t.gue) {

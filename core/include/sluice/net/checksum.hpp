@@ -25,6 +25,13 @@ SLUICE_ALWAYS_INLINE void csum_replace(uint8_t* field, const uint8_t* before, co
     store_be16(field, static_cast<uint16_t>(~csum_fold(sum)));
 }
 
+// The same for one 16-bit word given by value: no read of a field the
+// caller has just stored (a narrower store cannot forward to the load).
+SLUICE_ALWAYS_INLINE void csum_replace16(uint8_t* field, uint16_t before, uint16_t after) {
+    const uint32_t sum = static_cast<uint16_t>(~load_be16(field)) + static_cast<uint16_t>(~before) + uint32_t{after};
+    store_be16(field, static_cast<uint16_t>(~csum_fold(sum)));
+}
+
 // UDP over IPv4 may carry no checksum (0): it must stay 0. A computed 0 is
 // sent as 0xffff (RFC 768), which the update must preserve as well.
 SLUICE_ALWAYS_INLINE void udp_csum_replace(uint8_t* field, const uint8_t* before,
