@@ -5,6 +5,8 @@
 // (Maglev, NSDI'16 §3.3, "consistent hashing").
 #pragma once
 
+#include <bit>
+
 #include "sluice/xxhash.hpp"
 
 #include "sluice/common.hpp"
@@ -39,26 +41,47 @@ struct FlowKey {
 };
 static_assert(sizeof(FlowKey) == 40);
 
-SLUICE_ALWAYS_INLINE FlowKey make_flow_key(const uint8_t* pkt, const net::ParsedPacket& p,
-                                           FlowDirection dir) {
-    FlowKey k{};
-    std::memcpy(k.src, p.src_addr(pkt), p.addr_len());
-    std::memcpy(k.dst, p.dst_addr(pkt), p.addr_len());
-    k.src_port = p.l4.src_port;
-    k.dst_port = p.l4.dst_port;
-    k.proto = p.proto;
-    k.family = p.family;
-    k.direction = dir;
+// Keys are built as five 8-byte words in registers and stored whole: the
+// hash and the comparisons read them back as 8-byte words, which a store
+// buffer holding narrower stores (a 4-byte address over a zeroed key, a
+// 2-byte port) cannot forward: each such load stalls until the stores
+// retire. The last word is the port/proto/family/direction fields in their
+// in-memory (little-endian) order.
+static_assert(std::endian::native == std::endian::little, "FlowKey words assume a little-endian host");
+
+SLUICE_ALWAYS_INLINE FlowKey make_flow_key(const uint8_t* pkt, const net::ParsedPacket& p, FlowDirection dir,
+                                           uint16_t src_port, uint16_t dst_port) {
+    uint64_t w[5];
+    const uint8_t* src = p.src_addr(pkt);
+    const uint8_t* dst = p.dst_addr(pkt);
+    if (p.family == 4) {
+        uint32_t a, b;
+        std::memcpy(&a, src, 4);
+        std::memcpy(&b, dst, 4);
+        w[0] = a;
+        w[1] = 0;
+        w[2] = b;
+        w[3] = 0;
+    } else {
+        std::memcpy(&w[0], src, 16);
+        std::memcpy(&w[2], dst, 16);
+    }
+    w[4] = uint64_t{src_port} | uint64_t{dst_port} << 16 | uint64_t{p.proto} << 32 | uint64_t{p.family} << 40 |
+           uint64_t{static_cast<uint8_t>(dir)} << 48;
+    FlowKey k;
+    std::memcpy(&k, w, sizeof k);
     return k;
+}
+
+SLUICE_ALWAYS_INLINE FlowKey make_flow_key(const uint8_t* pkt, const net::ParsedPacket& p, FlowDirection dir) {
+    return make_flow_key(pkt, p, dir, p.l4.src_port, p.l4.dst_port);
 }
 
 // The key of a fragmented datagram: (src, dst, protocol, identification),
 // the identification in place of the ports later fragments do not carry.
 SLUICE_ALWAYS_INLINE FlowKey fragment_key(const uint8_t* pkt, const net::ParsedPacket& p) {
-    FlowKey k = make_flow_key(pkt, p, FlowDirection::kFragment);
-    k.src_port = static_cast<uint16_t>(p.frag_id >> 16);
-    k.dst_port = static_cast<uint16_t>(p.frag_id);
-    return k;
+    return make_flow_key(pkt, p, FlowDirection::kFragment, static_cast<uint16_t>(p.frag_id >> 16),
+                         static_cast<uint16_t>(p.frag_id));
 }
 
 SLUICE_ALWAYS_INLINE uint64_t flow_hash(const FlowKey& k, uint64_t seed) {

@@ -234,27 +234,20 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         table_.prefetch(s.hash);
         return;
     }
-    VipKey vk{};
-    std::memcpy(vk.addr, p.dst_addr(pkt), p.addr_len());
-    vk.port = p.l4.dst_port;
-    vk.proto = p.proto;
-    vk.family = p.family;
-    s.vip_slot = find_vip_for_port(cfg, vk);
+    s.vip_slot = find_vip_for_port(cfg, make_vip_key(p.dst_addr(pkt), p.family, p.l4.dst_port, p.proto));
     if (SLUICE_LIKELY(s.vip_slot >= 0)) {
         s.kind = Kind::kToVip;
-        s.key = make_flow_key(pkt, p, FlowDirection::kToBackend);
-        if (cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG) {
-            s.key.src_port = static_cast<uint16_t>(p.l4.tag >> 16);
-            s.key.dst_port = static_cast<uint16_t>(p.l4.tag);
-        }
+        s.key = cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG
+                    ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
+                                    static_cast<uint16_t>(p.l4.tag))
+                    : make_flow_key(pkt, p, FlowDirection::kToBackend);
         s.hash = flow_hash(s.key, cfg.hash_seed);
         table_.prefetch(s.hash);
         return;
     }
     if ((p.proto == net::kProtoIcmp || p.proto == net::kProtoIcmpv6) && p.has_l4) {
-        vk.proto = 0;  // the address entry: is this a VIP address at all?
-        vk.port = 0;
-        const int addr_slot = find_vip(cfg, vk);
+        // The address entry: is this a VIP address at all?
+        const int addr_slot = find_vip(cfg, make_vip_key(p.dst_addr(pkt), p.family, 0, 0));
         if (addr_slot >= 0) {
             s.vip_slot = addr_slot;
             if (net::is_echo_request(p.family, p.l4.icmp_type)) {
@@ -270,12 +263,9 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
                 const unsigned alen = p.addr_len();
                 const unsigned src_off = p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc;
                 const unsigned dst_off = p.family == 4 ? net::kIpv4OffDst : net::kIpv6OffDst;
-                VipKey qk{};
-                std::memcpy(qk.addr, pkt + q.l3_offset + src_off, alen);
-                qk.proto = q.proto;
-                qk.family = p.family;
-                qk.port = q.has_ports ? load_be16(pkt + q.l4_offset) : 0;
-                s.vip_slot = find_vip_for_port(cfg, qk);
+                s.vip_slot = find_vip_for_port(cfg, make_vip_key(pkt + q.l3_offset + src_off, p.family,
+                                                                 q.has_ports ? load_be16(pkt + q.l4_offset) : 0,
+                                                                 q.proto));
                 if (s.vip_slot < 0) {
                     s.drop = DropReason::kIcmpUnmatched;
                     return;
@@ -568,10 +558,8 @@ SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const u
         client = s.key.src;
         break;
     case Kind::kLaterFragment: {
-        VipKey vk{};
-        std::memcpy(vk.addr, p.dst_addr(pkt), p.addr_len());
-        vk.family = p.family;
-        client = find_vip(cfg, vk) >= 0 ? p.src_addr(pkt) : p.dst_addr(pkt);
+        client = find_vip(cfg, make_vip_key(p.dst_addr(pkt), p.family, 0, 0)) >= 0 ? p.src_addr(pkt)
+                                                                                  : p.dst_addr(pkt);
         break;
     }
     default: return opt_.worker;

@@ -42,13 +42,21 @@ SLUICE_ALWAYS_INLINE uint32_t vip_index_hash(const VipKey& k) {
     return static_cast<uint32_t>(h >> 32) & (SLUICE_VIP_INDEX_SLOTS - 1);
 }
 
-SLUICE_ALWAYS_INLINE VipKey vip_key_of(const sluice_vip& v) {
-    VipKey k{};
-    std::memcpy(k.addr, v.addr, sizeof k.addr);
-    k.port = v.port;
-    k.proto = v.proto;
-    k.family = v.family;
+// Built as words and stored whole, as FlowKey is (flow.hpp): the index hash
+// and the comparison read the key back as 4- and 8-byte words.
+SLUICE_ALWAYS_INLINE VipKey make_vip_key(const uint8_t* addr, uint8_t family, uint16_t port, uint8_t proto) {
+    uint32_t w[5] = {0, 0, 0, 0, 0};
+    std::memcpy(w, addr, family == 4 ? 4 : 16);
+    w[4] = uint32_t{port} | uint32_t{proto} << 16 | uint32_t{family} << 24;
+    VipKey k;
+    std::memcpy(&k, w, sizeof k);
     return k;
+}
+
+// The VIP's own key, or with `address_only` its address entry (protocol 0,
+// port 0: is this a VIP address at all?).
+SLUICE_ALWAYS_INLINE VipKey vip_key_of(const sluice_vip& v, bool address_only = false) {
+    return address_only ? make_vip_key(v.addr, v.family, 0, 0) : make_vip_key(v.addr, v.family, v.port, v.proto);
 }
 
 // Returns the VIP slot or -1.
@@ -58,9 +66,7 @@ SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
         const uint16_t entry = cfg.vip_index[i];
         if (entry == 0) return -1;
         const int slot = entry - 1;
-        VipKey k = vip_key_of(cfg.vips[slot]);
-        if (key.proto == 0) k.proto = 0, k.port = 0;  // an address entry
-        if (k == key) return slot;
+        if (vip_key_of(cfg.vips[slot], key.proto == 0) == key) return slot;
         i = (i + 1) & (SLUICE_VIP_INDEX_SLOTS - 1);
     }
     return -1;
@@ -71,8 +77,7 @@ SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
 SLUICE_ALWAYS_INLINE int find_vip_for_port(const sluice_config& cfg, VipKey key) {
     const int slot = find_vip(cfg, key);
     if (slot >= 0 || key.port == SLUICE_PORT_ANY) return slot;
-    key.port = SLUICE_PORT_ANY;
-    return find_vip(cfg, key);
+    return find_vip(cfg, make_vip_key(key.addr, key.family, SLUICE_PORT_ANY, key.proto));
 }
 
 // Control path: rebuilds the index from cfg.vips. Besides one entry per VIP
@@ -87,9 +92,7 @@ inline bool build_vip_index(sluice_config& cfg) {
         uint32_t probe = 0;
         while (cfg.vip_index[i] != 0) {
             const uint32_t other = cfg.vip_index[i] - 1u;
-            VipKey ok = vip_key_of(cfg.vips[other]);
-            if (key.proto == 0) ok.proto = 0, ok.port = 0;
-            if (ok == key) {  // an address entry already there: keep the echo answerer
+            if (vip_key_of(cfg.vips[other], key.proto == 0) == key) {  // an address entry already there: keep the echo answerer
                 if (cfg.vips[slot].flags & SLUICE_VIP_ECHO_REPLY) cfg.vip_index[i] = static_cast<uint16_t>(slot + 1);
                 return true;
             }
@@ -106,10 +109,7 @@ inline bool build_vip_index(sluice_config& cfg) {
     }
     for (uint32_t slot = 0; slot < cfg.vip_slots_used; ++slot) {
         if (cfg.vips[slot].uid == 0) continue;
-        VipKey addr_key = vip_key_of(cfg.vips[slot]);
-        addr_key.proto = 0;
-        addr_key.port = 0;
-        if (!insert(addr_key, slot)) return false;
+        if (!insert(vip_key_of(cfg.vips[slot], true), slot)) return false;
     }
     return true;
 }
