@@ -3,6 +3,8 @@
 // vip_index_max_probe + 1 slots, so a miss costs a bounded number of reads.
 #pragma once
 
+#include <cstddef>
+
 #include "sluice/xxhash.hpp"
 
 #include "sluice/common.hpp"
@@ -29,7 +31,7 @@ struct VipKey {
         return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (c ^ d)) == 0;
     }
 };
-static_assert(sizeof(VipKey) == 20);
+static_assert(sizeof(VipKey) == 20 && offsetof(VipKey, port) == 16);
 
 // A multiplicative fold of the five key words: the index has 1024 slots and
 // at most 512 entries, so a cheap mix with a full-width multiply is enough,
@@ -44,10 +46,17 @@ SLUICE_ALWAYS_INLINE uint32_t vip_index_hash(const VipKey& k) {
 
 // Built as words and stored whole, as FlowKey is (flow.hpp): the index hash
 // and the comparison read the key back as 4- and 8-byte words.
+SLUICE_ALWAYS_INLINE uint32_t vip_key_tail(uint16_t port, uint8_t proto, uint8_t family) {
+    return uint32_t{port} | uint32_t{proto} << 16 | uint32_t{family} << 24;
+}
+
 SLUICE_ALWAYS_INLINE VipKey make_vip_key(const uint8_t* addr, uint8_t family, uint16_t port, uint8_t proto) {
     uint32_t w[5] = {0, 0, 0, 0, 0};
-    std::memcpy(w, addr, family == 4 ? 4 : 16);
-    w[4] = uint32_t{port} | uint32_t{proto} << 16 | uint32_t{family} << 24;
+    if (family == 4)
+        std::memcpy(w, addr, 4);
+    else
+        std::memcpy(w, addr, 16);
+    w[4] = vip_key_tail(port, proto, family);
     VipKey k;
     std::memcpy(&k, w, sizeof k);
     return k;
@@ -59,6 +68,19 @@ SLUICE_ALWAYS_INLINE VipKey vip_key_of(const sluice_vip& v, bool address_only = 
     return address_only ? make_vip_key(v.addr, v.family, 0, 0) : make_vip_key(v.addr, v.family, v.port, v.proto);
 }
 
+// Whether VIP `v` (or with `address_only` its address entry) has `key`,
+// compared straight from the VIP's fields: sluice_vip keeps IPv4 addresses
+// zero-padded to 16 bytes, as keys are.
+SLUICE_ALWAYS_INLINE bool vip_has_key(const sluice_vip& v, const VipKey& key, bool address_only) {
+    uint64_t a[2], b[2];
+    uint32_t key_tail;
+    std::memcpy(a, v.addr, 16);
+    std::memcpy(b, key.addr, 16);
+    std::memcpy(&key_tail, &key.port, 4);
+    const uint32_t tail = address_only ? vip_key_tail(0, 0, v.family) : vip_key_tail(v.port, v.proto, v.family);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (tail ^ key_tail)) == 0;
+}
+
 // Returns the VIP slot or -1.
 SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
     uint32_t i = vip_index_hash(key);
@@ -66,7 +88,7 @@ SLUICE_ALWAYS_INLINE int find_vip(const sluice_config& cfg, const VipKey& key) {
         const uint16_t entry = cfg.vip_index[i];
         if (entry == 0) return -1;
         const int slot = entry - 1;
-        if (vip_key_of(cfg.vips[slot], key.proto == 0) == key) return slot;
+        if (vip_has_key(cfg.vips[slot], key, key.proto == 0)) return slot;
         i = (i + 1) & (SLUICE_VIP_INDEX_SLOTS - 1);
     }
     return -1;
@@ -92,7 +114,7 @@ inline bool build_vip_index(sluice_config& cfg) {
         uint32_t probe = 0;
         while (cfg.vip_index[i] != 0) {
             const uint32_t other = cfg.vip_index[i] - 1u;
-            if (vip_key_of(cfg.vips[other], key.proto == 0) == key) {  // an address entry already there: keep the echo answerer
+            if (vip_has_key(cfg.vips[other], key, key.proto == 0)) {  // an address entry already there: keep the echo answerer
                 if (cfg.vips[slot].flags & SLUICE_VIP_ECHO_REPLY) cfg.vip_index[i] = static_cast<uint16_t>(slot + 1);
                 return true;
             }
