@@ -10,81 +10,52 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "definition.hpp"
+
 namespace sluice {
 namespace {
 
 using nlohmann::json;
 
-// The schema: for every table, its keys and their JSON types.
-enum class Kind { kString, kInt, kBool, kTable, kTables };
-struct Field {
-    const char* name;
-    Kind kind;
-};
-const std::vector<Field> kNodeFields = {{"tunnel_source4", Kind::kString}, {"tunnel_source6", Kind::kString}};
-const std::vector<Field> kCheckFields = {
-    {"type", Kind::kString},     {"interval_ms", Kind::kInt}, {"timeout_ms", Kind::kInt},
-    {"rise", Kind::kInt},        {"fall", Kind::kInt},        {"port", Kind::kInt},
-    {"http_path", Kind::kString}, {"http_status", Kind::kInt}, {"http_body", Kind::kString}};
-const std::vector<Field> kBackendFields = {
-    {"address", Kind::kString}, {"weight", Kind::kInt}, {"mac", Kind::kString}};
-const std::vector<Field> kVipFields = {
-    {"address", Kind::kString}, {"mode", Kind::kString},   {"hash", Kind::kString},
-    {"table_size", Kind::kInt}, {"gue_port", Kind::kInt},  {"echo_reply", Kind::kBool},
-    {"check", Kind::kTable},    {"backend", Kind::kTables}};
-const std::vector<Field> kTopFields = {{"node", Kind::kTable}, {"vip", Kind::kTables}};
-
-const std::vector<Field>& sub_schema(const std::string& name) {
-    if (name == "node") return kNodeFields;
-    if (name == "check") return kCheckFields;
-    if (name == "backend") return kBackendFields;
-    return kVipFields;
+// TOML -> JSON, value by value. Which keys exist and what they hold is
+// checked by the daemon, by the same code that checks sluicectl's requests
+// and the state file (definition.hpp); here only what JSON cannot carry is
+// refused (dates and times), with its path.
+json convert(const toml::node& node, const std::string& path, std::vector<std::string>& errors) {
+    if (const auto* t = node.as_table()) {
+        json out = json::object();
+        for (const auto& [key, sub] : *t) {
+            const std::string k(key.str());
+            out[k] = convert(sub, path.empty() ? k : path + "." + k, errors);
+        }
+        return out;
+    }
+    if (const auto* a = node.as_array()) {
+        json out = json::array();
+        for (size_t i = 0; i < a->size(); ++i)
+            out.push_back(convert(*a->get(i), fmt::format("{}[{}]", path, i), errors));
+        return out;
+    }
+    if (auto v = node.value_exact<std::string>()) return *v;
+    if (auto v = node.value_exact<int64_t>()) return *v;
+    if (auto v = node.value_exact<bool>()) return *v;
+    if (auto v = node.value_exact<double>()) return *v;
+    errors.push_back(fmt::format("{}: dates and times are not used in a sluice configuration", path));
+    return nullptr;
 }
 
-json convert(const toml::table& t, const std::vector<Field>& schema, const std::string& path,
-             std::vector<std::string>& errors) {
-    json out = json::object();
-    for (const auto& [key, node] : t) {
-        const std::string k(key.str());
-        const std::string where = path.empty() ? k : path + "." + k;
-        auto f = std::find_if(schema.begin(), schema.end(), [&](const Field& x) { return k == x.name; });
-        if (f == schema.end()) {
-            errors.push_back(fmt::format("{}: unknown key", where));
-            continue;
-        }
-        switch (f->kind) {
-        case Kind::kString:
-            if (auto v = node.value<std::string>()) out[k] = *v;
-            else errors.push_back(fmt::format("{}: expected a string", where));
-            break;
-        case Kind::kInt:
-            if (node.is_integer()) out[k] = node.value<int64_t>().value();
-            else errors.push_back(fmt::format("{}: expected an integer", where));
-            break;
-        case Kind::kBool:
-            if (node.is_boolean()) out[k] = node.value<bool>().value();
-            else errors.push_back(fmt::format("{}: expected true or false", where));
-            break;
-        case Kind::kTable:
-            if (const auto* sub = node.as_table()) out[k] = convert(*sub, sub_schema(k), where, errors);
-            else errors.push_back(fmt::format("{}: expected a table", where));
-            break;
-        case Kind::kTables: {
-            const auto* arr = node.as_array();
-            if (!arr || !arr->is_array_of_tables()) {
-                errors.push_back(fmt::format("{}: expected [[{}]] tables", where, k));
-                break;
-            }
-            json list = json::array();
-            for (size_t i = 0; i < arr->size(); ++i)
-                list.push_back(convert(*arr->get(i)->as_table(), sub_schema(k),
-                                       fmt::format("{}[{}]", where, i), errors));
-            out[k] = list;
-            break;
-        }
-        }
+toml::table to_table(const json& j);
+
+// JSON arrays hold either tables ([[vip]]) or plain values (strings).
+toml::array to_array(const json& j) {
+    toml::array a;
+    for (const auto& e : j) {
+        if (e.is_object()) a.push_back(to_table(e));
+        else if (e.is_string()) a.push_back(e.get<std::string>());
+        else if (e.is_boolean()) a.push_back(e.get<bool>());
+        else if (e.is_number_integer()) a.push_back(e.get<int64_t>());
     }
-    return out;
+    return a;
 }
 
 toml::table to_table(const json& j) {
@@ -94,11 +65,7 @@ toml::table to_table(const json& j) {
         else if (v.is_boolean()) t.insert(k, v.get<bool>());
         else if (v.is_number_integer()) t.insert(k, v.get<int64_t>());
         else if (v.is_object()) t.insert(k, to_table(v));
-        else if (v.is_array()) {
-            toml::array a;
-            for (const auto& e : v) a.push_back(to_table(e));
-            t.insert(k, std::move(a));
-        }
+        else if (v.is_array()) t.insert(k, to_array(v));
     }
     return t;
 }
@@ -129,7 +96,7 @@ json config_from_toml(const std::string& text) {
                                                 e.source().begin.column, e.description()));
     }
     std::vector<std::string> errors;
-    json j = convert(t, kTopFields, "", errors);
+    json j = convert(t, "", errors);
     if (!errors.empty()) throw std::invalid_argument(join(errors));
     return j;
 }
@@ -145,26 +112,13 @@ json config_of(const Model& m) {
     if (m.tunnel_source(4).len) node["tunnel_source4"] = format_prefix(m.tunnel_source(4));
     if (m.tunnel_source(6).len) node["tunnel_source6"] = format_prefix(m.tunnel_source(6));
     json vips = json::array();
-    for (const auto& [id, v] : m.vips()) {
-        json backends = json::array();
-        for (const auto& b : v.backends)
-            backends.push_back({{"address", format_endpoint(b.endpoint)},
-                                {"weight", b.weight},
-                                {"mac", format_mac(b.mac)}});
-        json check = health_json(v.health);
-        json vj = {{"address", format_vip_id(id)},  {"mode", mode_name(v.mode)},
-                   {"hash", hash_fields_name(v.hash_fields)}, {"table_size", v.table_size},
-                   {"echo_reply", v.echo_reply},    {"check", check},
-                   {"backend", backends}};
-        if (v.mode == SLUICE_MODE_GUE) vj["gue_port"] = v.gue_port;
-        vips.push_back(vj);
-    }
+    for (const auto& [id, v] : m.vips()) vips.push_back(vip_definition_json(v));
     return {{"node", node}, {"vip", vips}};
 }
 
 Model apply_config(const Model& current, const json& desired,
                    const std::function<MacAddress(const IpAddress&)>& resolve_mac,
-                   const std::vector<IpAddress>& node_addresses, std::vector<std::string>& changes) {
+                   std::vector<std::string>& changes) {
     std::vector<std::string> errors;
     Model next = current;
     auto attempt = [&](const std::string& where, auto&& fn) {
@@ -176,12 +130,24 @@ Model apply_config(const Model& current, const json& desired,
             return false;
         }
     };
+    auto list = [](const json& j, const char* key, const char* what) {
+        const json l = j.value(key, json::array());
+        if (!l.is_array()) throw std::invalid_argument(fmt::format("{} must be a list of {} tables", key, what));
+        return l;
+    };
 
-    const json node = desired.value("node", json::object());
+    json node = json::object(), vips = json::array();
+    if (!attempt("configuration", [&] {
+            check_keys(desired, "configuration", {"node", "vip"});
+            node = desired.value("node", json::object());
+            check_keys(node, "node", {"tunnel_source4", "tunnel_source6"});
+            vips = list(desired, "vip", "[[vip]]");
+        }))
+        throw std::invalid_argument(fmt::format("the configuration is refused, nothing changed:\n{}", join(errors)));
     for (uint8_t family : {uint8_t{4}, uint8_t{6}}) {
         const std::string key = fmt::format("tunnel_source{}", family);
         attempt("node." + key, [&] {
-            const Prefix p = node.contains(key) ? parse_prefix(node[key].get<std::string>())
+            const Prefix p = node.contains(key) ? parse_prefix(json_string(node[key], key))
                                                 : Prefix{IpAddress{family, {}}, 0};
             if (!(p == next.tunnel_source(family))) {
                 next.set_tunnel_source(family, p);
@@ -190,110 +156,86 @@ Model apply_config(const Model& current, const json& desired,
         });
     }
 
-    // Parse and check the VIPs as a whole first: duplicates, overlaps, node addresses.
+    // Every VIP definition is read first, by the code that reads sluicectl's
+    // requests and the state file; Model then checks each as it does for
+    // those (the node's addresses, overlaps between VIPs, limits).
     struct Want {
         std::string where;
-        VipId id;
-        VipOptions opt;
+        VipDefinition def;
         const json* spec;
     };
     std::vector<Want> wants;
-    const json vips = desired.value("vip", json::array());
     for (size_t i = 0; i < vips.size(); ++i) {
-        const json& v = vips[i];
         const std::string where = fmt::format("vip[{}]", i);
-        Want w{where, {}, {}, &v};
-        if (!attempt(where + ".address", [&] {
-                if (!v.contains("address")) throw std::invalid_argument("missing");
-                w.id = parse_vip_id(v["address"].get<std::string>());
-            }))
+        Want w{where, {}, &vips[i]};
+        if (!attempt(where, [&] { w.def = parse_vip_definition(vips[i]); })) continue;
+        const auto dup = std::find_if(wants.begin(), wants.end(), [&](const Want& o) { return o.def.id == w.def.id; });
+        if (dup != wants.end()) {
+            errors.push_back(fmt::format("{}.address: {} is also {}", where, format_vip_id(w.def.id), dup->where));
             continue;
-        attempt(where, [&] {
-            w.opt.mode = parse_mode(v.value("mode", std::string("dsr")));
-            w.opt.hash_fields = parse_hash_fields(v.value("hash", std::string("5tuple")));
-            w.opt.table_size = v.value("table_size", kMaglevDefaultTableSize);
-            w.opt.gue_port = v.value("gue_port", uint16_t{0});
-            w.opt.echo_reply = v.value("echo_reply", true);
-            w.opt.health = vip_health_from_json(v.value("check", json::object()), w.id, w.opt.mode);
-        });
-        for (const auto& other : wants) {
-            const bool same_addr = other.id.endpoint.addr == w.id.endpoint.addr && other.id.proto == w.id.proto;
-            if (other.id == w.id)
-                errors.push_back(fmt::format("{}.address: {} is also {}", where, format_vip_id(w.id), other.where));
-            else if (same_addr && (other.id.endpoint.port == 0 || w.id.endpoint.port == 0))
-                errors.push_back(fmt::format("{}.address: {} overlaps {} ({})", where, format_vip_id(w.id),
-                                             format_vip_id(other.id), other.where));
         }
-        if (std::find(node_addresses.begin(), node_addresses.end(), w.id.endpoint.addr) != node_addresses.end())
-            errors.push_back(fmt::format("{}.address: {} is an address of this node, not a VIP", where,
-                                         format_ip(w.id.endpoint.addr)));
         wants.push_back(w);
     }
 
     // VIPs that are gone, or whose shape changed, go first (freeing their slots).
-    std::set<VipId> wanted;
-    for (const auto& w : wants) wanted.insert(w.id);
-    for (const auto& [id, v] : current.vips()) {
-        const auto w = std::find_if(wants.begin(), wants.end(), [&](const Want& x) { return x.id == id; });
+    for (const auto& [vip_id, v] : current.vips()) {
+        const VipId& id = vip_id;  // clang 14 (the fuzzers' compiler) cannot capture a binding
+        const auto w = std::find_if(wants.begin(), wants.end(), [&](const Want& x) { return x.def.id == id; });
+        const VipOptions& o = w != wants.end() ? w->def.options : VipOptions{};
         const bool reshaped = w != wants.end() &&
                               !(VipShape{v.mode, v.hash_fields, v.table_size, v.gue_port, v.echo_reply} ==
-                                VipShape{w->opt.mode, w->opt.hash_fields, w->opt.table_size,
-                                         w->opt.mode == SLUICE_MODE_GUE ? w->opt.gue_port : uint16_t{0},
-                                         w->opt.echo_reply});
-        if (!wanted.count(id) || reshaped) {
+                                VipShape{o.mode, o.hash_fields, o.table_size, o.gue_port, o.echo_reply});
+        if (w == wants.end() || reshaped) {
             next.remove_vip(id);
             changes.push_back(fmt::format("{} {}", reshaped ? "re-create" : "remove", format_vip_id(id)));
         }
     }
     for (const auto& w : wants) {
+        const VipId& id = w.def.id;
         attempt(w.where, [&] {
-            if (!next.vips().count(w.id)) {
-                next.add_vip(w.id, w.opt);
-                changes.push_back(fmt::format("add {}", format_vip_id(w.id)));
-            } else if (!(next.vip(w.id).health == w.opt.health)) {
-                next.set_health(w.id, w.opt.health);
-                changes.push_back(fmt::format("{}: check {}", format_vip_id(w.id), check_type_name(w.opt.health.type)));
+            if (!next.vips().count(id)) {
+                next.add_vip(id, w.def.options);
+                changes.push_back(fmt::format("add {}", format_vip_id(id)));
+            } else if (!(next.vip(id).health == w.def.options.health)) {
+                next.set_health(id, w.def.options.health);
+                changes.push_back(fmt::format("{}: check {}", format_vip_id(id), check_type_name(w.def.options.health.type)));
             }
         });
-        if (!next.vips().count(w.id)) continue;
-        const json backends = w.spec->value("backend", json::array());
+        if (!next.vips().count(id)) continue;
+        json backends = json::array();
+        if (!attempt(w.where, [&] { backends = list(*w.spec, "backend", "[[vip.backend]]"); })) continue;
         std::vector<Endpoint> listed;
         for (size_t i = 0; i < backends.size(); ++i) {
-            const json& b = backends[i];
             const std::string where = fmt::format("{}.backend[{}]", w.where, i);
             attempt(where, [&] {
-                if (!b.contains("address")) throw std::invalid_argument("address: missing");
-                const Endpoint given = parse_endpoint(b["address"].get<std::string>());
-                const uint32_t weight = b.value("weight", kDefaultWeight);
-                const Vip& v = next.vip(w.id);
-                Endpoint e = given;
-                if (e.port == 0) e.port = w.id.endpoint.port;
+                const BackendDefinition b = parse_backend_definition(backends[i]);
+                const Vip& v = next.vip(id);
+                Endpoint e = b.endpoint;
+                if (e.port == 0) e.port = id.endpoint.port;
                 if (std::find(listed.begin(), listed.end(), e) != listed.end())
                     throw std::invalid_argument(fmt::format("address: {} is listed twice", format_endpoint(e)));
                 listed.push_back(e);
                 const Backend* have = v.find_backend(e);
-                const MacAddress mac = b.contains("mac") ? parse_mac(b["mac"].get<std::string>())
-                                       : have           ? have->mac
-                                                        : resolve_mac(e.addr);
+                const MacAddress mac = b.mac ? *b.mac : have ? have->mac : resolve_mac(e.addr);
                 if (!have) {
-                    next.add_backend(w.id, given, weight, mac);
-                    changes.push_back(fmt::format("{}: add backend {}", format_vip_id(w.id), format_endpoint(e)));
+                    next.add_backend(id, b.endpoint, b.weight, mac);
+                    changes.push_back(fmt::format("{}: add backend {}", format_vip_id(id), format_endpoint(e)));
                     return;
                 }
-                if (have->weight != weight) {
-                    next.set_weight(w.id, e, weight);
-                    changes.push_back(fmt::format("{}: backend {} weight {}", format_vip_id(w.id), format_endpoint(e), weight));
+                if (have->weight != b.weight) {
+                    next.set_weight(id, e, b.weight);
+                    changes.push_back(fmt::format("{}: backend {} weight {}", format_vip_id(id), format_endpoint(e), b.weight));
                 }
                 if (have->mac != mac) {
-                    next.set_mac(w.id, e, mac);
-                    changes.push_back(fmt::format("{}: backend {} mac {}", format_vip_id(w.id), format_endpoint(e), format_mac(mac)));
+                    next.set_mac(id, e, mac);
+                    changes.push_back(fmt::format("{}: backend {} mac {}", format_vip_id(id), format_endpoint(e), format_mac(mac)));
                 }
             });
         }
-        for (const auto& b : std::vector<Backend>(next.vip(w.id).backends))
+        for (const auto& b : std::vector<Backend>(next.vip(id).backends))
             if (std::find(listed.begin(), listed.end(), b.endpoint) == listed.end()) {
-                next.remove_backend(w.id, b.endpoint);
-                changes.push_back(fmt::format("{}: remove backend {}", format_vip_id(w.id), format_endpoint(b.endpoint)));
+                next.remove_backend(id, b.endpoint);
+                changes.push_back(fmt::format("{}: remove backend {}", format_vip_id(id), format_endpoint(b.endpoint)));
             }
     }
     if (!errors.empty()) {

@@ -25,8 +25,9 @@
 
 namespace sluice {
 
-// TOML text -> the JSON form. Throws std::invalid_argument listing every
-// unknown key and mistyped value with its path (vip[1].backend[0].wieght).
+// TOML text -> the JSON form. Throws std::invalid_argument for what is not
+// TOML, or not expressible in JSON, with its line or path; keys and values
+// are checked by apply_config (definition.hpp), as for every other path.
 nlohmann::json config_from_toml(const std::string& text);
 // The JSON form -> TOML text.
 std::string config_to_toml(const nlohmann::json& config);
@@ -35,10 +36,11 @@ std::string config_to_toml(const nlohmann::json& config);
 nlohmann::json config_of(const Model& m);
 
 // `current` changed to match `desired`, or std::invalid_argument naming every
-// problem (nothing is applied then). `resolve_mac` supplies MACs the file
-// leaves out. `changes` lists what differs, one line each.
+// problem with its path (vip[1].backend[0].weight; nothing is applied then).
+// `resolve_mac` supplies MACs the file leaves out. `changes` lists what
+// differs, one line each.
 Model apply_config(const Model& current, const nlohmann::json& desired,
                    const std::function<MacAddress(const IpAddress&)>& resolve_mac,
-                   const std::vector<IpAddress>& node_addresses, std::vector<std::string>& changes);
+                   std::vector<std::string>& changes);
 
 }  // namespace sluice

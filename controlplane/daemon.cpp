@@ -13,28 +13,20 @@
 #include <fmt/format.h>
 
 #include "config_file.hpp"
+#include "definition.hpp"
 #include "neighbor.hpp"
 #include "sluice/drop_reason.hpp"
 
 namespace sluice {
 namespace {
 
-template <typename T>
-T arg(const nlohmann::json& args, const char* name) {
-    if (!args.contains(name))
-        throw std::invalid_argument(fmt::format("missing argument '{}'", name));
-    try {
-        return args.at(name).get<T>();
-    } catch (const nlohmann::json::exception&) {
-        throw std::invalid_argument(
-            fmt::format("argument '{}' has the wrong type: {}", name, args.at(name).dump()));
-    }
+// A string argument of a request (a VIP or backend address).
+std::string arg(const nlohmann::json& args, const char* name) {
+    if (!args.contains(name)) throw std::invalid_argument(fmt::format("{} is missing", name));
+    return json_string(args.at(name), name);
 }
 
-template <typename T>
-T arg_or(const nlohmann::json& args, const char* name, T fallback) {
-    return args.contains(name) && !args.at(name).is_null() ? arg<T>(args, name) : fallback;
-}
+VipId vip_arg(const nlohmann::json& args) { return parse_vip_id(arg(args, "vip")); }
 
 
 // A backend's MAC when the operator gave none: the node's neighbour entry.
@@ -53,6 +45,8 @@ MacAddress resolve_backend_mac(const IpAddress& addr) {
 
 Daemon::Daemon(const DaemonOptions& opt, Model initial)
     : opt_(opt), model_(std::move(initial)), shm_(ShmSegment::open_or_create(opt.shm_path)) {
+    shm_.lock_writer();
+    if (!opt_.resolve_mac) opt_.resolve_mac = resolve_backend_mac;
     __atomic_store_n(&shm_->header.daemon_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
     if (!opt.xdp_iface.empty()) xdp_maps_.emplace(opt.xdp_iface);
 }
@@ -291,9 +285,9 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         for (const auto& [id, v] : model_.vips()) out.push_back(vip_json(v));
         return out;
     }
-    if (cmd == "vip.show") return vip_json(model_.vip(parse_vip_id(arg<std::string>(args, "vip"))));
+    if (cmd == "vip.show") return vip_json(model_.vip(vip_arg(args)));
     if (cmd == "vip.table") {
-        const Vip& v = model_.vip(parse_vip_id(arg<std::string>(args, "vip")));
+        const Vip& v = model_.vip(vip_arg(args));
         nlohmann::json rows = nlohmann::json::array();
         const auto share = v.table_share();
         for (const auto& b : v.backends) {
@@ -305,56 +299,44 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         }
         return {{"vip", format_vip_id(v.id)}, {"table_size", v.table_size}, {"backends", rows}};
     }
-    if (cmd == "backend.list")
-        return vip_json(model_.vip(parse_vip_id(arg<std::string>(args, "vip"))))["backends"];
+    if (cmd == "backend.list") return vip_json(model_.vip(vip_arg(args)))["backends"];
 
     if (cmd == "config.dump") return config_of(model_);
 
     Model next = model_;
     nlohmann::json result = nlohmann::json::object();
     if (cmd == "config.apply") {
+        if (!args.contains("config")) throw std::invalid_argument("config is missing");
         std::vector<std::string> changes;
-        next = apply_config(
-            model_, arg<nlohmann::json>(args, "config"),
-            resolve_backend_mac, host_addresses(), changes);
+        next = apply_config(model_, args.at("config"), opt_.resolve_mac, changes);
         result["changes"] = changes;
         if (changes.empty()) {
             result["published_generation"] = shm_generation(shm_.get());
             return result;  // nothing differs: nothing is published or saved
         }
-        commit(std::move(next));
-        result["published_generation"] = shm_generation(shm_.get());
-        return result;
-    }
-    if (cmd == "vip.add") {
-        const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
-        VipOptions o;
-        o.mode = parse_mode(arg_or<std::string>(args, "mode", "dsr"));
-        o.hash_fields = parse_hash_fields(arg_or<std::string>(args, "hash", "5tuple"));
-        o.table_size = arg_or<uint32_t>(args, "table_size", kMaglevDefaultTableSize);
-        o.gue_port = arg_or<uint16_t>(args, "gue_port", 0);
-        o.echo_reply = arg_or<bool>(args, "echo_reply", true);
-        o.health = vip_health_from_json(arg_or<nlohmann::json>(args, "health", nlohmann::json::object()), id,
-                                        o.mode);
-        next.add_vip(id, o);
-        result = vip_json(next.vip(id));
+    } else if (cmd == "vip.add") {
+        // The request is a VIP definition, read as apply and the state file
+        // read theirs.
+        const VipDefinition d = parse_vip_definition(args);
+        if (args.contains("backend")) throw std::invalid_argument("vip add takes no backends; add them with backend add");
+        next.add_vip(d.id, d.options);
+        result = vip_json(next.vip(d.id));
     } else if (cmd == "vip.remove") {
-        next.remove_vip(parse_vip_id(arg<std::string>(args, "vip")));
+        check_keys(args, "vip remove", {"vip"});
+        next.remove_vip(vip_arg(args));
     } else if (cmd == "backend.add") {
-        const VipId id = parse_vip_id(arg<std::string>(args, "vip"));
-        const Endpoint ep = parse_endpoint(arg<std::string>(args, "address"));
-        const MacAddress mac = args.contains("mac") && !args.at("mac").is_null()
-                                   ? parse_mac(arg<std::string>(args, "mac"))
-                                   : resolve_backend_mac(ep.addr);
-        next.add_backend(id, ep, arg_or<uint32_t>(args, "weight", kDefaultWeight), mac);
+        const VipId id = vip_arg(args);
+        const BackendDefinition b = parse_backend_definition(args, {"vip"});
+        next.add_backend(id, b.endpoint, b.weight, b.mac ? *b.mac : opt_.resolve_mac(b.endpoint.addr));
         result = vip_json(next.vip(id));
     } else if (cmd == "backend.remove") {
-        next.remove_backend(parse_vip_id(arg<std::string>(args, "vip")),
-                            parse_endpoint(arg<std::string>(args, "address")));
+        check_keys(args, "backend remove", {"vip", "address"});
+        next.remove_backend(vip_arg(args), parse_endpoint(arg(args, "address")));
     } else if (cmd == "backend.weight") {
-        next.set_weight(parse_vip_id(arg<std::string>(args, "vip")),
-                        parse_endpoint(arg<std::string>(args, "address")),
-                        arg<uint32_t>(args, "weight"));
+        check_keys(args, "backend weight", {"vip", "address", "weight"});
+        if (!args.contains("weight")) throw std::invalid_argument("weight is missing");
+        next.set_weight(vip_arg(args), parse_endpoint(arg(args, "address")),
+                        static_cast<uint32_t>(json_int(args.at("weight"), "weight", kWeightRange)));
     } else {
         throw std::invalid_argument(fmt::format("unknown command '{}'", cmd));
     }
@@ -364,14 +346,44 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
 }
 
 nlohmann::json Daemon::handle(const nlohmann::json& request) {
+    if (!request.is_object() || !request.contains("cmd") || !request["cmd"].is_string())
+        return {{"ok", false}, {"code", "bad_request"}, {"error", "request must be an object with a string 'cmd'"}};
     try {
-        if (!request.is_object() || !request.contains("cmd") || !request["cmd"].is_string())
-            throw std::invalid_argument("request must be an object with a string 'cmd'");
         const nlohmann::json args = request.value("args", nlohmann::json::object());
+        if (!args.is_object()) throw std::invalid_argument("args must be an object");
         return {{"ok", true}, {"result", dispatch(request["cmd"].get<std::string>(), args)}};
     } catch (const std::exception& e) {
-        return {{"ok", false}, {"error", e.what()}};
+        return {{"ok", false}, {"code", "refused"}, {"error", e.what()}};
     }
+}
+
+std::string Daemon::handle_line(const std::string& line) {
+    nlohmann::json response, request;
+    // Text that is not UTF-8 cannot be JSON (RFC 8259 §8.1): said as such,
+    // rather than as the parser's byte offset.
+    try {
+        (void)nlohmann::json(line).dump();
+    } catch (const nlohmann::json::type_error&) {
+        response = {{"ok", false}, {"code", "bad_request"}, {"error", "request is not valid UTF-8"}};
+    }
+    if (response.is_null()) {
+        try {
+            request = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+            response = {{"ok", false}, {"code", "bad_request"}, {"error", fmt::format("request is not JSON: {}", e.what())}};
+        }
+    }
+    if (response.is_null()) {
+        response = handle(request);
+        const auto& result = response["result"];
+        if (response["ok"] && result.is_object() && result.contains("published_generation") &&
+            !(result.contains("changes") && result["changes"].empty()))
+            fmt::print("sluiced: {} {} -> generation {}\n", request["cmd"].get<std::string>(),
+                       request.value("args", nlohmann::json::object()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                       result["published_generation"].get<uint64_t>());
+    }
+    // Error messages quote what was given, which may hold any bytes.
+    return response.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace sluice

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -22,6 +23,9 @@ struct DaemonOptions {
     std::string state_path;
     std::chrono::milliseconds publish_timeout{2000};
     std::string xdp_iface;  // empty: no XDP steering program to keep in step
+    // A backend's MAC when the request gives none; empty: the node's
+    // neighbour table (tests and the fuzzer give their own).
+    std::function<MacAddress(const IpAddress&)> resolve_mac;
 };
 
 class Daemon {
@@ -34,8 +38,14 @@ public:
     void set_tunnel_sources(const std::optional<std::string>& v4,
                             const std::optional<std::string>& v6);
 
-    // Handles one request; never throws (errors become {"ok": false}).
+    // Handles one request; never throws. Errors become {"ok": false,
+    // "code": ..., "error": ...}: code "refused" for a request that changed
+    // nothing (bad input, or a change that could not be published or saved),
+    // "bad_request" for one that is not a request at all.
     nlohmann::json handle(const nlohmann::json& request);
+    // One request line as received on the control socket -> one response
+    // line: refuses text that is not UTF-8 or not JSON, and logs changes.
+    std::string handle_line(const std::string& line);
 
     const Model& model() const { return model_; }
     // Counters, as `sluicectl stats --json` shows them.

@@ -62,11 +62,30 @@ nlohmann::json call(const std::string& socket_path, const nlohmann::json& reques
     if (socket_path.size() >= sizeof sa.sun_path)
         throw std::runtime_error(fmt::format("socket path '{}' is too long", socket_path));
     std::strcpy(sa.sun_path, socket_path.c_str());
-    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+        if (errno == EACCES || errno == EPERM)
+            throw PermissionDenied(fmt::format("permission denied: {} is sluiced's socket (mode 0600); "
+                                               "run sluicectl as sluiced's user or root",
+                                               socket_path));
         throw std::runtime_error(fmt::format("cannot reach sluiced at {}: {} (is sluiced running?)",
                                              socket_path, std::strerror(errno)));
-    write_message(fd, request.dump());
-    return nlohmann::json::parse(read_message(fd, timeout));
+    }
+    // sluiced may answer before it has read the whole request (a user it
+    // refuses, a request over the limit) and close: the answer is then
+    // still waiting to be read after our write failed.
+    std::string write_error;
+    try {
+        write_message(fd, request.dump());
+    } catch (const std::runtime_error& e) {
+        write_error = e.what();
+    }
+    try {
+        return nlohmann::json::parse(read_message(fd, timeout));
+    } catch (const std::exception& e) {
+        throw std::runtime_error(write_error.empty() ? fmt::format("sluiced at {}: {}", socket_path, e.what())
+                                                     : fmt::format("sluiced at {} closed the connection: {}",
+                                                                   socket_path, write_error));
+    }
 }
 
 }  // namespace sluice::ipc

@@ -1,10 +1,12 @@
 // The sluiced control protocol: one JSON request per connection on a unix
 // stream socket, answered by one JSON object, each terminated by a newline.
 //   request:  {"cmd": "vip.add", "args": {...}}
-//   response: {"ok": true, "result": ...} or {"ok": false, "error": "..."}
+//   response: {"ok": true, "result": ...} or
+//             {"ok": false, "code": "refused" | "bad_request" | "permission", "error": "..."}
 #pragma once
 
 #include <chrono>
+#include <stdexcept>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -18,7 +20,14 @@ inline constexpr size_t kMaxMessage = 1 << 20;
 std::string read_message(int fd, std::chrono::milliseconds timeout);
 void write_message(int fd, const std::string& msg);
 
-// Client side: connects, sends, waits for the answer.
+// Thrown by call() when the socket may not be used by this user.
+struct PermissionDenied : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Client side: connects, sends, waits for the answer. Throws
+// PermissionDenied, or std::runtime_error when sluiced cannot be reached or
+// gives no answer.
 nlohmann::json call(const std::string& socket_path, const nlohmann::json& request,
                     std::chrono::milliseconds timeout);
 

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "definition.hpp"
 #include "sluice/vip_index.hpp"
 
 namespace sluice {
@@ -19,7 +20,39 @@ BackendIdentity identity_of(const Backend& b) {
     return BackendIdentity{b.endpoint.addr.family, b.endpoint.addr.bytes, b.endpoint.port};
 }
 
+bool in_prefix(const IpAddress& a, std::initializer_list<uint8_t> prefix, unsigned bits) {
+    unsigned i = 0;
+    for (uint8_t byte : prefix) {
+        const unsigned take = std::min(8u, bits - std::min(bits, i * 8));
+        if (take == 0) break;
+        const uint8_t mask = static_cast<uint8_t>(0xff00u >> take);
+        if ((a.bytes[i] & mask) != (byte & mask)) return false;
+        ++i;
+    }
+    return true;
+}
+
 }  // namespace
+
+NodeAddresses kernel_node_addresses() { return {host_addresses(), host_broadcast_addresses()}; }
+
+std::optional<std::string> unusable_address(const IpAddress& a) {
+    if (a.family == 4) {
+        if (in_prefix(a, {0}, 8)) return "unspecified (0.0.0.0/8, RFC 1122)";
+        if (in_prefix(a, {127}, 8)) return "loopback (127.0.0.0/8)";
+        if (in_prefix(a, {169, 254}, 16)) return "link-local (169.254.0.0/16)";
+        if (in_prefix(a, {224}, 4)) return "multicast (224.0.0.0/4)";
+        if (in_prefix(a, {255, 255, 255, 255}, 32)) return "the limited broadcast address";
+        return std::nullopt;
+    }
+    if (a == IpAddress{6, {}}) return "unspecified (::)";
+    if (a == IpAddress{6, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}}) return "loopback (::1)";
+    if (in_prefix(a, {0xfe, 0x80}, 10)) return "link-local (fe80::/10)";
+    if (in_prefix(a, {0xff}, 8)) return "multicast (ff00::/8)";
+    if (in_prefix(a, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}, 96))
+        return "IPv4-mapped (::ffff:0:0/96; write the IPv4 address)";
+    return std::nullopt;
+}
 
 VipId parse_vip_id(std::string_view text) {
     const auto slash = text.rfind('/');
@@ -191,7 +224,11 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
     if (hash_fields == SLUICE_HASH_3TUPLE_TAG && id.proto != IPPROTO_GRE && id.proto != IPPROTO_ESP)
         invalid(fmt::format("VIP {}: hash 3tuple+tag needs a GRE or ESP VIP", format_vip_id(id)));
     if (mode == SLUICE_MODE_GUE && opt.gue_port == 0)
-        invalid(fmt::format("VIP {}: GUE mode needs --gue-port", format_vip_id(id)));
+        invalid(fmt::format("VIP {}: mode gue needs gue_port (--gue-port)", format_vip_id(id)));
+    if (mode != SLUICE_MODE_GUE && opt.gue_port != 0)
+        invalid(fmt::format("VIP {}: gue_port {} is only for mode gue, not {}", format_vip_id(id),
+                            opt.gue_port, mode_name(mode)));
+    check_vip_address(id);
     if (!is_allowed_maglev_table_size(table_size))
         invalid(fmt::format("table size {} is not one of the allowed primes ({})", table_size,
                             fmt::join(kMaglevTableSizes, ", ")));
@@ -206,17 +243,14 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
     v.mode = mode;
     v.hash_fields = hash_fields;
     v.table_size = table_size;
-    v.gue_port = mode == SLUICE_MODE_GUE ? opt.gue_port : 0;
+    v.gue_port = opt.gue_port;
     v.echo_reply = opt.echo_reply;
     const HealthCheck& hc = opt.health;
     if (hc.type != HealthCheck::Type::kNone) {
-        if (hc.interval_ms < 100 || hc.interval_ms > 3'600'000)
-            invalid(fmt::format("check interval {} ms is out of range (100-3600000)", hc.interval_ms));
-        if (hc.timeout_ms < 10 || hc.timeout_ms > hc.interval_ms)
-            invalid(fmt::format("check timeout {} ms must be 10 ms or more and at most the interval ({} ms)",
-                                hc.timeout_ms, hc.interval_ms));
-        if (hc.rise < 1 || hc.rise > 100 || hc.fall < 1 || hc.fall > 100)
-            invalid(fmt::format("rise {} / fall {} must be 1-100", hc.rise, hc.fall));
+        // Ranges are checked where the numbers are read (definition.cpp).
+        if (hc.timeout_ms > hc.interval_ms)
+            invalid(fmt::format("check.timeout_ms {} is longer than check.interval_ms {}", hc.timeout_ms,
+                                hc.interval_ms));
         if (hc.type == HealthCheck::Type::kHttp && (hc.http_path.empty() || hc.http_path[0] != '/'))
             invalid(fmt::format("HTTP check path '{}' must start with '/'", hc.http_path));
         if (hc.type == HealthCheck::Type::kTunnel && mode != SLUICE_MODE_IPIP && mode != SLUICE_MODE_GUE)
@@ -233,6 +267,30 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
     v.slot = free_vip_slot();
     v.uid = next_uid_++;
     return vips_.emplace(id, std::move(v)).first->second;
+}
+
+// The one check of a VIP's address against the node and against the other
+// VIPs, for every path a VIP arrives by.
+void Model::check_vip_address(const VipId& id) const {
+    const IpAddress& a = id.endpoint.addr;
+    if (auto why = unusable_address(a))
+        invalid(fmt::format("VIP {}: {} is {}, not a VIP address", format_vip_id(id), format_ip(a), *why));
+    const NodeAddresses node = node_addresses_ ? node_addresses_() : NodeAddresses{};
+    if (std::find(node.local.begin(), node.local.end(), a) != node.local.end())
+        invalid(fmt::format("VIP {}: {} is an address of this node; a VIP on it would take the "
+                            "node's own traffic (SSH, health checks)",
+                            format_vip_id(id), format_ip(a)));
+    if (std::find(node.broadcast.begin(), node.broadcast.end(), a) != node.broadcast.end())
+        invalid(fmt::format("VIP {}: {} is a broadcast address of this node's networks",
+                            format_vip_id(id), format_ip(a)));
+    // An every-port VIP and a port VIP on one address and protocol would
+    // compete for the same packets: refused on every path (README).
+    for (const auto& [other, v] : vips_)
+        if (other.endpoint.addr == a && other.proto == id.proto && other != id &&
+            (other.endpoint.port == 0 || id.endpoint.port == 0))
+            invalid(fmt::format("VIP {} overlaps VIP {}: an every-port VIP cannot share its address "
+                                "and protocol with another VIP",
+                                format_vip_id(id), format_vip_id(other)));
 }
 
 void Model::remove_vip(const VipId& id) {
@@ -266,11 +324,13 @@ const Backend& Model::add_backend(const VipId& vip_id, const Endpoint& endpoint,
                                   const MacAddress& mac) {
     Vip& v = mutable_vip(vip_id);
     const Endpoint e = normalise_backend(v, endpoint);
+    if (auto why = unusable_address(e.addr))
+        invalid(fmt::format("backend {}: {} is {}, not a backend address", format_endpoint(endpoint),
+                            format_ip(e.addr), *why));
     if (v.find_backend(e))
         invalid(fmt::format("backend {} is already in VIP {}", format_endpoint(e),
                             format_vip_id(vip_id)));
-    if (weight > kMaxWeight)
-        invalid(fmt::format("weight {} is out of range (0-{})", weight, kMaxWeight));
+    if (weight > kMaxWeight) invalid(fmt::format("weight {} is out of range 0..{}", weight, kMaxWeight));
     if (v.backends.size() + 1 > v.table_size)
         invalid(fmt::format("VIP {} has a table of {} slots; it cannot hold {} backends",
                             format_vip_id(vip_id), v.table_size, v.backends.size() + 1));
@@ -302,8 +362,7 @@ void Model::set_weight(const VipId& vip_id, const Endpoint& endpoint, uint32_t w
     Backend* b = v.find_backend(e);
     if (!b)
         invalid(fmt::format("VIP {} has no backend {}", format_vip_id(vip_id), format_endpoint(e)));
-    if (weight > kMaxWeight)
-        invalid(fmt::format("weight {} is out of range (0-{})", weight, kMaxWeight));
+    if (weight > kMaxWeight) invalid(fmt::format("weight {} is out of range 0..{}", weight, kMaxWeight));
     b->weight = weight;
     v.cached_table.clear();
 }
@@ -391,94 +450,94 @@ nlohmann::json health_json(const HealthCheck& h) {
             {"http_body", h.http_body}};
 }
 
-HealthCheck health_from_json(const nlohmann::json& j) {
-    HealthCheck h;
-    h.type = parse_check_type(j.value("type", std::string("none")));
-    h.interval_ms = j.value("interval_ms", h.interval_ms);
-    h.timeout_ms = j.value("timeout_ms", h.timeout_ms);
-    h.rise = j.value("rise", h.rise);
-    h.fall = j.value("fall", h.fall);
-    h.port = j.value("port", h.port);
-    h.http_path = j.value("http_path", h.http_path);
-    h.http_status = j.value("http_status", h.http_status);
-    h.http_body = j.value("http_body", h.http_body);
-    return h;
-}
-
-HealthCheck vip_health_from_json(nlohmann::json j, const VipId& id, uint8_t mode) {
-    if (j.value("type", std::string("auto")) == "auto") {
-        const bool tcp = id.proto == IPPROTO_TCP;
-        const bool tunnel = mode == SLUICE_MODE_IPIP || mode == SLUICE_MODE_GUE;
-        const bool has_port = id.endpoint.port != 0 || j.value("port", 0) != 0;
-        j["type"] = !tcp || !has_port ? "none" : tunnel ? "tunnel" : "tcp";
-    }
-    return health_from_json(j);
-}
-
+// The state file: the VIPs as their definitions (definition.hpp), plus the
+// slots and uids the dataplane's connection table refers to. Format 1 (before
+// the definitions were shared) named some keys differently; it is read too.
 nlohmann::json Model::to_json() const {
     nlohmann::json vips = nlohmann::json::array();
     for (const auto& [id, v] : vips_) {
-        nlohmann::json backends = nlohmann::json::array();
-        for (const auto& b : v.backends)
-            backends.push_back({{"address", format_endpoint(b.endpoint)},
-                                {"weight", b.weight},
-                                {"mac", format_mac(b.mac)},
-                                {"uid", b.uid},
-                                {"slot", b.slot}});
-        vips.push_back({{"vip", format_vip_id(id)},
-                        {"mode", mode_name(v.mode)},
-                        {"hash", hash_fields_name(v.hash_fields)},
-                        {"table_size", v.table_size},
-                        {"gue_port", v.gue_port},
-                        {"echo_reply", v.echo_reply},
-                        {"health", health_json(v.health)},
-                        {"uid", v.uid},
-                        {"slot", v.slot},
-                        {"backends", backends}});
+        nlohmann::json jv = vip_definition_json(v);
+        jv["uid"] = v.uid;
+        jv["slot"] = v.slot;
+        for (size_t i = 0; i < v.backends.size(); ++i) {
+            jv["backend"][i]["uid"] = v.backends[i].uid;
+            jv["backend"][i]["slot"] = v.backends[i].slot;
+        }
+        vips.push_back(std::move(jv));
     }
     nlohmann::json tunnel = nlohmann::json::object();
     if (tunnel4_.len) tunnel["ipv4"] = format_prefix(tunnel4_);
     if (tunnel6_.len) tunnel["ipv6"] = format_prefix(tunnel6_);
-    return {{"format", 1},           {"hash_seed", hash_seed_}, {"next_uid", next_uid_},
+    return {{"format", 2},           {"hash_seed", hash_seed_}, {"next_uid", next_uid_},
             {"tunnel_source", tunnel}, {"vips", vips}};
 }
 
-Model Model::from_json(const nlohmann::json& j) {
-    if (j.value("format", 0) != 1)
-        invalid(fmt::format("state format {} is not supported (expected 1)", j.value("format", 0)));
-    Model m(j.at("hash_seed").get<uint64_t>());
+namespace {
+
+// A format-1 VIP in format 2's keys.
+nlohmann::json upgrade_format1_vip(const nlohmann::json& jv) {
+    nlohmann::json out = jv;
+    auto rename = [](nlohmann::json& o, const char* from, const char* to) {
+        if (o.is_object() && o.contains(from)) {
+            o[to] = o[from];
+            o.erase(from);
+        }
+    };
+    rename(out, "vip", "address");
+    rename(out, "health", "check");
+    rename(out, "backends", "backend");
+    if (out.is_object() && out.value("gue_port", 0) == 0) out.erase("gue_port");
+    return out;
+}
+
+}  // namespace
+
+Model Model::from_json(const nlohmann::json& j, NodeAddressSource node_addresses) {
+    const int format = j.is_object() ? j.value("format", 0) : 0;
+    if (format != 1 && format != 2)
+        invalid(fmt::format("state format {} is not supported (expected 1 or 2)", format));
+    // The seed spans all 64 bits, beyond json_int's int64 ranges.
+    const nlohmann::json& seed = j.at("hash_seed");
+    if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0))
+        invalid(fmt::format("hash_seed must be an integer in 0..{}, not {}", UINT64_MAX, seed.dump()));
+    Model m(seed.get<uint64_t>(), std::move(node_addresses));
     if (j.contains("tunnel_source")) {
         const auto& t = j.at("tunnel_source");
-        if (t.contains("ipv4")) m.set_tunnel_source(4, parse_prefix(t.at("ipv4").get<std::string>()));
-        if (t.contains("ipv6")) m.set_tunnel_source(6, parse_prefix(t.at("ipv6").get<std::string>()));
+        if (t.contains("ipv4")) m.set_tunnel_source(4, parse_prefix(json_string(t.at("ipv4"), "tunnel_source.ipv4")));
+        if (t.contains("ipv6")) m.set_tunnel_source(6, parse_prefix(json_string(t.at("ipv6"), "tunnel_source.ipv6")));
     }
-    // Re-adding through the public mutators re-validates everything; slots and
-    // uids are then restored so the dataplane's connection table stays valid.
-    for (const auto& jv : j.at("vips")) {
-        const VipId id = parse_vip_id(jv.at("vip").get<std::string>());
-        m.add_vip(id, VipOptions{parse_mode(jv.at("mode").get<std::string>()),
-                                 parse_hash_fields(jv.at("hash").get<std::string>()),
-                                 jv.at("table_size").get<uint32_t>(), jv.value("gue_port", uint16_t{0}),
-                                 jv.value("echo_reply", true),
-                                 health_from_json(jv.value("health", nlohmann::json::object()))});
-        for (const auto& jb : jv.at("backends"))
-            m.add_backend(id, parse_endpoint(jb.at("address").get<std::string>()),
-                          jb.at("weight").get<uint32_t>(),
-                          parse_mac(jb.at("mac").get<std::string>()));
+    // Re-adding through the definitions and the public mutators validates
+    // everything as `sluicectl` and `apply` would; slots and uids are then
+    // restored so the dataplane's connection table stays valid.
+    std::vector<nlohmann::json> defs;
+    for (const auto& raw : j.at("vips")) defs.push_back(format == 1 ? upgrade_format1_vip(raw) : raw);
+    for (const auto& jv : defs) {
+        const std::string where = jv.is_object() && jv.contains("address") ? jv["address"].dump() : jv.dump();
+        try {
+            const VipDefinition d = parse_vip_definition(jv, {"uid", "slot"});
+            m.add_vip(d.id, d.options);
+            for (const auto& jb : jv.value("backend", nlohmann::json::array())) {
+                const BackendDefinition b = parse_backend_definition(jb, {"uid", "slot"});
+                if (!b.mac) invalid(fmt::format("backend {}: mac is missing", format_endpoint(b.endpoint)));
+                m.add_backend(d.id, b.endpoint, b.weight, *b.mac);
+            }
+        } catch (const std::invalid_argument& e) {
+            invalid(fmt::format("VIP {}: {}", where, e.what()));
+        }
     }
-    for (const auto& jv : j.at("vips")) {
-        Vip& v = m.mutable_vip(parse_vip_id(jv.at("vip").get<std::string>()));
-        v.uid = jv.at("uid").get<uint32_t>();
-        v.slot = jv.at("slot").get<uint16_t>();
+    for (const auto& jv : defs) {
+        Vip& v = m.mutable_vip(parse_vip_id(jv.at("address").get<std::string>()));
+        v.uid = static_cast<uint32_t>(json_int(jv.at("uid"), "uid", {1, UINT32_MAX}));
+        v.slot = static_cast<uint16_t>(json_int(jv.at("slot"), "slot", {0, SLUICE_MAX_VIPS - 1}));
         size_t i = 0;
-        for (const auto& jb : jv.at("backends")) {
-            v.backends[i].uid = jb.at("uid").get<uint32_t>();
-            v.backends[i].slot = jb.at("slot").get<uint16_t>();
+        for (const auto& jb : jv.value("backend", nlohmann::json::array())) {
+            v.backends[i].uid = static_cast<uint32_t>(json_int(jb.at("uid"), "uid", {1, UINT32_MAX}));
+            v.backends[i].slot = static_cast<uint16_t>(json_int(jb.at("slot"), "slot", {0, SLUICE_MAX_BACKENDS - 1}));
             ++i;
         }
         v.cached_table.clear();
     }
-    m.next_uid_ = j.at("next_uid").get<uint32_t>();
+    m.next_uid_ = static_cast<uint32_t>(json_int(j.at("next_uid"), "next_uid", {1, UINT32_MAX}));
     // Slots must still be distinct and in range after the restore.
     std::vector<bool> vip_used(SLUICE_MAX_VIPS), be_used(SLUICE_MAX_BACKENDS);
     for (const auto& [id, v] : m.vips_) {

@@ -72,12 +72,7 @@ struct HealthCheck {
 };
 HealthCheck::Type parse_check_type(std::string_view text);  // none, tcp, http, tunnel
 std::string_view check_type_name(HealthCheck::Type t);
-nlohmann::json health_json(const HealthCheck& h);
-HealthCheck health_from_json(const nlohmann::json& j);  // missing keys keep defaults
-// As health_from_json, resolving type "auto" (or none given): tunnel for TCP
-// VIPs with a port (or a check port) in ipip/gue mode (the check then covers the path clients'
-// packets take), tcp for other TCP VIPs with a port, none otherwise.
-HealthCheck vip_health_from_json(nlohmann::json j, const VipId& id, uint8_t mode);
+nlohmann::json health_json(const HealthCheck& h);  // parsed by parse_check_definition
 
 struct VipOptions {
     uint8_t mode = SLUICE_MODE_DSR;
@@ -124,9 +119,23 @@ struct Vip {
     mutable std::vector<uint16_t> cached_table;  // rebuilt when empty
 };
 
+// This node's own addresses, read from the kernel each time a VIP is added
+// (every interface, in sluiced's network namespace).
+struct NodeAddresses {
+    std::vector<IpAddress> local;
+    std::vector<IpAddress> broadcast;  // interfaces' directed broadcast addresses
+};
+using NodeAddressSource = std::function<NodeAddresses()>;
+NodeAddresses kernel_node_addresses();
+
+// Why `a` cannot be a VIP address whatever the node's addresses are
+// (unspecified, loopback, multicast, broadcast, link-local), or nullopt.
+std::optional<std::string> unusable_address(const IpAddress& a);
+
 class Model {
 public:
-    explicit Model(uint64_t hash_seed = 0) : hash_seed_(hash_seed) {}
+    explicit Model(uint64_t hash_seed = 0, NodeAddressSource node_addresses = kernel_node_addresses)
+        : hash_seed_(hash_seed), node_addresses_(std::move(node_addresses)) {}
 
     // Each mutator validates everything first and changes nothing when it
     // throws std::invalid_argument (whose message names the bad value).
@@ -156,7 +165,8 @@ public:
     void compile(sluice_config& out) const;
 
     nlohmann::json to_json() const;
-    static Model from_json(const nlohmann::json& j);
+    static Model from_json(const nlohmann::json& j,
+                           NodeAddressSource node_addresses = kernel_node_addresses);
 
 private:
     Vip& mutable_vip(const VipId& id);
@@ -164,7 +174,10 @@ private:
     uint16_t free_backend_slot() const;
     Endpoint normalise_backend(const Vip& v, const Endpoint& e) const;
 
+    void check_vip_address(const VipId& id) const;
+
     uint64_t hash_seed_;
+    NodeAddressSource node_addresses_;
     uint32_t next_uid_ = 1;
     Prefix tunnel4_{IpAddress{4, {}}, 0};
     Prefix tunnel6_{IpAddress{6, {}}, 0};

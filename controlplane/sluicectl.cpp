@@ -1,9 +1,16 @@
 // sluicectl: the operator's CLI for sluiced. Every read verb takes --json for
 // scripts; errors from the daemon are printed as they come (they name the bad
-// value) and give exit status 1, an unreachable daemon 3, bad usage 2.
+// value). Exit status (kExitUsage below, --help and README say the same):
+// 0 done, 1 refused (nothing changed), 2 usage, 3 unreachable or not allowed.
+//
+// Values are sent as typed: numbers as the integers given, unchecked, so that
+// sluiced's one reading of a definition (definition.hpp) checks their range
+// for this path as for `apply` and the state file.
+#include <charconv>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
@@ -16,8 +23,26 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kExitDaemonError = 1;
+constexpr int kExitRefused = 1;
+constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
+constexpr const char* kExitCodes =
+    "Exit status: 0 done; 1 refused (bad input or a change sluiced could not make; nothing "
+    "changed); 2 usage error; 3 sluiced unreachable or permission denied.";
+
+// An option's text as JSON: an integer when it is one (kept whole, however
+// large or negative, for sluiced to range-check), the text otherwise.
+json typed(const std::string& text) {
+    int64_t s = 0;
+    if (auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), s);
+        ec == std::errc{} && p == text.data() + text.size())
+        return s;
+    uint64_t u = 0;
+    if (auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), u);
+        ec == std::errc{} && p == text.data() + text.size())
+        return u;
+    return text;
+}
 
 struct Request {
     std::string cmd;
@@ -111,20 +136,22 @@ int main(int argc, char** argv) {
     app.add_option("--socket", socket_path, "sluiced's unix socket (env SLUICE_SOCKET)")
         ->capture_default_str();
     unsigned timeout_ms = 10000;
-    app.add_option("--timeout-ms", timeout_ms, "How long to wait for sluiced's answer")
+    app.add_option("--timeout-ms", timeout_ms, "How long to wait for sluiced's answer (1-3600000)")
+        ->check(CLI::Range(1u, 3'600'000u))
         ->capture_default_str();
 
     Request req;
-    std::string vip, address, mode = "dsr", hash = "5tuple", mac;
-    uint32_t table_size = 65537, weight = 100;
-    uint16_t gue_port = 0;
+    std::string vip, address, mac;
+    // Options left out are left out of the request: sluiced's defaults apply.
+    std::map<std::string, std::string> opts, check_opts;
     bool no_echo = false;
-    std::string check = "auto", http_path = "/", http_body;
-    uint32_t check_interval = 1000, check_timeout = 500;
-    unsigned rise = 2, fall = 2;
-    uint16_t check_port = 0, http_status = 200;
     auto json_flag = [&](CLI::App* sub) {
         sub->add_flag("--json", req.as_json, "Print the daemon's answer as JSON");
+    };
+    auto option = [](CLI::App* sub, std::map<std::string, std::string>& into, const std::string& flag,
+                     const std::string& key, const std::string& help) {
+        return sub->add_option_function<std::string>(flag, [&into, key](const std::string& v) { into[key] = v; },
+                                                      help);
     };
 
     auto* status = app.add_subcommand("status", "Daemon, dataplane and shared-memory status");
@@ -142,48 +169,45 @@ int main(int argc, char** argv) {
                         "ADDRESS:PORT/tcp|udp, or ADDRESS/gre|esp|tcp|udp for a protocol VIP "
                         "(every port)")
         ->required();
-    vip_add->add_option("--mode", mode,
-                        "nat (rewrite destination, replies come back through sluice), dsr "
-                        "(rewrite MAC only, replies go direct), ipip (IP-in-IP tunnel to the "
-                        "backend, replies go direct) or gue (UDP tunnel, see --gue-port)")
-        ->capture_default_str();
-    vip_add->add_option("--hash", hash,
-                        "Fields hashed to pick a backend: 5tuple, 3tuple, src-ip, or 3tuple+tag "
-                        "(GRE key / ESP SPI too; GRE and ESP VIPs)")
-        ->capture_default_str();
-    vip_add->add_option("--gue-port", gue_port, "GUE mode: the outer UDP destination port");
+    option(vip_add, opts, "--mode", "mode",
+           "nat (rewrite destination, replies come back through sluice), dsr (rewrite MAC only, "
+           "replies go direct; the default), ipip (IP-in-IP tunnel to the backend, replies go "
+           "direct) or gue (UDP tunnel, see --gue-port)");
+    option(vip_add, opts, "--hash", "hash",
+           "Fields hashed to pick a backend: 5tuple (the default), 3tuple, src-ip, or 3tuple+tag "
+           "(GRE key / ESP SPI too; GRE and ESP VIPs)");
+    option(vip_add, opts, "--gue-port", "gue_port", "GUE mode (required there): the outer UDP destination port, 1-65535");
     vip_add->add_flag("--no-echo", no_echo,
                       "Do not answer ICMP echo to the VIP address (answered by default)");
-    vip_add->add_option("--check", check,
-                        "Backend health check: tcp (connect), http (GET, see --http-*), tunnel (a "
-                        "SYN to the VIP through the ipip/gue tunnel), none, or auto (tunnel for "
-                        "ipip/gue TCP VIPs, tcp for other TCP VIPs, none for others)")
-        ->capture_default_str();
-    vip_add->add_option("--check-interval-ms", check_interval, "Time between checks of a backend")
-        ->capture_default_str();
-    vip_add->add_option("--check-timeout-ms", check_timeout, "How long one check may take")
-        ->capture_default_str();
-    vip_add->add_option("--rise", rise, "Consecutive passed checks before a down backend returns")
-        ->capture_default_str();
-    vip_add->add_option("--fall", fall, "Consecutive failed checks before a backend goes down")
-        ->capture_default_str();
-    vip_add->add_option("--check-port", check_port, "Port to check (default: the backend's; tunnel: the VIP's)");
-    vip_add->add_option("--http-path", http_path, "HTTP check: the path to GET")->capture_default_str();
-    vip_add->add_option("--http-status", http_status, "HTTP check: the expected status")
-        ->capture_default_str();
-    vip_add->add_option("--http-body", http_body, "HTTP check: a substring the body must contain");
-    vip_add->add_option("--table-size", table_size,
-                        "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 "
-                        "65537 131071 262139 524287 655373 1048573")
-        ->capture_default_str();
+    option(vip_add, check_opts, "--check", "type",
+           "Backend health check: tcp (connect), http (GET, see --http-*), tunnel (a SYN to the VIP "
+           "through the ipip/gue tunnel), none, or auto (the default: tunnel for ipip/gue TCP VIPs, "
+           "tcp for other TCP VIPs, none for others)");
+    option(vip_add, check_opts, "--check-interval-ms", "interval_ms",
+           "Time between checks of a backend, 100-3600000 (default 1000)");
+    option(vip_add, check_opts, "--check-timeout-ms", "timeout_ms",
+           "How long one check may take, 10 up to the interval (default 500)");
+    option(vip_add, check_opts, "--rise", "rise", "Consecutive passed checks before a down backend returns, 1-100 (default 2)");
+    option(vip_add, check_opts, "--fall", "fall", "Consecutive failed checks before a backend goes down, 1-100 (default 2)");
+    option(vip_add, check_opts, "--check-port", "port",
+           "Port to check, 0-65535 (default 0: the backend's; tunnel: the VIP's)");
+    option(vip_add, check_opts, "--http-path", "http_path", "HTTP check: the path to GET (default /)");
+    option(vip_add, check_opts, "--http-status", "http_status", "HTTP check: the expected status, 100-599 (default 200)");
+    option(vip_add, check_opts, "--http-body", "http_body", "HTTP check: a substring the body must contain");
+    option(vip_add, opts, "--table-size", "table_size",
+           "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 65537 "
+           "(the default) 131071 262139 524287 655373 1048573");
     vip_add->callback([&] {
         req.cmd = "vip.add";
-        req.args = {{"vip", vip},           {"mode", mode},          {"hash", hash},
-                    {"table_size", table_size}, {"gue_port", gue_port}, {"echo_reply", !no_echo},
-                    {"health", {{"type", check}, {"interval_ms", check_interval},
-                                {"timeout_ms", check_timeout}, {"rise", rise}, {"fall", fall},
-                                {"port", check_port}, {"http_path", http_path},
-                                {"http_status", http_status}, {"http_body", http_body}}}};
+        req.args = {{"address", vip}};
+        for (const auto& [k, v] : opts) req.args[k] = k == "mode" || k == "hash" ? json(v) : typed(v);
+        if (no_echo) req.args["echo_reply"] = false;
+        if (!check_opts.empty()) {
+            json check = json::object();
+            for (const auto& [k, v] : check_opts)
+                check[k] = k == "type" || k == "http_path" || k == "http_body" ? json(v) : typed(v);
+            req.args["check"] = check;
+        }
     });
     auto* vip_rm = vipc->add_subcommand("remove", "Remove a VIP and its backends");
     vip_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
@@ -205,13 +229,13 @@ int main(int argc, char** argv) {
     be_add->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
     be_add->add_option("address", address, "ADDRESS[:PORT] (a DSR backend keeps the VIP's port)")
         ->required();
-    be_add->add_option("--weight", weight, "Relative weight, 0-10000 (0 adds it drained)")
-        ->capture_default_str();
+    option(be_add, opts, "--weight", "weight", "Relative weight, 0-10000 (default 100; 0 adds it drained)");
     be_add->add_option("--mac", mac,
                        "Backend MAC; by default taken from this node's neighbour table");
     be_add->callback([&] {
         req.cmd = "backend.add";
-        req.args = {{"vip", vip}, {"address", address}, {"weight", weight}};
+        req.args = {{"vip", vip}, {"address", address}};
+        if (opts.count("weight")) req.args["weight"] = typed(opts["weight"]);
         if (!mac.empty()) req.args["mac"] = mac;
     });
     auto* be_rm = bec->add_subcommand("remove", "Remove a backend; its flows move to the others");
@@ -228,9 +252,10 @@ int main(int argc, char** argv) {
     auto* be_weight = bec->add_subcommand("weight", "Change a backend's weight (undrains it)");
     be_weight->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
     be_weight->add_option("address", address, "ADDRESS[:PORT]")->required();
+    std::string weight;
     be_weight->add_option("weight", weight, "0-10000")->required();
     be_weight->callback([&] {
-        req = {"backend.weight", {{"vip", vip}, {"address", address}, {"weight", weight}}};
+        req = {"backend.weight", {{"vip", vip}, {"address", address}, {"weight", typed(weight)}}};
     });
     auto* be_list = bec->add_subcommand("list", "List a VIP's backends");
     be_list->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
@@ -250,7 +275,14 @@ int main(int argc, char** argv) {
     dump->add_flag("--json", req.as_json, "Print JSON instead of TOML");
     dump->callback([&] { req.cmd = "config.dump"; });
 
-    CLI11_PARSE(app, argc, argv);
+    app.footer(kExitCodes);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        // CLI11's own codes (105, 106, ...) mean nothing to a script: every
+        // usage error is 2; --help is 0.
+        return app.exit(e) == 0 ? 0 : kExitUsage;
+    }
 
     if (req.cmd == "config.apply") {
         try {
@@ -262,21 +294,35 @@ int main(int argc, char** argv) {
         } catch (const std::exception& e) {
             fmt::print(stderr, "sluicectl: {}: the configuration is refused, nothing changed:\n{}\n",
                        config_path, e.what());
-            return kExitDaemonError;
+            return kExitRefused;
         }
+    }
+
+    // What sluiced would refuse unread is refused here, in words.
+    const json request = {{"cmd", req.cmd}, {"args", req.args}};
+    std::string text;
+    try {
+        text = request.dump();
+    } catch (const json::type_error&) {
+        fmt::print(stderr, "sluicectl: an argument is not valid UTF-8 text; nothing was sent\n");
+        return kExitRefused;
+    }
+    if (text.size() + 1 > sluice::ipc::kMaxMessage) {
+        fmt::print(stderr, "sluicectl: the request is {} bytes, more than the {} sluiced accepts; nothing was sent\n",
+                   text.size() + 1, sluice::ipc::kMaxMessage);
+        return kExitRefused;
     }
 
     json response;
     try {
-        response = sluice::ipc::call(socket_path, {{"cmd", req.cmd}, {"args", req.args}},
-                                     std::chrono::milliseconds(timeout_ms));
+        response = sluice::ipc::call(socket_path, request, std::chrono::milliseconds(timeout_ms));
     } catch (const std::exception& e) {
         fmt::print(stderr, "sluicectl: {}\n", e.what());
         return kExitUnreachable;
     }
     if (!response.value("ok", false)) {
         fmt::print(stderr, "sluicectl: error: {}\n", response.value("error", "unknown error"));
-        return kExitDaemonError;
+        return response.value("code", "") == "permission" ? kExitUnreachable : kExitRefused;
     }
     if (req.as_json)
         std::cout << response["result"].dump(2) << "\n";

@@ -21,6 +21,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "control_server.hpp"
 #include "daemon.hpp"
 #include "ipc.hpp"
 #include "metrics.hpp"
@@ -30,26 +31,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 
 void on_signal(int) { g_stop = true; }
-
-int listen_unix(const std::string& path) {
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-    // A stale socket from a crashed daemon would make bind() fail; the lock
-    // taken before this call proves no live daemon owns it.
-    unlink(path.c_str());
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    if (path.size() >= sizeof sa.sun_path)
-        throw std::runtime_error(fmt::format("socket path '{}' is too long", path));
-    std::strcpy(sa.sun_path, path.c_str());
-    const mode_t old = umask(0177);  // created 0600: only the owner may connect
-    const int r = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-    umask(old);
-    if (r != 0) throw std::runtime_error(fmt::format("bind {}: {}", path, std::strerror(errno)));
-    if (listen(fd, 64) != 0) throw std::runtime_error(fmt::format("listen: {}", std::strerror(errno)));
-    return fd;
-}
 
 // Prometheus scrapes on localhost only: counters are not for the network.
 int listen_metrics(uint16_t port) {
@@ -77,49 +58,13 @@ int take_lock(const std::string& socket_path) {
     return fd;
 }
 
-bool peer_allowed(int fd) {
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
-    return cred.uid == geteuid() || cred.uid == 0;
-}
-
-void serve_one(sluice::Daemon& daemon, int client) {
-    nlohmann::json response;
-    try {
-        if (!peer_allowed(client)) {
-            response = {{"ok", false}, {"error", "permission denied: not sluiced's user"}};
-        } else {
-            const std::string msg = sluice::ipc::read_message(client, std::chrono::seconds(5));
-            nlohmann::json request;
-            try {
-                request = nlohmann::json::parse(msg);
-            } catch (const nlohmann::json::exception& e) {
-                response = {{"ok", false}, {"error", fmt::format("request is not JSON: {}", e.what())}};
-            }
-            if (response.is_null()) {
-                response = daemon.handle(request);
-                const auto& result = response["result"];
-                if (response["ok"] && result.is_object() && result.contains("published_generation"))
-                    fmt::print("sluiced: {} {} -> generation {}\n", request["cmd"].get<std::string>(),
-                               request.value("args", nlohmann::json::object()).dump(),
-                               result["published_generation"].get<uint64_t>());
-            }
-        }
-        sluice::ipc::write_message(client, response.dump());
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "sluiced: client request failed: {}\n", e.what());
-    }
-    close(client);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"sluiced: the sluice control-plane daemon. Owns VIPs and backends, publishes them "
                  "to sluice-dataplane through shared memory, and serves sluicectl."};
     std::string socket_path = sluice::ipc::kDefaultSocket;
-    sluice::DaemonOptions opt{"/dev/shm/sluice", "/var/lib/sluice/state.json", {}, {}};
+    sluice::DaemonOptions opt{"/dev/shm/sluice", "/var/lib/sluice/state.json", {}, {}, {}};
     std::optional<uint64_t> seed;
     unsigned publish_timeout_ms = 2000;
     std::optional<std::string> tunnel4, tunnel6;
@@ -135,7 +80,9 @@ int main(int argc, char** argv) {
                    "Flow-hash seed; give every node behind one ECMP group the same seed (only "
                    "used when no state file exists yet)");
     app.add_option("--publish-timeout-ms", publish_timeout_ms,
-                   "How long a change waits for dataplane lcores to leave the old configuration")
+                   "How long a change waits for dataplane lcores to leave the old configuration "
+                   "(1-600000)")
+        ->check(CLI::Range(1u, 600'000u))
         ->capture_default_str();
     app.add_option("--tunnel-source4", tunnel4,
                    "This node's IPv4 prefix for outer sources of tunnelled packets; flow-hash "
@@ -146,7 +93,8 @@ int main(int argc, char** argv) {
                    "The dataplane's af_xdp interface: sluiced keeps the maps of the XDP "
                    "steering program attached to it in step with the VIPs");
     app.add_option("--metrics-port", metrics_port,
-                   "Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: off)")
+                   "Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: off; 0-65535)")
+        ->check(CLI::Range(0, 65535))
         ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
@@ -158,7 +106,8 @@ int main(int argc, char** argv) {
         sluice::Daemon daemon(opt, sluice::Daemon::load_state(opt.state_path, seed));
         if (tunnel4 || tunnel6) daemon.set_tunnel_sources(tunnel4, tunnel6);
         daemon.publish_current();
-        const int listen_fd = listen_unix(socket_path);
+        sluice::ControlServer control(socket_path,
+                                      [&](const std::string& line) { return daemon.handle_line(line); });
         const int metrics_fd = metrics_port ? listen_metrics(metrics_port) : -1;
         struct sigaction sa{};
         sa.sa_handler = on_signal;
@@ -176,25 +125,21 @@ int main(int argc, char** argv) {
                 daemon.tick();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
-            pollfd p[3] = {{listen_fd, POLLIN, 0}, {daemon.health_wake_fd(), POLLIN, 0}, {metrics_fd, POLLIN, 0}};
-            const int r = poll(p, metrics_fd >= 0 ? 3 : 2, 200);
-            if (r <= 0) continue;
-            if (p[1].revents & POLLIN) daemon.apply_health_changes();
-            if (metrics_fd >= 0 && (p[2].revents & POLLIN)) {
+            std::vector<pollfd> p = {{daemon.health_wake_fd(), POLLIN, 0}, {metrics_fd, POLLIN, 0}};
+            control.add_pollfds(p);
+            const int r = poll(p.data(), p.size(), 200);
+            if (r < 0) continue;
+            if (p[0].revents & POLLIN) daemon.apply_health_changes();
+            if (metrics_fd >= 0 && (p[1].revents & POLLIN)) {
                 const int c = accept4(metrics_fd, nullptr, nullptr, SOCK_CLOEXEC);
                 if (c >= 0) {
                     sluice::serve_metrics(c, daemon.stats());
                     close(c);
                 }
             }
-            if (!(p[0].revents & POLLIN)) continue;
-            const int client = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-            if (client < 0) continue;
-            serve_one(daemon, client);
+            control.on_poll(p.data() + 2, p.size() - 2);
             std::fflush(stdout);
         }
-        close(listen_fd);
-        unlink(socket_path.c_str());
         fmt::print("sluiced: stopped; the dataplane keeps forwarding with the last configuration\n");
         return 0;
     } catch (const std::exception& e) {

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 
 #include <cerrno>
@@ -131,20 +132,25 @@ socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out) {
     return sizeof(sockaddr_in6);
 }
 
-std::vector<IpAddress> host_addresses() {
+namespace {
+
+// getifaddrs() once, each address `pick` chooses from an entry.
+template <typename Pick>
+std::vector<IpAddress> interface_addresses(Pick pick) {
     ifaddrs* list = nullptr;
     if (getifaddrs(&list) != 0)
         throw std::runtime_error(fmt::format("getifaddrs: {}", std::strerror(errno)));
     std::vector<IpAddress> out;
     for (ifaddrs* a = list; a; a = a->ifa_next) {
-        if (!a->ifa_addr) continue;
+        const sockaddr* sa = pick(*a);
+        if (!sa) continue;
         IpAddress ip;
-        if (a->ifa_addr->sa_family == AF_INET) {
+        if (sa->sa_family == AF_INET) {
             ip.family = 4;
-            std::memcpy(ip.bytes.data(), &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, 4);
-        } else if (a->ifa_addr->sa_family == AF_INET6) {
+            std::memcpy(ip.bytes.data(), &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, 4);
+        } else if (sa->sa_family == AF_INET6) {
             ip.family = 6;
-            std::memcpy(ip.bytes.data(), &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr, 16);
+            std::memcpy(ip.bytes.data(), &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, 16);
         } else {
             continue;
         }
@@ -152,6 +158,20 @@ std::vector<IpAddress> host_addresses() {
     }
     freeifaddrs(list);
     return out;
+}
+
+}  // namespace
+
+std::vector<IpAddress> host_addresses() {
+    return interface_addresses([](const ifaddrs& a) -> const sockaddr* { return a.ifa_addr; });
+}
+
+std::vector<IpAddress> host_broadcast_addresses() {
+    return interface_addresses([](const ifaddrs& a) -> const sockaddr* {
+        return (a.ifa_flags & IFF_BROADCAST) && a.ifa_addr && a.ifa_addr->sa_family == AF_INET
+                   ? a.ifa_broadaddr
+                   : nullptr;
+    });
 }
 
 }  // namespace sluice

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -120,6 +121,16 @@ ShmSegment ShmSegment::open_or_create(const std::string& path) {
         return ShmSegment(path, fd, shm);
     }
     throw std::runtime_error(fmt::format("{} keeps disappearing while being opened", path));
+}
+
+void ShmSegment::lock_writer() {
+    if (flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
+    if (errno != EWOULDBLOCK) fail_errno("cannot lock shared memory", path_);
+    // The holder recorded its pid after taking the lock.
+    const uint32_t holder = __atomic_load_n(&shm_->header.daemon_pid, __ATOMIC_ACQUIRE);
+    throw std::runtime_error(fmt::format(
+        "{} already has a writer: sluiced pid {} holds it; one sluiced per shared-memory segment",
+        path_, holder));
 }
 
 ShmSegment::ShmSegment(ShmSegment&& o) noexcept

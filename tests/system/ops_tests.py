@@ -376,7 +376,7 @@ weight = 200
         with open(path, "w") as f:
             f.write(dump.replace("weight = 200", "weight = 20000").replace("[[vip]]", "[[vip]]\nfoo = 1", 1))
         r = lab.ctl("apply", "-f", path, check_rc=False)
-        check(r.returncode == 1 and "vip[0].foo: unknown key" in r.stderr, f"bad file: {r.returncode} {r.stderr}")
+        check(r.returncode == 1 and "vip[0]: VIP: unknown key 'foo'" in r.stderr, f"bad file: {r.returncode} {r.stderr}")
         with open(path, "w") as f:
             f.write(dump.replace("weight = 200", "weight = 20000"))
         r = lab.ctl("apply", "-f", path, check_rc=False)

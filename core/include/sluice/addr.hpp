@@ -49,5 +49,7 @@ socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out);
 // Every IPv4 and IPv6 address configured on this host's interfaces (in the
 // caller's network namespace).
 std::vector<IpAddress> host_addresses();
+// The directed broadcast addresses of this host's IPv4 interfaces.
+std::vector<IpAddress> host_broadcast_addresses();
 
 }  // namespace sluice

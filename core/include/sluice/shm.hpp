@@ -31,6 +31,11 @@ public:
     ShmSegment& operator=(const ShmSegment&) = delete;
     ~ShmSegment();
 
+    // Makes this process the segment's one configuration writer for as long
+    // as the segment stays open (an exclusive flock on it); throws naming the
+    // pid of the sluiced that holds it.
+    void lock_writer();
+
     sluice_shm* get() const { return shm_; }
     sluice_shm* operator->() const { return shm_; }
     int fd() const { return fd_; }
