@@ -1,0 +1,281 @@
+#!/usr/bin/python3
+"""System tests of the control path with the real sluiced and sluicectl, no
+dataplane and no namespaces (sluiced in the test's own network namespace, so
+its idea of "this node's addresses" is the machine's): exit codes, the one
+validation path, what a hostile or careless client gets, one writer per
+shared-memory segment.
+
+usage: ctl_tests.py [TEST ...]   (no argument: all)"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from sluice_env import SLUICECTL, SLUICED, TUNNEL_SOURCE4, check, run_tests  # noqa: E402
+
+MAC = "02:00:00:00:00:11"
+
+
+class Daemon:
+    """One sluiced on a temporary socket, segment and state file."""
+
+    def __init__(self, tag, shm=None):
+        self.tmp = tempfile.mkdtemp(prefix=f"sluice-ctl-{tag}-")
+        os.chmod(self.tmp, 0o755)  # another user must reach the socket to be refused by it
+        self.socket = os.path.join(self.tmp, "sluiced.sock")
+        self.shm = shm or f"/dev/shm/sluice-ctl-{tag}-{os.getpid()}"
+        self.own_shm = shm is None
+        self.state = os.path.join(self.tmp, "state.json")
+        self.proc = None
+
+    def __enter__(self):
+        self.log = open(os.path.join(self.tmp, "sluiced.log"), "w+")
+        self.proc = subprocess.Popen([SLUICED, "--socket", self.socket, "--shm", self.shm, "--state", self.state,
+                                      "--tunnel-source4", TUNNEL_SOURCE4, "--metrics-port", "0"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 10
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.time() > deadline:
+                out = self.output()
+                self.__exit__(None, None, None)
+                raise AssertionError(f"sluiced did not start: {out}")
+            time.sleep(0.05)
+        return self
+
+    def output(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.own_shm and os.path.exists(self.shm):
+            os.unlink(self.shm)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+    def ctl(self, *args, prefix=(), timeout=30):
+        return subprocess.run(list(prefix) + [SLUICECTL, "--socket", self.socket, *args], capture_output=True,
+                              timeout=timeout)
+
+    def dump(self):
+        r = self.ctl("dump", "--json")
+        check(r.returncode == 0, f"dump: {r.stderr}")
+        return json.loads(r.stdout)
+
+    def raw(self, payload, read_timeout=10):
+        """Sends bytes as a script would, returns the answer line."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(read_timeout)
+        s.connect(self.socket)
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before reading everything: the answer is still there
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        return data
+
+
+def host_addresses():
+    out = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout)
+    return [a["local"] for link in out for a in link.get("addr_info", [])]
+
+
+def test_exit_codes():
+    with Daemon("rc") as d:
+        def rc(*args, want, says=None):
+            r = d.ctl(*args)
+            err = r.stderr.decode(errors="replace")
+            check(r.returncode == want, f"sluicectl {' '.join(args)}: exit {r.returncode}, want {want}: {err}")
+            if says:
+                check(says in err, f"sluicectl {' '.join(args)}: '{says}' not in: {err}")
+            if want in (1, 3):
+                check(len(err.strip().splitlines()) == 1, f"not a one-line message: {err}")
+        rc("status", want=0)
+        rc("vip", "add", "198.18.1.1:80/tcp", want=0)
+        rc("vip", "add", "198.18.1.1:80/tcp", want=1, says="already exists")
+        rc("vip", "frobnicate", want=2)
+        rc("vip", "add", want=2)
+        rc("--no-such-option", "status", want=2)
+        rc("backend", "add", "198.18.1.1:80/tcp", "198.18.0.11", "--mac", MAC, "--weight", "4294967346", want=1,
+           says="weight 4294967346 is out of range 0..10000")
+        rc("backend", "add", "198.18.1.1:80/tcp", "198.18.0.11", "--mac", MAC, "--weight", "-1", want=1,
+           says="weight -1 is out of range 0..10000")
+        rc("backend", "add", "198.18.1.1:80/tcp", "198.18.0.11", "--mac", MAC, "--weight", "18446744073709551615",
+           want=1, says="weight 18446744073709551615 is out of range 0..10000")
+        rc("backend", "add", "198.18.1.1:80/tcp", "198.18.0.11", "--mac", MAC, "--weight", "ten", want=1,
+           says='weight must be an integer in 0..10000, not "ten"')
+        rc("vip", "add", "198.18.1.2:80/tcp", "--table-size", "4294967296", want=1,
+           says="table_size 4294967296 is out of range 0..4294967295")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--check", "tcp", "--check-port", "65616", want=1,
+           says="port 65616 is out of range 0..65535")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--mode", "gue", "--gue-port", "71616", want=1,
+           says="gue_port 71616 is out of range 1..65535")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--rise", "300", want=1, says="rise 300 is out of range 1..100")
+        # A 0xff byte (surrogateescape carries it into argv as is).
+        rc("vip", "add", "198.18.1.2:80/tcp\udcff", want=1, says="not valid UTF-8")
+        # --help tells the truth about all of it.
+        r = d.ctl("--help")
+        check(r.returncode == 0 and b"Exit status: 0 done; 1 refused" in r.stdout, f"--help: {r.stdout[-300:]}")
+    # No daemon at all.
+    r = subprocess.run([SLUICECTL, "--socket", "/nonexistent/sluiced.sock", "status"], capture_output=True)
+    check(r.returncode == 3 and b"cannot reach sluiced" in r.stderr, f"unreachable: {r.returncode} {r.stderr}")
+
+
+def test_refusals_name_the_value_and_change_nothing():
+    with Daemon("val") as d:
+        check(d.ctl("vip", "add", "198.18.1.1:80/tcp").returncode == 0, "first VIP")
+        check(d.ctl("backend", "add", "198.18.1.1:80/tcp", "198.18.0.11", "--mac", MAC).returncode == 0, "backend")
+        before = d.dump()
+        own = [a for a in host_addresses() if ":" not in a and not a.startswith("127.")]
+        bad = [
+            ("127.0.0.1:80/tcp", "loopback"),
+            ("127.9.9.9:80/tcp", "loopback"),
+            ("[::1]:80/tcp", "loopback"),
+            ("0.0.0.0:80/tcp", "unspecified"),
+            ("224.0.0.1:80/udp", "multicast"),
+            ("255.255.255.255:80/udp", "broadcast"),
+            ("169.254.0.1:80/tcp", "link-local"),
+            ("[fe80::1]:80/tcp", "link-local"),
+            ("198.18.1.1/tcp", "overlaps VIP 198.18.1.1:80/tcp"),
+        ] + [(f"{a}:80/tcp", "is an address of this node") for a in own]
+        for vip, says in bad:
+            r = d.ctl("vip", "add", vip)
+            err = r.stderr.decode()
+            check(r.returncode == 1 and says in err and vip.split(":80")[0].strip("[]").split("/")[0] in err,
+                  f"vip add {vip}: {r.returncode} {err}")
+            # The same definition through apply (next to what is there) is
+            # refused with the same words.
+            path = os.path.join(d.tmp, "bad.toml")
+            with open(path, "w") as f:
+                f.write(d.ctl("dump").stdout.decode() + f'\n[[vip]]\naddress = "{vip}"\n')
+            r = d.ctl("apply", "-f", path)
+            check(r.returncode == 1 and says in r.stderr.decode(), f"apply {vip}: {r.returncode} {r.stderr}")
+        check(d.dump() == before, "a refused command changed the configuration")
+
+
+def test_dump_of_every_kind_reapplies():
+    with Daemon("dmp") as d:
+        cmds = [
+            ["vip", "add", "198.18.1.1:80/tcp", "--mode", "nat"],
+            ["vip", "add", "198.18.1.2/udp", "--mode", "dsr"],  # every port, no backends
+            ["vip", "add", "198.18.1.3/gre", "--mode", "ipip", "--hash", "3tuple+tag"],
+            ["vip", "add", "198.18.1.4:443/tcp", "--mode", "gue", "--gue-port", "6080", "--check", "none"],
+            ["backend", "add", "198.18.1.1:80/tcp", "198.18.0.11:8080", "--mac", MAC, "--weight", "0"],
+            ["backend", "add", "198.18.1.3/gre", "198.18.0.12", "--mac", MAC],
+        ]
+        for c in cmds:
+            r = d.ctl(*c)
+            check(r.returncode == 0, f"{c}: {r.stderr}")
+        text = d.ctl("dump").stdout.decode()
+        with Daemon("dm2") as fresh:
+            path = os.path.join(fresh.tmp, "dump.toml")
+            with open(path, "w") as f:
+                f.write(text)
+            r = fresh.ctl("apply", "-f", path)
+            check(r.returncode == 0, f"apply of a dump refused: {r.stderr}\n{text}")
+            check(fresh.ctl("dump").stdout.decode() == text, "the dump of the re-applied state differs")
+
+
+def test_hostile_clients_get_one_line_answers():
+    with Daemon("hos") as d:
+        # Not UTF-8, not JSON, too large, not an object: one JSON line each.
+        for payload, says in [
+            (b'{"cmd":"status\xff"}\n', "not valid UTF-8"),
+            (b"hello\n", "not JSON"),
+            (b"[1,2]\n", "request must be an object"),
+            (b'{"cmd":"vip.add","args":{"address":"198.18.1.1:80/tcp","weight":1}}\n', "unknown key 'weight'"),
+            (b"x" * (3 << 20), "larger than 1048576 bytes"),
+        ]:
+            answer = d.raw(payload)
+            check(answer.endswith(b"\n") and answer.count(b"\n") == 1, f"{payload[:40]}: {answer[:200]}")
+            r = json.loads(answer)
+            check(r["ok"] is False and says in r["error"], f"{payload[:40]}: {r}")
+        # A request over the limit from sluicectl is refused before sending.
+        path = os.path.join(d.tmp, "huge.toml")
+        with open(path, "w") as f:
+            for i in range(40000):
+                f.write(f'[[vip]]\naddress = "198.18.{(i >> 8) & 255}.{i & 255}:{1 + i % 60000}/tcp"\n')
+        r = d.ctl("apply", "-f", path)
+        err = r.stderr.decode()
+        check(r.returncode == 1 and "more than the 1048576 sluiced accepts" in err and "Broken pipe" not in err,
+              f"huge apply: {r.returncode} {err}")
+        # Silent clients never delay anyone: four connections that say
+        # nothing, then a request that must be answered at once.
+        silent = []
+        for _ in range(4):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(d.socket)
+            silent.append(s)
+        worst = 0.0
+        for _ in range(10):
+            t0 = time.time()
+            r = d.ctl("vip", "list")
+            worst = max(worst, time.time() - t0)
+            check(r.returncode == 0, f"vip list with silent clients: {r.stderr}")
+        print(f"  vip list with 4 silent clients: worst {worst * 1000:.0f} ms")
+        check(worst < 0.1, f"vip list took {worst * 1000:.0f} ms with silent clients connected")
+        for s in silent:
+            s.close()
+
+
+def test_user_without_permission_is_told_every_time():
+    with Daemon("prm") as d:
+        for i in range(20):
+            r = d.ctl("status", prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+            err = r.stderr.decode()
+            check(r.returncode == 3 and "permission denied" in err and "Broken pipe" not in err,
+                  f"attempt {i}: exit {r.returncode}: {err}")
+        # Also when the socket itself lets the user in: sluiced checks the
+        # peer's credentials and answers, rather than closing mid-request.
+        os.chmod(d.socket, 0o666)
+        for i in range(20):
+            r = d.ctl("apply", "-f", "/dev/null", prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+            err = r.stderr.decode()
+            check(r.returncode == 3 and "permission denied: only sluiced's user" in err,
+                  f"peer check, attempt {i}: exit {r.returncode}: {err}")
+
+
+def test_second_daemon_on_one_segment_is_refused():
+    with Daemon("one") as first:
+        second = Daemon("two", shm=first.shm)
+        try:
+            second.__enter__()
+        except AssertionError as e:
+            msg = str(e)
+            check(f"sluiced pid {first.proc.pid} holds it" in msg, f"refusal does not name the holder: {msg}")
+        else:
+            second.__exit__(None, None, None)
+            raise AssertionError("a second sluiced on the same --shm started")
+        check(first.ctl("status").returncode == 0, "the first daemon stopped answering")
+
+
+TESTS = {
+    "exit_codes": test_exit_codes,
+    "refusals": test_refusals_name_the_value_and_change_nothing,
+    "dump_reapplies": test_dump_of_every_kind_reapplies,
+    "hostile_clients": test_hostile_clients_get_one_line_answers,
+    "permission": test_user_without_permission_is_told_every_time,
+    "one_writer": test_second_daemon_on_one_segment_is_refused,
+}
+
+if __name__ == "__main__":
+    sys.exit(run_tests(TESTS))
