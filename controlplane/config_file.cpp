@@ -16,7 +16,7 @@ namespace {
 using nlohmann::json;
 
 // The schema: for every table, its keys and their JSON types.
-enum class Kind { kString, kInt, kBool, kTable, kTables };
+enum class Kind { kString, kInt, kBool, kTable, kTables, kStrings };
 struct Field {
     const char* name;
     Kind kind;
@@ -31,7 +31,7 @@ const std::vector<Field> kBackendFields = {
 const std::vector<Field> kVipFields = {
     {"address", Kind::kString}, {"mode", Kind::kString},   {"hash", Kind::kString},
     {"table_size", Kind::kInt}, {"gue_port", Kind::kInt},  {"echo_reply", Kind::kBool},
-    {"check", Kind::kTable},    {"backend", Kind::kTables}};
+    {"check", Kind::kTable},    {"backend", Kind::kTables}, {"allow", Kind::kStrings}};
 const std::vector<Field> kTopFields = {{"node", Kind::kTable}, {"vip", Kind::kTables}};
 
 const std::vector<Field>& sub_schema(const std::string& name) {
@@ -82,6 +82,17 @@ json convert(const toml::table& t, const std::vector<Field>& schema, const std::
             out[k] = list;
             break;
         }
+        case Kind::kStrings: {
+            const auto* arr = node.as_array();
+            if (!arr || (!arr->empty() && !arr->is_homogeneous<std::string>())) {
+                errors.push_back(fmt::format("{}: expected a list of strings", where));
+                break;
+            }
+            json list = json::array();
+            for (const auto& e : *arr) list.push_back(*e.value<std::string>());
+            out[k] = list;
+            break;
+        }
         }
     }
     return out;
@@ -96,7 +107,10 @@ toml::table to_table(const json& j) {
         else if (v.is_object()) t.insert(k, to_table(v));
         else if (v.is_array()) {
             toml::array a;
-            for (const auto& e : v) a.push_back(to_table(e));
+            for (const auto& e : v) {
+                if (e.is_string()) a.push_back(e.get<std::string>());
+                else a.push_back(to_table(e));
+            }
             t.insert(k, std::move(a));
         }
     }
@@ -157,6 +171,7 @@ json config_of(const Model& m) {
                    {"echo_reply", v.echo_reply},    {"check", check},
                    {"backend", backends}};
         if (v.mode == SLUICE_MODE_GUE) vj["gue_port"] = v.gue_port;
+        if (!v.allow.empty()) vj["allow"] = allow_list_json(v.allow);
         vips.push_back(vj);
     }
     return {{"node", node}, {"vip", vips}};
@@ -216,6 +231,9 @@ Model apply_config(const Model& current, const json& desired,
             w.opt.echo_reply = v.value("echo_reply", true);
             w.opt.health = vip_health_from_json(v.value("check", json::object()), w.id, w.opt.mode);
         });
+        attempt(where + ".allow", [&] {
+            if (v.contains("allow")) w.opt.allow = parse_allow_list(v["allow"]);
+        });
         for (const auto& other : wants) {
             const bool same_addr = other.id.endpoint.addr == w.id.endpoint.addr && other.id.proto == w.id.proto;
             if (other.id == w.id)
@@ -253,6 +271,22 @@ Model apply_config(const Model& current, const json& desired,
             } else if (!(next.vip(w.id).health == w.opt.health)) {
                 next.set_health(w.id, w.opt.health);
                 changes.push_back(fmt::format("{}: check {}", format_vip_id(w.id), check_type_name(w.opt.health.type)));
+            }
+        });
+        // In place, not a re-created VIP: flows of sources still admitted keep
+        // their backend.
+        attempt(w.where + ".allow", [&] {
+            if (!next.vips().count(w.id)) return;
+            std::vector<Prefix> want = w.opt.allow;
+            std::sort(want.begin(), want.end());
+            if (next.vip(w.id).allow != want) {
+                next.set_allow(w.id, w.opt.allow);
+                // Lists may be long: the first few prefixes, then a count.
+                std::vector<std::string> shown;
+                for (size_t i = 0; i < want.size() && i < 4; ++i) shown.push_back(format_prefix(want[i]));
+                changes.push_back(fmt::format("{}: allow {}{}", format_vip_id(w.id),
+                                              want.empty() ? "every source" : fmt::format("{}", fmt::join(shown, ", ")),
+                                              want.size() > 4 ? fmt::format(" and {} more", want.size() - 4) : ""));
             }
         });
         if (!next.vips().count(w.id)) continue;

@@ -190,6 +190,7 @@ nlohmann::json Daemon::vip_json(const Vip& v) const {
                         {"echo_reply", v.echo_reply},
                         {"backends", backends}};
     if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
+    if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
     return j;
 }
 
@@ -336,6 +337,7 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         o.echo_reply = arg_or<bool>(args, "echo_reply", true);
         o.health = vip_health_from_json(arg_or<nlohmann::json>(args, "health", nlohmann::json::object()), id,
                                         o.mode);
+        if (args.contains("allow")) o.allow = parse_allow_list(args.at("allow"));
         next.add_vip(id, o);
         result = vip_json(next.vip(id));
     } else if (cmd == "vip.remove") {

@@ -32,6 +32,17 @@ void print_vip(const json& v) {
                v.contains("gue_port") ? fmt::format(" gue-port {}", v["gue_port"].get<uint16_t>()) : "",
                v["echo_reply"].get<bool>() ? "" : " no-echo");
     fmt::print("  check {}\n", v["health"]["type"].get<std::string>());
+    if (v.contains("allow")) {
+        // Lists may hold thousands of prefixes: the first few, then a count.
+        constexpr size_t kShown = 8;
+        std::vector<std::string> shown;
+        for (const auto& p : v["allow"]) {
+            if (shown.size() == kShown) break;
+            shown.push_back(p.get<std::string>());
+        }
+        fmt::print("  allow {}{}\n", fmt::join(shown, " "),
+                   v["allow"].size() > kShown ? fmt::format(" ... ({} prefixes)", v["allow"].size()) : "");
+    }
     for (const auto& b : v["backends"])
         fmt::print("  {:<26} weight {:<6} {:<8} mac {}  {}\n", b["address"].get<std::string>(),
                    b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
@@ -119,6 +130,7 @@ int main(int argc, char** argv) {
     uint32_t table_size = 65537, weight = 100;
     uint16_t gue_port = 0;
     bool no_echo = false;
+    std::vector<std::string> allow;
     std::string check = "auto", http_path = "/", http_body;
     uint32_t check_interval = 1000, check_timeout = 500;
     unsigned rise = 2, fall = 2;
@@ -172,6 +184,11 @@ int main(int argc, char** argv) {
     vip_add->add_option("--http-status", http_status, "HTTP check: the expected status")
         ->capture_default_str();
     vip_add->add_option("--http-body", http_body, "HTTP check: a substring the body must contain");
+    vip_add->add_option("--allow", allow,
+                        "Only these source prefixes may use the VIP (comma-separated, the VIP's "
+                        "family, e.g. 198.18.0.0/16,198.19.0.0/24; at most 16384); others are "
+                        "dropped as source_not_allowed. Default: every source")
+        ->delimiter(',');
     vip_add->add_option("--table-size", table_size,
                         "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 "
                         "65537 131071 262139 524287 655373 1048573")
@@ -184,6 +201,7 @@ int main(int argc, char** argv) {
                                 {"timeout_ms", check_timeout}, {"rise", rise}, {"fall", fall},
                                 {"port", check_port}, {"http_path", http_path},
                                 {"http_status", http_status}, {"http_body", http_body}}}};
+        if (!allow.empty()) req.args["allow"] = allow;
     });
     auto* vip_rm = vipc->add_subcommand("remove", "Remove a VIP and its backends");
     vip_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();
