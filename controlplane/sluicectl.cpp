@@ -186,8 +186,9 @@ int main(int argc, char** argv) {
     vip_add->add_option("--http-body", http_body, "HTTP check: a substring the body must contain");
     vip_add->add_option("--allow", allow,
                         "Only these source prefixes may use the VIP (comma-separated, the VIP's "
-                        "family, e.g. 198.18.0.0/16,198.19.0.0/24; at most 16384); others are "
-                        "dropped as source_not_allowed. Default: every source")
+                        "family, e.g. 198.18.0.0/16,198.19.0.0/24; repeatable; at most 16384, long "
+                        "lists are best kept in a file for apply); others are dropped as "
+                        "source_not_allowed. Default: every source")
         ->delimiter(',');
     vip_add->add_option("--table-size", table_size,
                         "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 "
