@@ -67,6 +67,12 @@ def test_allowed_and_denied_client():
             check(new_flows == 0, f"IPv{family}: the denied client's SYNs created {new_flows} flows")
             check(mid["drops"]["source_not_allowed"] == before["drops"]["source_not_allowed"],
                   f"IPv{family}: the allowed client's packets were dropped as source_not_allowed")
+        # The state file keeps the lists across a daemon restart.
+        lab.stop("sluiced")
+        lab.start_daemon()
+        restored = lab.ctl("vip", "list", as_json=True)
+        check([v.get("allow") for v in restored] == [v.get("allow") for v in listing],
+              f"lists after a daemon restart: {restored}")
 
 
 # Holds one connection per source address across a change of the list:
