@@ -201,6 +201,21 @@ Model apply_config(const Model& current, const json& desired,
                 changes.push_back(fmt::format("{}: check {}", format_vip_id(id), check_type_name(w.def.options.health.type)));
             }
         });
+        // In place, not a re-created VIP: flows of sources still admitted keep
+        // their backend.
+        attempt(w.where + ".allow", [&] {
+            if (!next.vips().count(id)) return;
+            std::vector<Prefix> want = w.def.options.allow;
+            std::sort(want.begin(), want.end());
+            if (next.vip(id).allow == want) return;
+            next.set_allow(id, want);
+            // Lists may be long: the first few prefixes, then a count.
+            std::vector<std::string> shown;
+            for (size_t i = 0; i < want.size() && i < 4; ++i) shown.push_back(format_prefix(want[i]));
+            changes.push_back(fmt::format("{}: allow {}{}", format_vip_id(id),
+                                          want.empty() ? "every source" : fmt::format("{}", fmt::join(shown, ", ")),
+                                          want.size() > 4 ? fmt::format(" and {} more", want.size() - 4) : ""));
+        });
         if (!next.vips().count(id)) continue;
         json backends = json::array();
         if (!attempt(w.where, [&] { backends = list(*w.spec, "backend", "[[vip.backend]]"); })) continue;

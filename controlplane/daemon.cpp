@@ -184,6 +184,7 @@ nlohmann::json Daemon::vip_json(const Vip& v) const {
                         {"echo_reply", v.echo_reply},
                         {"backends", backends}};
     if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
+    if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
     return j;
 }
 

@@ -92,7 +92,7 @@ HealthCheck parse_check_definition(const json& j, const VipId& id, uint8_t mode)
 
 VipDefinition parse_vip_definition(const json& j, std::initializer_list<std::string_view> extra_keys) {
     std::vector<std::string_view> known = {"address", "mode", "hash", "table_size", "gue_port",
-                                           "echo_reply", "check", "backend"};
+                                           "echo_reply", "check", "backend", "allow"};
     known.insert(known.end(), extra_keys.begin(), extra_keys.end());
     refuse_unknown_keys(j, "VIP", known);
     if (!j.contains("address")) invalid("address is missing (ADDRESS:PORT/PROTOCOL)");
@@ -105,6 +105,7 @@ VipDefinition parse_vip_definition(const json& j, std::initializer_list<std::str
     o.gue_port = narrow<uint16_t>(j, "gue_port", kGuePortRange, 0);
     if (j.contains("echo_reply")) o.echo_reply = json_bool(j.at("echo_reply"), "echo_reply");
     o.health = parse_check_definition(j.value("check", json::object()), d.id, o.mode);
+    if (j.contains("allow")) o.allow = parse_allow_list(j.at("allow"));
     return d;
 }
 
@@ -135,6 +136,7 @@ json vip_definition_json(const Vip& v) {
               {"check", health_json(v.health)},
               {"backend", backends}};
     if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
+    if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
     return j;
 }
 

@@ -5,7 +5,7 @@
 // definition is accepted or refused the same way, with the same message.
 //
 // The keys are the configuration file's (README: Configuration file):
-//   VIP      address mode hash table_size gue_port echo_reply check{...} backend[...]
+//   VIP      address mode hash table_size gue_port echo_reply allow[...] check{...} backend[...]
 //   check    type interval_ms timeout_ms rise fall port http_path http_status http_body
 //   backend  address weight mac
 // Every number is range-checked as the integer it was given (int64 or

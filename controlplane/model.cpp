@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "definition.hpp"
+#include "sluice/source_filter.hpp"
 #include "sluice/vip_index.hpp"
 
 namespace sluice {
@@ -30,6 +31,45 @@ bool in_prefix(const IpAddress& a, std::initializer_list<uint8_t> prefix, unsign
         ++i;
     }
     return true;
+}
+
+// `p` with its host bits cleared.
+Prefix network_of(const Prefix& p) {
+    Prefix n = p;
+    for (unsigned bit = p.len; bit < 128; ++bit) n.addr.bytes[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+    return n;
+}
+
+// The allow-list tries of VIPs laid out as in sluice_config::allow_pool; VIPs
+// with the same list (a service's port 80 and 443 VIPs) share one trie.
+struct AllowLayout {
+    std::map<std::vector<Prefix>, uint32_t> roots;
+    std::vector<sluice_allow_node> nodes;
+};
+
+// The prefixes of a list that can match a VIP's packets: a list may hold
+// both families (one list for a service's IPv4 and IPv6 VIPs).
+std::vector<Prefix> of_family(const std::vector<Prefix>& list, uint8_t family) {
+    std::vector<Prefix> out;
+    for (const Prefix& p : list)
+        if (p.addr.family == family) out.push_back(p);
+    return out;
+}
+
+// `lists`: each VIP's list of its own family.
+AllowLayout layout_allow_lists(const std::vector<std::vector<Prefix>>& lists) {
+    AllowLayout l;
+    for (const auto& list : lists) {
+        if (list.empty() || l.roots.count(list)) continue;
+        std::vector<SourcePrefix> sp;
+        sp.reserve(list.size());
+        for (const Prefix& p : list) sp.push_back(SourcePrefix{p.addr.bytes, p.len});
+        const uint32_t base = static_cast<uint32_t>(l.nodes.size());
+        const auto nodes = build_source_filter(sp, list.front().addr.family == 4 ? 32 : 128, base);
+        l.roots.emplace(list, base);
+        l.nodes.insert(l.nodes.end(), nodes.begin(), nodes.end());
+    }
+    return l;
 }
 
 }  // namespace
@@ -90,6 +130,31 @@ Prefix parse_prefix(std::string_view text) {
 }
 
 std::string format_prefix(const Prefix& p) { return fmt::format("{}/{}", format_ip(p.addr), p.len); }
+
+std::vector<Prefix> parse_allow_list(const nlohmann::json& j) {
+    if (!j.is_array())
+        invalid(fmt::format("allow: {} is not a list of prefixes such as [\"198.18.0.0/16\"]", j.dump()));
+    // Refused rather than read as "no list": a generated file whose list came
+    // out empty would otherwise open the VIP to every source.
+    if (j.empty()) invalid("allow: an empty list would admit no source; leave allow out to admit every source");
+    std::vector<Prefix> out;
+    out.reserve(j.size());
+    for (const auto& e : j) {
+        if (!e.is_string()) invalid(fmt::format("allow: {} is not a prefix string", e.dump()));
+        try {
+            out.push_back(parse_prefix(e.get<std::string>()));
+        } catch (const std::invalid_argument& x) {
+            invalid(fmt::format("allow: {}", x.what()));
+        }
+    }
+    return out;
+}
+
+nlohmann::json allow_list_json(const std::vector<Prefix>& allow) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const Prefix& p : allow) j.push_back(format_prefix(p));
+    return j;
+}
 
 uint8_t parse_mode(std::string_view text) {
     if (text == "nat") return SLUICE_MODE_NAT;
@@ -264,6 +329,7 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
                                 check_type_name(hc.type), protocol_name(id.proto)));
     }
     v.health = hc;
+    v.allow = checked_allow(id, opt.allow);
     v.slot = free_vip_slot();
     v.uid = next_uid_++;
     return vips_.emplace(id, std::move(v)).first->second;
@@ -382,6 +448,47 @@ void Model::set_health(const VipId& vip_id, const HealthCheck& check) {
     mutable_vip(vip_id).health = check;
 }
 
+std::vector<Prefix> Model::checked_allow(const VipId& id, const std::vector<Prefix>& allow) const {
+    const uint8_t family = id.endpoint.addr.family;
+    if (allow.size() > SLUICE_ALLOW_MAX_PREFIXES)
+        invalid(fmt::format("VIP {}: an allow-list of {} prefixes is over the limit of {}", format_vip_id(id),
+                            allow.size(), SLUICE_ALLOW_MAX_PREFIXES));
+    for (const Prefix& p : allow) {
+        // Refused, not normalised: 198.18.0.1/16 may be a typo for a /32 as
+        // well as for 198.18.0.0/16, and guessing wrong opens the VIP wider.
+        if (!(network_of(p) == p))
+            invalid(fmt::format("allow-list prefix {} has host bits set; did you mean {}?", format_prefix(p),
+                                format_prefix(network_of(p))));
+    }
+    std::vector<Prefix> sorted = allow;
+    std::sort(sorted.begin(), sorted.end());
+    if (auto d = std::adjacent_find(sorted.begin(), sorted.end()); d != sorted.end())
+        invalid(fmt::format("allow-list prefix {} is listed twice", format_prefix(*d)));
+    // Prefixes of the other family are kept (a list may serve a service's
+    // IPv4 and IPv6 VIPs alike) but a list with none of the VIP's own would
+    // admit no source at all.
+    if (!sorted.empty() && of_family(sorted, family).empty())
+        invalid(fmt::format("VIP {} is IPv{}: its allow-list has no IPv{} prefix, so it would admit no "
+                            "source; leave allow out to admit every source",
+                            format_vip_id(id), family, family));
+    std::vector<std::vector<Prefix>> lists;
+    for (const auto& [vid, v] : vips_)
+        if (vid != id) lists.push_back(of_family(v.allow, vid.endpoint.addr.family));
+    lists.push_back(of_family(sorted, family));
+    const size_t need = layout_allow_lists(lists).nodes.size();
+    if (need > SLUICE_ALLOW_POOL_NODES)
+        invalid(fmt::format("VIP {}: its allow-list of {} prefixes does not fit: the VIPs' allow-lists would "
+                            "need {} of {} shared trie nodes",
+                            format_vip_id(id), allow.size(), need, SLUICE_ALLOW_POOL_NODES));
+    return sorted;
+}
+
+void Model::set_allow(const VipId& vip_id, const std::vector<Prefix>& allow) {
+    vip(vip_id);  // names a VIP that does not exist
+    std::vector<Prefix> checked = checked_allow(vip_id, allow);
+    mutable_vip(vip_id).allow = std::move(checked);
+}
+
 bool Model::set_healthy(const VipId& vip_id, const Endpoint& endpoint, bool healthy) {
     Vip& v = mutable_vip(vip_id);
     const Endpoint e = normalise_backend(v, endpoint);
@@ -406,6 +513,12 @@ void Model::compile(sluice_config& out) const {
     // Echo is answered per address: on if any VIP of the address wants it.
     std::map<IpAddress, bool> echo;
     for (const auto& [id, v] : vips_) echo[id.endpoint.addr] = echo[id.endpoint.addr] || v.echo_reply;
+    std::vector<std::vector<Prefix>> allow_lists;
+    for (const auto& [id, v] : vips_) allow_lists.push_back(of_family(v.allow, id.endpoint.addr.family));
+    const AllowLayout allow = layout_allow_lists(allow_lists);
+    if (allow.nodes.size() > SLUICE_ALLOW_POOL_NODES) throw std::logic_error("allow-list pool overflow");
+    std::copy(allow.nodes.begin(), allow.nodes.end(), out.allow_pool);
+    out.allow_nodes_used = static_cast<uint32_t>(allow.nodes.size());
     uint32_t pool = 0;
     for (const auto& [id, v] : vips_) {
         sluice_vip& sv = out.vips[v.slot];
@@ -416,6 +529,10 @@ void Model::compile(sluice_config& out) const {
         sv.mode = v.mode;
         sv.hash_fields = v.hash_fields;
         sv.flags = echo[id.endpoint.addr] ? SLUICE_VIP_ECHO_REPLY : 0;
+        if (!v.allow.empty()) {
+            sv.flags |= SLUICE_VIP_SOURCE_ALLOW;
+            sv.allow_root = allow.roots.at(of_family(v.allow, id.endpoint.addr.family));
+        }
         sv.gue_port = v.gue_port;
         sv.uid = v.uid;
         sv.table_offset = pool;

@@ -74,16 +74,7 @@ HealthCheck::Type parse_check_type(std::string_view text);  // none, tcp, http, 
 std::string_view check_type_name(HealthCheck::Type t);
 nlohmann::json health_json(const HealthCheck& h);  // parsed by parse_check_definition
 
-struct VipOptions {
-    uint8_t mode = SLUICE_MODE_DSR;
-    uint8_t hash_fields = SLUICE_HASH_5TUPLE;
-    uint32_t table_size = kMaglevDefaultTableSize;
-    uint16_t gue_port = 0;  // required for GUE
-    bool echo_reply = true;
-    HealthCheck health{};
-};
-
-// A tunnel source prefix of this node.
+// A tunnel source prefix of this node, or a prefix of a VIP's allow-list.
 struct Prefix {
     IpAddress addr;
     uint8_t len = 0;
@@ -91,6 +82,25 @@ struct Prefix {
 };
 Prefix parse_prefix(std::string_view text);  // "198.18.200.0/24"
 std::string format_prefix(const Prefix& p);
+
+// A VIP's source allow-list from its JSON form (state file, configuration,
+// control socket): a non-empty array of prefix strings. Checked against the
+// VIP by Model::add_vip / set_allow.
+std::vector<Prefix> parse_allow_list(const nlohmann::json& j);
+nlohmann::json allow_list_json(const std::vector<Prefix>& allow);
+
+struct VipOptions {
+    uint8_t mode = SLUICE_MODE_DSR;
+    uint8_t hash_fields = SLUICE_HASH_5TUPLE;
+    uint32_t table_size = kMaglevDefaultTableSize;
+    uint16_t gue_port = 0;  // required for GUE
+    bool echo_reply = true;
+    HealthCheck health{};
+    // Sources that may use the VIP (SLUICE_ALLOW_MAX_PREFIXES at most, at
+    // least one of the VIP's family, host bits zero, no duplicates); empty:
+    // every source.
+    std::vector<Prefix> allow{};
+};
 
 struct Vip {
     VipId id;
@@ -100,6 +110,7 @@ struct Vip {
     uint16_t gue_port = 0;
     bool echo_reply = true;
     HealthCheck health;
+    std::vector<Prefix> allow;  // sorted; empty: every source may use the VIP
     uint32_t uid = 0;
     uint16_t slot = 0;
     std::vector<Backend> backends;
@@ -153,6 +164,9 @@ public:
     void set_weight(const VipId& vip, const Endpoint& endpoint, uint32_t weight);
     void set_mac(const VipId& vip, const Endpoint& endpoint, const MacAddress& mac);
     void set_health(const VipId& vip, const HealthCheck& check);
+    // Replaces the source allow-list (empty: every source) in place: flows of
+    // sources the new list still admits keep their backend.
+    void set_allow(const VipId& vip, const std::vector<Prefix>& allow);
     // Health-check verdicts; returns false when nothing changed.
     bool set_healthy(const VipId& vip, const Endpoint& endpoint, bool healthy);
 
@@ -173,6 +187,9 @@ private:
     uint16_t free_vip_slot() const;
     uint16_t free_backend_slot() const;
     Endpoint normalise_backend(const Vip& v, const Endpoint& e) const;
+    // `allow` checked for the VIP `id` (the VIP need not exist yet); returns
+    // it sorted. Refuses it, naming the value, if it would not fit the pool.
+    std::vector<Prefix> checked_allow(const VipId& id, const std::vector<Prefix>& allow) const;
 
     void check_vip_address(const VipId& id) const;
 

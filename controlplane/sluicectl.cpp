@@ -57,6 +57,17 @@ void print_vip(const json& v) {
                v.contains("gue_port") ? fmt::format(" gue-port {}", v["gue_port"].get<uint16_t>()) : "",
                v["echo_reply"].get<bool>() ? "" : " no-echo");
     fmt::print("  check {}\n", v["health"]["type"].get<std::string>());
+    if (v.contains("allow")) {
+        // Lists may hold thousands of prefixes: the first few, then a count.
+        constexpr size_t kShown = 8;
+        std::vector<std::string> shown;
+        for (const auto& p : v["allow"]) {
+            if (shown.size() == kShown) break;
+            shown.push_back(p.get<std::string>());
+        }
+        fmt::print("  allow {}{}\n", fmt::join(shown, " "),
+                   v["allow"].size() > kShown ? fmt::format(" ... ({} prefixes)", v["allow"].size()) : "");
+    }
     for (const auto& b : v["backends"])
         fmt::print("  {:<26} weight {:<6} {:<8} mac {}  {}\n", b["address"].get<std::string>(),
                    b["weight"].get<uint32_t>(), b["state"].get<std::string>(),
@@ -145,6 +156,7 @@ int main(int argc, char** argv) {
     // Options left out are left out of the request: sluiced's defaults apply.
     std::map<std::string, std::string> opts, check_opts;
     bool no_echo = false;
+    std::vector<std::string> allow;
     auto json_flag = [&](CLI::App* sub) {
         sub->add_flag("--json", req.as_json, "Print the daemon's answer as JSON");
     };
@@ -194,6 +206,12 @@ int main(int argc, char** argv) {
     option(vip_add, check_opts, "--http-path", "http_path", "HTTP check: the path to GET (default /)");
     option(vip_add, check_opts, "--http-status", "http_status", "HTTP check: the expected status, 100-599 (default 200)");
     option(vip_add, check_opts, "--http-body", "http_body", "HTTP check: a substring the body must contain");
+    vip_add->add_option("--allow", allow,
+                        "Only these source prefixes may use the VIP (comma-separated, e.g. "
+                        "198.18.0.0/16,2001:db8::/32; repeatable; at most 16384 of the VIP's family, "
+                        "long lists are best kept in a file for apply); others are dropped as "
+                        "source_not_allowed. Default: every source")
+        ->delimiter(',');
     option(vip_add, opts, "--table-size", "table_size",
            "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 65537 "
            "(the default) 131071 262139 524287 655373 1048573");
@@ -208,6 +226,7 @@ int main(int argc, char** argv) {
                 check[k] = k == "type" || k == "http_path" || k == "http_body" ? json(v) : typed(v);
             req.args["check"] = check;
         }
+        if (!allow.empty()) req.args["allow"] = allow;
     });
     auto* vip_rm = vipc->add_subcommand("remove", "Remove a VIP and its backends");
     vip_rm->add_option("vip", vip, "ADDRESS:PORT/PROTOCOL")->required();

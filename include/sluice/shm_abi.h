@@ -34,7 +34,7 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 4u
+#define SLUICE_ABI_VERSION 5u
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
@@ -46,6 +46,15 @@
 #define SLUICE_MAX_LCORES 64u
 #define SLUICE_COUNTER_SLOTS 64u
 #define SLUICE_CACHE_LINE 64u
+/* Per-VIP source allow-lists ("security groups"): each list is compiled by
+ * sluiced into a multibit trie of stride 4 (16 entries of 4 bytes: one cache
+ * line per node), all VIPs' tries in one node pool. A lookup reads at most one
+ * node per 4 address bits (8 for IPv4, 32 for IPv6) whatever the number of
+ * prefixes. The pool costs 16 MiB in each of the two configuration copies. */
+#define SLUICE_ALLOW_MAX_PREFIXES 16384u   /* per VIP */
+#define SLUICE_ALLOW_POOL_NODES (256u << 10) /* trie nodes, all VIPs together */
+#define SLUICE_ALLOW_STRIDE 4u
+#define SLUICE_ALLOW_FANOUT (1u << SLUICE_ALLOW_STRIDE)
 
 /* Forwarding modes. */
 #define SLUICE_MODE_NAT 1u
@@ -55,6 +64,13 @@
 
 /* sluice_vip.flags */
 #define SLUICE_VIP_ECHO_REPLY 0x1u /* the dataplane answers ICMP echo to this address */
+#define SLUICE_VIP_SOURCE_ALLOW 0x2u /* only sources in the trie at allow_root may use it */
+
+/* sluice_allow_node entries: a leaf (deny / allow: the whole range below the
+ * entry) or the index of the next node (4 more address bits). */
+#define SLUICE_ALLOW_DENY 0u
+#define SLUICE_ALLOW_ACCEPT 1u
+#define SLUICE_ALLOW_CHILD 0x80000000u /* | node index in allow_pool */
 
 /* sluice_backend.flags */
 #define SLUICE_BACKEND_DOWN 0x1u /* failed its health check: its flows move elsewhere */
@@ -92,7 +108,8 @@
 	X(FragmentUnknown, "fragment_first_missing")                          \
 	X(IcmpUnmatched, "icmp_error_unmatched")                              \
 	X(MultiSegment, "multi_segment")                                      \
-	X(HandoffFull, "handoff_ring_full")
+	X(HandoffFull, "handoff_ring_full")                                   \
+	X(SourceNotAllowed, "source_not_allowed")
 
 /* Per-lcore counters that are not drops, in ABI order. */
 #define SLUICE_LCORE_COUNTERS(X)                                               \
@@ -138,7 +155,14 @@ struct sluice_vip {
 	__u32 backend_count;
 	__u16 gue_port; /* host order; GUE mode: the outer UDP destination port */
 	__u16 reserved0;
-	__u32 reserved1[5];
+	__u32 allow_root; /* with SLUICE_VIP_SOURCE_ALLOW: root node in allow_pool */
+	__u32 reserved1[4];
+};
+
+/* One trie node: the entry for the next 4 address bits, most significant
+ * first. */
+struct sluice_allow_node {
+	__u32 entry[SLUICE_ALLOW_FANOUT];
 };
 
 struct sluice_backend {
@@ -167,13 +191,15 @@ struct sluice_config {
 	__u8 tunnel_src6_len;
 	__u8 reserved0[2];
 	__u8 tunnel_src6[16];
-	__u32 reserved[2];
+	__u32 allow_nodes_used; /* nodes of allow_pool in use */
+	__u32 reserved[1];
 	struct sluice_vip vips[SLUICE_MAX_VIPS];
 	/* (addr, proto, port) -> VIP slot + 1; 0 = empty. Linear probing from
 	 * sluice_vip_index_hash(), never longer than vip_index_max_probe. */
 	__u16 vip_index[SLUICE_VIP_INDEX_SLOTS];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
+	struct sluice_allow_node allow_pool[SLUICE_ALLOW_POOL_NODES];
 };
 
 struct sluice_lcore_state {
@@ -276,6 +302,11 @@ SLUICE_STATIC_ASSERT((SLUICE_VIP_INDEX_SLOTS & (SLUICE_VIP_INDEX_SLOTS - 1)) == 
 SLUICE_STATIC_ASSERT(SLUICE_MAGLEV_MAX_TABLE_SIZE <= SLUICE_MAGLEV_POOL_SLOTS,
 		     "the largest table must fit the pool");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_config) % SLUICE_CACHE_LINE == 0, "config alignment");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_allow_node) == SLUICE_CACHE_LINE,
+		     "an allow-list trie node is one cache line");
+SLUICE_STATIC_ASSERT(__builtin_offsetof(struct sluice_config, allow_pool) % SLUICE_CACHE_LINE == 0,
+		     "allow-list trie nodes do not straddle cache lines");
+SLUICE_STATIC_ASSERT(SLUICE_ALLOW_POOL_NODES < SLUICE_ALLOW_CHILD, "node index fits an entry");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_shm_header) + sizeof(((struct sluice_shm *)0)->lcore_state) +
 			     sizeof(((struct sluice_shm *)0)->lcore_stats) ==
 			     __builtin_offsetof(struct sluice_shm, config),

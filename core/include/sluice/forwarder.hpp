@@ -14,6 +14,7 @@
 #include "sluice/net/icmp.hpp"
 #include "sluice/net/parser.hpp"
 #include "sluice/shm.hpp"
+#include "sluice/source_filter.hpp"
 #include "sluice/vip_index.hpp"
 
 namespace sluice {
@@ -385,6 +386,14 @@ SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg,
 SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                               uint32_t now_ms) {
     const sluice_vip& vip = cfg.vips[s.vip_slot];
+    // The VIP's source allow-list, before any state: on every packet, not
+    // only a flow's first, so a narrowed list cuts the flows of sources it no
+    // longer admits while those it still admits keep their entry. VIPs
+    // without a list pay one test of a flag in a line already loaded.
+    if (SLUICE_UNLIKELY(vip.flags & SLUICE_VIP_SOURCE_ALLOW) && !source_allowed(cfg, vip, s.key.src)) {
+        s.drop = DropReason::kSourceNotAllowed;
+        return Action::kDrop;
+    }
     const net::ParsedPacket& p = s.parsed;
     const bool tcp = p.proto == net::kProtoTcp;
     const uint8_t tcp_flags = tcp ? p.l4.tcp_flags : 0;
@@ -491,6 +500,13 @@ inline Action Forwarder::icmp_error(const sluice_config& cfg, PacketBuf& b, Scra
     // The flow the error belongs to: its table entry if it has one, else the
     // backend Maglev would pick. An error never creates state.
     const sluice_vip& vip = cfg.vips[s.vip_slot];
+    // The error comes from a router on the path, so the allow-list is asked
+    // about the flow's client (the quoted destination): errors about flows
+    // the VIP would refuse (forged, or of a source since removed) go nowhere.
+    if (SLUICE_UNLIKELY(vip.flags & SLUICE_VIP_SOURCE_ALLOW) && !source_allowed(cfg, vip, s.key.src)) {
+        s.drop = DropReason::kSourceNotAllowed;
+        return Action::kDrop;
+    }
     uint16_t slot;
     if (ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
         h && cfg.backends[h.entry().backend_slot].uid == h.entry().uid) {
