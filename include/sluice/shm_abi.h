@@ -34,7 +34,7 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 4u
+#define SLUICE_ABI_VERSION 5u
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
@@ -92,7 +92,15 @@
 	X(FragmentUnknown, "fragment_first_missing")                          \
 	X(IcmpUnmatched, "icmp_error_unmatched")                              \
 	X(MultiSegment, "multi_segment")                                      \
-	X(HandoffFull, "handoff_ring_full")
+	X(HandoffFull, "handoff_ring_full")                                   \
+	X(ProtoNotConfigured, "proto_not_configured")                         \
+	X(Ipv6RoutingType0, "ipv6_routing_type0")                             \
+	X(Ipv6RoutingSegmentsLeft, "ipv6_routing_segments_left")              \
+	X(UdpBadLength, "udp_bad_length")                                     \
+	X(TcpBadDataOffset, "tcp_bad_data_offset")                            \
+	X(Ipv4BadOption, "ipv4_bad_option")                                   \
+	X(Ipv4SourceRoute, "ipv4_source_route")                               \
+	X(IcmpRateLimited, "icmp_rate_limited")
 
 /* Per-lcore counters that are not drops, in ABI order. */
 #define SLUICE_LCORE_COUNTERS(X)                                               \
