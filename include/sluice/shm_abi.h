@@ -180,6 +180,10 @@ struct sluice_config {
 	/* (addr, proto, port) -> VIP slot + 1; 0 = empty. Linear probing from
 	 * sluice_vip_index_hash(), never longer than vip_index_max_probe. */
 	__u16 vip_index[SLUICE_VIP_INDEX_SLOTS];
+	/* By VIP slot: the IP protocols some VIP on that VIP's address has (bit
+	 * p % 64 of word p / 64), so that a packet to a VIP address with any
+	 * other protocol is refused (proto_not_configured) after one lookup. */
+	__u64 vip_addr_protos[SLUICE_MAX_VIPS][4];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
 };

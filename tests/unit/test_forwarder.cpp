@@ -809,3 +809,199 @@ TEST_CASE("Flow census: active flows per VIP and backend, and occupancy") {
     CHECK(h.stats->vip_active_flows[vslot] == 0);
     CHECK(h.counter(Counter::kConnOccupied) == 0);
 }
+
+namespace {
+
+// A packet of IP protocol `proto` from the client to `dst`, with 8 bytes of
+// payload that also parse as a GRE header with a key, an ESP header or an
+// ICMP header, whichever `proto` says.
+std::vector<uint8_t> proto_packet(uint8_t proto, const char* dst, const char* src = "198.18.0.1") {
+    PacketSpec s = client_packet();
+    s.src = src;
+    s.dst = dst;
+    s.proto = proto;
+    s.payload = {0x20, 0, 0x08, 0, 0, 0, 0, 1};
+    return build_packet(s);
+}
+
+}  // namespace
+
+TEST_CASE("Only the protocols a VIP address was configured with reach a backend") {
+    Harness h;
+    const VipId tcp80 = parse_vip_id("198.18.1.1:80/tcp");
+    const VipId udp_any = parse_vip_id("198.18.1.2/udp");  // every port
+    const VipId tcp6 = parse_vip_id("[2001:db8:1::1]:80/tcp");
+    for (const VipId& v : {tcp80, udp_any, tcp6}) h.model.add_vip(v, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+    add_backends(h, tcp80, 2);
+    add_backends(h, udp_any, 2);
+    h.model.add_backend(tcp6, Endpoint{parse_ip("2001:db8::11"), 0}, 100, kBackendMac[0]);
+    h.publish();
+
+    // The index itself: a packet's key with protocol 0 and port 0 is not the
+    // address entry's, whose key no packet can make.
+    const uint8_t a1[4] = {198, 18, 1, 1};
+    CHECK(find_vip(*h.cfg, make_vip_key(a1, 4, 0, 0)) == -1);
+    CHECK(find_vip(*h.cfg, make_vip_address_key(a1, 4)) >= 0);
+
+    DropReason why;
+    uint64_t refused = 0;
+    // IP protocol 0 (HOPOPT) has no parser here, so its "port" is 0.
+    for (const uint8_t proto : {uint8_t{0}, uint8_t{17}, uint8_t{47}, uint8_t{50}, uint8_t{58}, uint8_t{132},
+                                uint8_t{255}}) {
+        INFO("protocol " << int(proto) << " to the TCP VIP's address");
+        auto pkt = proto_packet(proto, "198.18.1.1");
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == DropReason::kProtoNotConfigured);
+        ++refused;
+    }
+    for (const uint8_t proto : {uint8_t{0}, uint8_t{6}, uint8_t{47}}) {
+        INFO("protocol " << int(proto) << " to the every-port UDP VIP's address");
+        auto pkt = proto_packet(proto, "198.18.1.2");
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == DropReason::kProtoNotConfigured);
+        ++refused;
+    }
+    {
+        PacketSpec s = client_packet();
+        s.src = "2001:db8:100::1";
+        s.dst = "2001:db8:1::1";
+        s.proto = 17;
+        auto pkt = build_packet(s);
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == DropReason::kProtoNotConfigured);
+        ++refused;
+    }
+    CHECK(h.drops(DropReason::kProtoNotConfigured) == refused);
+
+    // What is configured still reaches a backend, and a configured
+    // protocol on a port no VIP has, or an address no VIP has, is no_vip.
+    auto tcp = build_packet(client_packet());
+    CHECK(h.run(tcp) == Action::kToBackend);
+    for (const uint16_t port : {uint16_t{0}, uint16_t{53}, uint16_t{65535}}) {
+        PacketSpec s = client_packet();
+        s.dst = "198.18.1.2";
+        s.proto = 17;
+        s.dport = port;
+        auto udp = build_packet(s);
+        CHECK(h.run(udp) == Action::kToBackend);
+    }
+    PacketSpec other_port = client_packet();
+    other_port.dport = 81;
+    auto p81 = build_packet(other_port);
+    CHECK(h.run(p81, &why) == Action::kDrop);
+    CHECK(why == DropReason::kNoVip);
+    auto elsewhere = proto_packet(0, "198.18.9.9");
+    CHECK(h.run(elsewhere, &why) == Action::kDrop);
+    CHECK(why == DropReason::kNoVip);
+    CHECK(h.drops(DropReason::kProtoNotConfigured) == refused);
+
+    // ICMP of the address's family is still answered.
+    PacketSpec echo = client_packet();
+    echo.proto = 1;
+    echo.payload = {8, 0, 0xf7, 0xfe, 0, 1, 0, 0};  // checksum of this echo request
+    auto ping = build_packet(echo);
+    CHECK(h.run(ping) == Action::kToClient);
+}
+
+TEST_CASE("NAT keeps TCP and UDP checksums right behind IPv6 extension headers, both directions") {
+    const std::vector<uint8_t> opts(8, 0);  // Pad1 only: 6 bytes of padding
+    std::vector<uint8_t> opts16(16, 0);
+    opts16[1] = 1;  // (1 + 1) * 8 bytes
+    using Chain = std::vector<std::pair<uint8_t, std::vector<uint8_t>>>;
+    const std::vector<Chain> chains = {
+        {{net::kProtoHopByHop, opts}},
+        {{net::kProtoDestOpts, opts}},
+        {sluice::test::ipv6_routing_header(4, 0)},
+        {{net::kProtoHopByHop, opts}, {net::kProtoDestOpts, opts}, sluice::test::ipv6_routing_header(4, 0)},
+        {{net::kProtoHopByHop, opts}, {net::kProtoDestOpts, opts}, sluice::test::ipv6_routing_header(2, 0),
+         {net::kProtoDestOpts, opts16}},
+    };
+    for (const uint8_t proto : {uint8_t{6}, uint8_t{17}}) {
+        for (size_t c = 0; c < chains.size(); ++c) {
+            INFO("proto " << int(proto) << " chain " << c);
+            Harness h;
+            const VipId vip = parse_vip_id(proto == 6 ? "[2001:db8:1::1]:80/tcp" : "[2001:db8:1::1]:80/udp");
+            h.model.add_vip(vip, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+            h.model.add_backend(vip, Endpoint{parse_ip("2001:db8::11"), 8080}, 100, kBackendMac[0]);
+            h.publish();
+            PacketSpec in = client_packet();
+            in.src = "2001:db8:100::1";
+            in.dst = "2001:db8:1::1";
+            in.proto = proto;
+            in.payload.assign(37, 'e');  // odd: the checksum's last word is padded
+            auto pkt = sluice::test::with_ipv6_ext(build_packet(in), chains[c]);
+            REQUIRE(h.run(pkt) == Action::kToBackend);
+            // build_packet computes the checksum over the pseudo-header with
+            // the backend's address and port from scratch.
+            PacketSpec want = in;
+            want.dst = "2001:db8::11";
+            want.dport = 8080;
+            want.src_mac = kLbMac;
+            want.dst_mac = kBackendMac[0];
+            CHECK(pkt == sluice::test::with_ipv6_ext(build_packet(want), chains[c]));
+
+            PacketSpec reply;
+            reply.src_mac = kBackendMac[0];
+            reply.dst_mac = kLbMac;
+            reply.src = "2001:db8::11";
+            reply.dst = "2001:db8:100::1";
+            reply.sport = 8080;
+            reply.dport = 40000;
+            reply.proto = proto;
+            reply.tcp_flags = 0x12;
+            auto rpkt = sluice::test::with_ipv6_ext(build_packet(reply), chains[c]);
+            REQUIRE(h.run(rpkt) == Action::kToClient);
+            PacketSpec back = reply;
+            back.src = "2001:db8:1::1";
+            back.sport = 80;
+            back.src_mac = kLbMac;
+            back.dst_mac = kClientMac;
+            CHECK(rpkt == sluice::test::with_ipv6_ext(build_packet(back), chains[c]));
+        }
+    }
+}
+
+TEST_CASE("Malformed packets to a VIP are dropped, each counted by its reason") {
+    Harness h;
+    const VipId tcp = parse_vip_id("198.18.1.1:80/tcp");
+    const VipId udp = parse_vip_id("198.18.1.1:53/udp");
+    const VipId tcp6 = parse_vip_id("[2001:db8:1::1]:80/tcp");
+    for (const VipId& v : {tcp, udp}) {
+        h.model.add_vip(v, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+        h.model.add_backend(v, Endpoint{parse_ip("198.18.0.11"), 8080}, 100, kBackendMac[0]);
+    }
+    h.model.add_vip(tcp6, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+    h.model.add_backend(tcp6, Endpoint{parse_ip("2001:db8::11"), 8080}, 100, kBackendMac[0]);
+    h.publish();
+    PacketSpec u = client_packet();
+    u.proto = 17;
+    u.dport = 53;
+    PacketSpec t6 = client_packet();
+    t6.src = "2001:db8:100::1";
+    t6.dst = "2001:db8:1::1";
+
+    std::vector<std::pair<std::vector<uint8_t>, DropReason>> cases;
+    auto udp_len = build_packet(u);
+    store_be16(udp_len.data() + 34 + 4, static_cast<uint16_t>(load_be16(udp_len.data() + 34 + 4) + 1));
+    cases.emplace_back(udp_len, DropReason::kUdpBadLength);
+    auto doff = build_packet(client_packet());
+    doff[34 + 12] = 4 << 4;
+    cases.emplace_back(doff, DropReason::kTcpBadDataOffset);
+    cases.emplace_back(sluice::test::with_ipv4_options(build_packet(client_packet()), {0x88, 1, 0, 0}),
+                       DropReason::kIpv4BadOption);
+    cases.emplace_back(sluice::test::with_ipv4_options(build_packet(client_packet()), {1, 131, 7, 4, 198, 18, 9, 9}),
+                       DropReason::kIpv4SourceRoute);
+    cases.emplace_back(sluice::test::with_ipv6_ext(build_packet(t6), {sluice::test::ipv6_routing_header(0, 0)}),
+                       DropReason::kIpv6RoutingType0);
+    cases.emplace_back(sluice::test::with_ipv6_ext(build_packet(t6), {sluice::test::ipv6_routing_header(4, 1)}),
+                       DropReason::kIpv6RoutingSegmentsLeft);
+    for (auto& [pkt, reason] : cases) {
+        INFO("expected " << drop_reason_name(reason));
+        DropReason why;
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == reason);
+        CHECK(h.drops(reason) == 1);
+    }
+    CHECK(h.counter(Counter::kNewFlows) == 0);
+}
+

@@ -234,8 +234,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         table_.prefetch(s.hash);
         return;
     }
-    s.vip_slot = find_vip_for_port(cfg, make_vip_key(p.dst_addr(pkt), p.family, p.l4.dst_port, p.proto));
-    if (SLUICE_LIKELY(s.vip_slot >= 0)) {
+    const auto to_vip_key = [&] {
         s.kind = Kind::kToVip;
         s.key = cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG
                     ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
@@ -243,57 +242,78 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
                     : make_flow_key(pkt, p, FlowDirection::kToBackend);
         s.hash = flow_hash(s.key, cfg.hash_seed);
         table_.prefetch(s.hash);
+    };
+    const uint8_t* dst = p.dst_addr(pkt);
+    s.vip_slot = find_vip(cfg, make_vip_key(dst, p.family, p.l4.dst_port, p.proto));
+    if (SLUICE_LIKELY(s.vip_slot >= 0)) {
+        to_vip_key();
         return;
     }
-    if ((p.proto == net::kProtoIcmp || p.proto == net::kProtoIcmpv6) && p.has_l4) {
-        // The address entry: is this a VIP address at all?
-        const int addr_slot = find_vip(cfg, make_vip_key(p.dst_addr(pkt), p.family, 0, 0));
-        if (addr_slot >= 0) {
-            s.vip_slot = addr_slot;
-            if (net::is_echo_request(p.family, p.l4.icmp_type)) {
-                s.kind = Kind::kEcho;
-                if (!(cfg.vips[addr_slot].flags & SLUICE_VIP_ECHO_REPLY)) s.drop = DropReason::kNoVip;
-                return;
-            }
-            if (net::is_icmp_error(p.family, p.l4.icmp_type) &&
-                net::parse_quoted(pkt, p.l4_offset, p.l3_end, p.family, s.quoted)) {
-                // The quoted packet went VIP -> client; its flow is the
-                // reverse: client -> VIP.
-                const net::QuotedPacket& q = s.quoted;
-                const unsigned alen = p.addr_len();
-                const unsigned src_off = p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc;
-                const unsigned dst_off = p.family == 4 ? net::kIpv4OffDst : net::kIpv6OffDst;
-                s.vip_slot = find_vip_for_port(cfg, make_vip_key(pkt + q.l3_offset + src_off, p.family,
-                                                                 q.has_ports ? load_be16(pkt + q.l4_offset) : 0,
-                                                                 q.proto));
-                if (s.vip_slot < 0) {
-                    s.drop = DropReason::kIcmpUnmatched;
-                    return;
-                }
-                FlowKey& k = s.key;
-                k = FlowKey{};
-                std::memcpy(k.src, pkt + q.l3_offset + dst_off, alen);
-                std::memcpy(k.dst, pkt + q.l3_offset + src_off, alen);
-                if (q.has_ports) {
-                    k.src_port = load_be16(pkt + q.l4_offset + 2);
-                    k.dst_port = load_be16(pkt + q.l4_offset);
-                }
-                k.proto = q.proto;
-                k.family = p.family;
-                k.direction = FlowDirection::kToBackend;
-                s.kind = Kind::kIcmpError;
-                s.hash = flow_hash(k, cfg.hash_seed);
-                table_.prefetch(s.hash);
-                return;
-            }
+    // Not this port's VIP. To a VIP address at all? If not, a NAT reply.
+    const int addr_slot = find_vip(cfg, make_vip_address_key(dst, p.family));
+    if (addr_slot < 0) {
+        s.kind = Kind::kNatReply;
+        s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
+        s.hash = flow_hash(s.key, cfg.hash_seed);
+        table_.prefetch(s.hash);
+        return;
+    }
+    if (p.proto != (p.family == 4 ? net::kProtoIcmp : net::kProtoIcmpv6) || !p.has_l4) {
+        // Only the protocols the address's VIPs were configured with reach
+        // a backend (ICMP of the address's family is answered below).
+        if (!vip_addr_has_proto(cfg, addr_slot, p.proto)) {
+            s.drop = DropReason::kProtoNotConfigured;
+            return;
+        }
+        if (p.l4.dst_port != SLUICE_PORT_ANY)
+            s.vip_slot = find_vip(cfg, make_vip_key(dst, p.family, SLUICE_PORT_ANY, p.proto));
+        if (s.vip_slot < 0) {
+            s.drop = DropReason::kNoVip;  // a port no VIP of this protocol has
+            return;
+        }
+        to_vip_key();
+        return;
+    }
+    // ICMP of the address's family: echo is answered, an error goes to the
+    // flow it quotes.
+    s.vip_slot = addr_slot;
+    if (net::is_echo_request(p.family, p.l4.icmp_type)) {
+        s.kind = Kind::kEcho;
+        if (!(cfg.vips[addr_slot].flags & SLUICE_VIP_ECHO_REPLY)) s.drop = DropReason::kNoVip;
+        return;
+    }
+    if (net::is_icmp_error(p.family, p.l4.icmp_type) &&
+        net::parse_quoted(pkt, p.l4_offset, p.l3_end, p.family, s.quoted)) {
+        // The quoted packet went VIP -> client; its flow is the
+        // reverse: client -> VIP.
+        const net::QuotedPacket& q = s.quoted;
+        const unsigned alen = p.addr_len();
+        const unsigned src_off = p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc;
+        const unsigned dst_off = p.family == 4 ? net::kIpv4OffDst : net::kIpv6OffDst;
+        s.vip_slot = find_vip_for_port(cfg, make_vip_key(pkt + q.l3_offset + src_off, p.family,
+                                                         q.has_ports ? load_be16(pkt + q.l4_offset) : 0,
+                                                         q.proto));
+        if (s.vip_slot < 0) {
             s.drop = DropReason::kIcmpUnmatched;
             return;
         }
+        FlowKey& k = s.key;
+        k = FlowKey{};
+        std::memcpy(k.src, pkt + q.l3_offset + dst_off, alen);
+        std::memcpy(k.dst, pkt + q.l3_offset + src_off, alen);
+        if (q.has_ports) {
+            k.src_port = load_be16(pkt + q.l4_offset + 2);
+            k.dst_port = load_be16(pkt + q.l4_offset);
+        }
+        k.proto = q.proto;
+        k.family = p.family;
+        k.direction = FlowDirection::kToBackend;
+        s.kind = Kind::kIcmpError;
+        s.hash = flow_hash(k, cfg.hash_seed);
+        table_.prefetch(s.hash);
+        return;
     }
-    s.kind = Kind::kNatReply;
-    s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
-    s.hash = flow_hash(s.key, cfg.hash_seed);
-    table_.prefetch(s.hash);
+    s.drop = DropReason::kIcmpUnmatched;
 }
 
 inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt,
@@ -558,8 +578,8 @@ SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const u
         client = s.key.src;
         break;
     case Kind::kLaterFragment: {
-        client = find_vip(cfg, make_vip_key(p.dst_addr(pkt), p.family, 0, 0)) >= 0 ? p.src_addr(pkt)
-                                                                                  : p.dst_addr(pkt);
+        client = find_vip(cfg, make_vip_address_key(p.dst_addr(pkt), p.family)) >= 0 ? p.src_addr(pkt)
+                                                                                     : p.dst_addr(pkt);
         break;
     }
     default: return opt_.worker;
