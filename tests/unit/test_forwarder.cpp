@@ -1005,3 +1005,50 @@ TEST_CASE("Malformed packets to a VIP are dropped, each counted by its reason") 
     CHECK(h.counter(Counter::kNewFlows) == 0);
 }
 
+TEST_CASE("A burst longer than kMaxBurst is decided in passes, as packet by packet") {
+    constexpr uint16_t kN = 3 * kMaxBurst + 5;
+    Harness whole, single;
+    for (Harness* h : {&whole, &single}) {
+        const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+        h->model.add_vip(vip, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+        add_backends(*h, vip, 3, 8080);
+        h->publish();
+    }
+    // New flows, a flow's second packet, drops of several kinds.
+    std::vector<std::vector<uint8_t>> in;
+    std::set<uint16_t> flows;
+    for (uint16_t i = 0; i < kN; ++i) {
+        PacketSpec s = client_packet(static_cast<uint16_t>(20000 + i % 40));
+        if (i % 7 == 3) s.dport = 81;
+        if (i % 11 == 5) s.proto = 17;
+        if (s.dport == 80 && s.proto == 6) flows.insert(s.sport);
+        in.push_back(build_packet(s));
+    }
+    constexpr uint16_t kHeadroom = 128;
+    std::vector<std::vector<uint8_t>> bufs;
+    std::vector<PacketBuf> pb;
+    for (const auto& p : in) {
+        bufs.emplace_back(kHeadroom + p.size());
+        std::copy(p.begin(), p.end(), bufs.back().begin() + kHeadroom);
+    }
+    for (size_t i = 0; i < in.size(); ++i)
+        pb.push_back({bufs[i].data() + kHeadroom, static_cast<uint16_t>(in[i].size()), kHeadroom});
+    std::vector<Action> actions(kN);
+    std::vector<DropReason> drops(kN);
+    whole.fwd->process_burst(*whole.cfg, pb.data(), kN, 1000, actions.data(), drops.data());
+    for (uint16_t i = 0; i < kN; ++i) {
+        INFO("packet " << i);
+        auto pkt = in[i];
+        DropReason why;
+        const Action a = single.run(pkt, &why);
+        REQUIRE(actions[i] == a);
+        if (a == Action::kDrop)
+            CHECK(drops[i] == why);
+        else
+            CHECK(std::vector<uint8_t>(pb[i].data, pb[i].data + pb[i].len) == pkt);
+    }
+    CHECK(whole.counter(Counter::kRxPackets) == kN);
+    CHECK(whole.counter(Counter::kNewFlows) == single.counter(Counter::kNewFlows));
+    CHECK(whole.counter(Counter::kNewFlows) == flows.size());
+}
+

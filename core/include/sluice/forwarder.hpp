@@ -29,6 +29,8 @@ enum class Action : uint8_t { kDrop, kToBackend, kToClient, kHandoff };
 // (kArrived, RX already counted). One worker: kSingle, no check at all.
 enum class Steering : uint8_t { kSingle, kToOwner, kArrived };
 
+// The most packets process_burst decides in one pass (its scratch space);
+// a longer burst is split into passes of this many.
 inline constexpr uint16_t kMaxBurst = 32;
 
 // One packet: the forwarder may move `data` back into the headroom
@@ -54,14 +56,39 @@ public:
     Forwarder(ConnTable& table, sluice_lcore_stats& stats, const ForwarderOptions& opt)
         : table_(table), stats_(stats), opt_(opt) {}
 
-    // Decides and rewrites a burst in place. `drops[i]` says why when
-    // actions[i] is kDrop (and is kNone otherwise); with kToOwner,
-    // `owners[i]` names the worker a kHandoff packet goes to (untouched).
+    // Decides and rewrites a burst of `n` packets in place, in passes of at
+    // most kMaxBurst, so that no caller can overrun the per-pass scratch
+    // space. `drops[i]` says why when actions[i] is kDrop (and is kNone
+    // otherwise); with kToOwner, `owners[i]` names the worker a kHandoff
+    // packet goes to (untouched). Each array holds `n` elements.
     template <Steering kSteering = Steering::kSingle>
     void process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n, uint32_t now_ms,
-                       Action* actions, DropReason* drops, uint16_t* owners = nullptr);
+                       Action* actions, DropReason* drops, uint16_t* owners = nullptr) {
+        for (uint16_t done = 0; done < n;) {
+            const uint16_t k = std::min<uint16_t>(kMaxBurst, static_cast<uint16_t>(n - done));
+            process_pass<kSteering>(cfg, pkts + done, BurstSize(k), now_ms, actions + done, drops + done,
+                                    owners ? owners + done : nullptr);
+            done = static_cast<uint16_t>(done + k);
+        }
+    }
 
 private:
+    // A packet count of at most kMaxBurst: process_pass's scratch holds that
+    // many, and only process_burst makes one.
+    class BurstSize {
+    public:
+        uint16_t get() const { return n_; }
+
+    private:
+        friend class Forwarder;
+        explicit BurstSize(uint16_t n) : n_(n) {}
+        uint16_t n_;
+    };
+
+    template <Steering kSteering>
+    void process_pass(const sluice_config& cfg, PacketBuf* pkts, BurstSize size, uint32_t now_ms,
+                      Action* actions, DropReason* drops, uint16_t* owners);
+
     enum class Kind : uint8_t { kToVip, kNatReply, kEcho, kIcmpError, kLaterFragment };
 
     struct Scratch {
@@ -590,9 +617,10 @@ SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const u
 }
 
 template <Steering kSteering>
-inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n,
-                                     uint32_t now_ms, Action* actions, DropReason* drops,
-                                     uint16_t* owners) {
+inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, BurstSize size,
+                                    uint32_t now_ms, Action* actions, DropReason* drops,
+                                    uint16_t* owners) {
+    const uint16_t n = size.get();
     Scratch scratch[kMaxBurst];
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
