@@ -47,6 +47,17 @@ struct Harness {
         fwd.emplace(*table, *stats, opt);
     }
 
+    // The same table and counters under a forwarder that generates at most
+    // `rate` ICMP messages a second, `burst` at once.
+    void limit_icmp(uint32_t rate, uint32_t burst) {
+        ForwarderOptions opt;
+        std::memcpy(opt.client_port_mac, kLbMac.data(), 6);
+        std::memcpy(opt.backend_port_mac, kLbMac.data(), 6);
+        opt.icmp_rate = rate;
+        opt.icmp_burst = burst;
+        fwd.emplace(*table, *stats, opt);
+    }
+
     void publish() {
         model.compile(*cfg);
         cfg->generation = ++generation;
@@ -1052,3 +1063,94 @@ TEST_CASE("A burst longer than kMaxBurst is decided in passes, as packet by pack
     CHECK(whole.counter(Counter::kNewFlows) == flows.size());
 }
 
+TEST_CASE("Token bucket: a burst, then the rate, never more than the burst saved up") {
+    TokenBucket b(10, 3);  // 10 per second: one per 100 ms
+    b.refill(5000);
+    for (int i = 0; i < 3; ++i) CHECK(b.take());
+    CHECK_FALSE(b.take());
+    b.refill(5099);
+    CHECK_FALSE(b.take());  // 9.9 tenths of a token
+    b.refill(5100);
+    CHECK(b.take());
+    CHECK_FALSE(b.take());
+    b.refill(5100 + 3600'000);  // an hour idle: still only the burst
+    CHECK(b.available() == 3);
+    for (int i = 0; i < 3; ++i) CHECK(b.take());
+    CHECK_FALSE(b.take());
+    // Refills in small steps add up exactly (thousandths, no rounding loss).
+    uint32_t t = 5100 + 3600'000;
+    for (int i = 0; i < 100; ++i) b.refill(++t);
+    CHECK(b.take());
+    CHECK_FALSE(b.take());
+    // The 32-bit millisecond clock wraps.
+    TokenBucket w(1000, 2);
+    w.refill(0xffff'fff0u);
+    CHECK(w.take());
+    CHECK(w.take());
+    CHECK_FALSE(w.take());
+    w.refill(0x0000'0000u);  // 16 ms later
+    CHECK(w.available() == 2);
+    // Rate 0 or burst 0: none at all.
+    for (TokenBucket none : {TokenBucket(0, 50), TokenBucket(1000, 0)}) {
+        none.refill(1000);
+        none.refill(100'000);
+        CHECK_FALSE(none.take());
+    }
+    // The largest rate and burst neither overflow nor wrap.
+    TokenBucket big(0xffff'ffffu, 0xffff'ffffu);
+    big.refill(0xffff'ffffu);
+    CHECK(big.available() == 0xffff'ffffu);
+}
+
+TEST_CASE("ICMP the forwarder generates is rate-limited per worker, suppressed ones counted") {
+    SECTION("echo replies") {
+        for (const bool v6 : {false, true}) {
+            INFO("ipv6 " << v6);
+            Harness h;
+            h.limit_icmp(10, 3);
+            const VipId vip = parse_vip_id(v6 ? "[2001:db8:1::1]:80/tcp" : "198.18.1.1:80/tcp");
+            h.model.add_vip(vip, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+            h.publish();
+            PacketSpec s = tunnel_client_packet(v6);
+            s.proto = v6 ? 58 : 1;
+            s.payload = {uint8_t(v6 ? 128 : 8), 0, 0, 0, 0, 1, 0, 1};
+            auto ping = [&](uint32_t now) {
+                auto pkt = build_packet(s);
+                DropReason why = DropReason::kNone;
+                const Action a = h.run(pkt, &why, now);
+                CHECK((a == Action::kToClient || why == DropReason::kIcmpRateLimited));
+                return a == Action::kToClient;
+            };
+            int answered = 0;
+            for (int i = 0; i < 5; ++i) answered += ping(1000);
+            CHECK(answered == 3);
+            CHECK(h.drops(DropReason::kIcmpRateLimited) == 2);
+            CHECK_FALSE(ping(1099));
+            CHECK(ping(1100));  // 100 ms: one more token
+            CHECK_FALSE(ping(1100));
+            CHECK(h.counter(Counter::kIcmpEchoReplies) == 4);
+            CHECK(h.drops(DropReason::kIcmpRateLimited) == 4);
+        }
+    }
+    SECTION("too big for the tunnel") {
+        Harness h;
+        h.limit_icmp(10, 2);
+        tunnel_vip(h, {false, false, false});
+        PacketSpec in = tunnel_client_packet(false);
+        in.payload.assign(1500 - 20 - 20 - 10, 'x');
+        int sent = 0;
+        for (int i = 0; i < 4; ++i) {
+            auto pkt = build_packet(in);
+            DropReason why = DropReason::kNone;
+            const Action a = h.run(pkt, &why, 2000);
+            if (a == Action::kToClient)
+                ++sent;
+            else
+                CHECK(why == DropReason::kTooBig);
+        }
+        CHECK(sent == 2);
+        CHECK(h.counter(Counter::kIcmpTooBigSent) == 2);
+        CHECK(h.drops(DropReason::kTooBig) == 4);  // every too-big packet, answered or not
+        CHECK(h.drops(DropReason::kIcmpRateLimited) == 2);
+    }
+}

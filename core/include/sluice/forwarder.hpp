@@ -14,6 +14,7 @@
 #include "sluice/net/icmp.hpp"
 #include "sluice/net/parser.hpp"
 #include "sluice/shm.hpp"
+#include "sluice/token_bucket.hpp"
 #include "sluice/vip_index.hpp"
 
 namespace sluice {
@@ -49,12 +50,17 @@ struct ForwarderOptions {
     uint8_t backend_port_mac[6]{};  // source MAC of frames sent towards backends
     uint16_t worker = 0;   // this worker's index
     uint16_t workers = 1;  // how many share the traffic
+    // ICMP messages this worker generates (echo replies, too big), per
+    // second and at most this many at once (see TokenBucket); Linux's
+    // icmp_msgs_per_sec and icmp_msgs_burst defaults.
+    uint32_t icmp_rate = 1000;
+    uint32_t icmp_burst = 50;
 };
 
 class Forwarder {
 public:
     Forwarder(ConnTable& table, sluice_lcore_stats& stats, const ForwarderOptions& opt)
-        : table_(table), stats_(stats), opt_(opt) {}
+        : table_(table), stats_(stats), opt_(opt), icmp_tokens_(opt.icmp_rate, opt.icmp_burst) {}
 
     // Decides and rewrites a burst of `n` packets in place, in passes of at
     // most kMaxBurst, so that no caller can overrun the per-pass scratch
@@ -141,6 +147,7 @@ private:
     ConnTable& table_;
     sluice_lcore_stats& stats_;
     ForwarderOptions opt_;
+    TokenBucket icmp_tokens_;  // refilled once per pass
 };
 
 namespace detail {
@@ -408,14 +415,18 @@ SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg,
         const uint16_t overhead = encap_overhead(be.family, gue);
         const uint16_t inner_len = static_cast<uint16_t>(p.l3_end - p.l3_offset);
         if (SLUICE_UNLIKELY(inner_len + overhead > opt_.mtu)) {
+            s.drop = DropReason::kTooBig;
             // Never answer an ICMP error with another (RFC 1122 §3.2.2).
-            if (s.kind == Kind::kIcmpError ||
-                !net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
-                                    static_cast<uint32_t>(opt_.mtu - overhead),
-                                    opt_.client_port_mac)) {
-                s.drop = DropReason::kTooBig;
+            if (s.kind == Kind::kIcmpError) return Action::kDrop;
+            // The packet is too big either way; only the message about it
+            // is rate-limited (counted apart, besides too_big_for_tunnel).
+            if (SLUICE_UNLIKELY(!icmp_tokens_.take())) {
+                counter_add(stats_.drops[static_cast<size_t>(DropReason::kIcmpRateLimited)], 1);
                 return Action::kDrop;
             }
+            if (!net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
+                                    static_cast<uint32_t>(opt_.mtu - overhead), opt_.client_port_mac))
+                return Action::kDrop;
             counter_add(stats_.drops[static_cast<size_t>(DropReason::kTooBig)], 1);
             count(Counter::kIcmpTooBigSent);
             return Action::kToClient;
@@ -639,6 +650,7 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
         counter_add(stats_.drops[static_cast<size_t>(DropReason::kNotConfigured)], n);
         return;
     }
+    icmp_tokens_.refill(now_ms);
     // Pass 1 parses and hashes the whole burst and prefetches every bucket's
     // signature line, pass 2 the entries those signatures point to, so pass
     // 3 finds both in cache (the batching of DPDK l3fwd and VPP nodes, and
@@ -670,6 +682,10 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
                 break;
             case Kind::kNatReply: a = nat_reply(cfg, pkts[i], s, now_ms); break;
             case Kind::kEcho:
+                if (SLUICE_UNLIKELY(!icmp_tokens_.take())) {
+                    s.drop = DropReason::kIcmpRateLimited;
+                    break;
+                }
                 net::echo_reply_in_place(pkts[i].data, s.parsed.l3_offset, s.parsed.l4_offset,
                                          s.parsed.family, opt_.client_port_mac);
                 count(Counter::kIcmpEchoReplies);
