@@ -85,6 +85,8 @@ struct Options {
     std::string conn_file;  // default: /dev/hugepages/sluice-conn (or /dev/shm) + .<worker>
     unsigned mbufs = 0;      // 0: enough for the descriptors and rings
     uint16_t mbuf_data_room = RTE_MBUF_DEFAULT_BUF_SIZE;
+    uint32_t icmp_rate = ForwarderOptions{}.icmp_rate;
+    uint32_t icmp_burst = ForwarderOptions{}.icmp_burst;
 };
 
 struct Ports {
@@ -450,6 +452,16 @@ int main(int argc, char** argv) {
                    "IP MTU towards backends; tunnelled packets that would exceed it are answered "
                    "with ICMP fragmentation-needed / packet-too-big (default: the backend "
                    "port's MTU)");
+    app.add_option("--icmp-rate", opt.icmp_rate,
+                   "ICMP messages each worker lcore may generate per second (echo replies to VIP "
+                   "addresses, fragmentation-needed / packet-too-big), a token bucket per worker, so "
+                   "the node's total is this times the workers; those over the limit are not sent "
+                   "and count as icmp_rate_limited. 0: generate none")
+        ->capture_default_str();
+    app.add_option("--icmp-burst", opt.icmp_burst,
+                   "ICMP messages a worker may generate at once after a quiet spell (the token "
+                   "bucket's size). 0: generate none")
+        ->capture_default_str();
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -541,6 +553,8 @@ int main(int argc, char** argv) {
         w.shm = shm->get();
         w.fwd_opt.timeouts = opt.timeouts;
         w.fwd_opt.mtu = opt.mtu;
+        w.fwd_opt.icmp_rate = opt.icmp_rate;
+        w.fwd_opt.icmp_burst = opt.icmp_burst;
         rte_ether_addr mac{};
         rte_eth_macaddr_get(ports.client, &mac);
         std::memcpy(w.fwd_opt.client_port_mac, mac.addr_bytes, 6);

@@ -109,7 +109,15 @@
 	X(IcmpUnmatched, "icmp_error_unmatched")                              \
 	X(MultiSegment, "multi_segment")                                      \
 	X(HandoffFull, "handoff_ring_full")                                   \
-	X(SourceNotAllowed, "source_not_allowed")
+	X(SourceNotAllowed, "source_not_allowed")                             \
+	X(ProtoNotConfigured, "proto_not_configured")                         \
+	X(Ipv6RoutingType0, "ipv6_routing_type0")                             \
+	X(Ipv6RoutingSegmentsLeft, "ipv6_routing_segments_left")              \
+	X(UdpBadLength, "udp_bad_length")                                     \
+	X(TcpBadDataOffset, "tcp_bad_data_offset")                            \
+	X(Ipv4BadOption, "ipv4_bad_option")                                   \
+	X(Ipv4SourceRoute, "ipv4_source_route")                               \
+	X(IcmpRateLimited, "icmp_rate_limited")
 
 /* Per-lcore counters that are not drops, in ABI order. */
 #define SLUICE_LCORE_COUNTERS(X)                                               \
@@ -197,6 +205,10 @@ struct sluice_config {
 	/* (addr, proto, port) -> VIP slot + 1; 0 = empty. Linear probing from
 	 * sluice_vip_index_hash(), never longer than vip_index_max_probe. */
 	__u16 vip_index[SLUICE_VIP_INDEX_SLOTS];
+	/* By VIP slot: the IP protocols some VIP on that VIP's address has (bit
+	 * p % 64 of word p / 64), so that a packet to a VIP address with any
+	 * other protocol is refused (proto_not_configured) after one lookup. */
+	__u64 vip_addr_protos[SLUICE_MAX_VIPS][4];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
 	struct sluice_allow_node allow_pool[SLUICE_ALLOW_POOL_NODES];

@@ -16,6 +16,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         sluice::DropReason::kNone)
         return 0;
     if (p.l3_end > pkt.size() || p.l4_offset > p.l3_end) std::abort();
+    // What the parser accepts is well-formed where the balancer relies on
+    // it: the UDP length agrees with the payload (a first fragment may
+    // claim more), the TCP header lies inside the segment.
+    if (p.has_l4 && p.proto == sluice::net::kProtoUdp) {
+        const uint32_t have = p.l3_end - p.l4_offset;
+        const uint32_t udp_len = sluice::load_be16(pkt.data() + p.l4_offset + 4);
+        if (p.fragment == sluice::net::Fragment::kFirst ? udp_len < have : udp_len != have) std::abort();
+    }
+    if (p.has_l4 && p.proto == sluice::net::kProtoTcp) {
+        const uint32_t doff = (pkt[p.l4_offset + 12] >> 4) * 4u;
+        if (doff < 20 || p.l4_offset + doff > p.l3_end) std::abort();
+    }
     const sluice::FlowKey key = sluice::make_flow_key(pkt.data(), p, sluice::FlowDirection::kToBackend);
     (void)sluice::flow_hash(key, 1);
     if (p.has_l4 && (p.proto == sluice::net::kProtoTcp || p.proto == sluice::net::kProtoUdp)) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sluice/addr.hpp"
@@ -106,6 +107,52 @@ inline std::vector<uint8_t> build_packet(const PacketSpec& s) {
     }
     pkt.insert(pkt.end(), l4.begin(), l4.end());
     return pkt;
+}
+
+// `pkt` (IPv4, untagged) with `opts` (a multiple of 4 bytes) after the fixed
+// header: IHL, total length and header checksum set to match.
+inline std::vector<uint8_t> with_ipv4_options(std::vector<uint8_t> pkt, const std::vector<uint8_t>& opts) {
+    pkt.insert(pkt.begin() + 34, opts.begin(), opts.end());
+    pkt[14] = static_cast<uint8_t>(0x40 | (20 + opts.size()) / 4);
+    pkt[16] = static_cast<uint8_t>((pkt.size() - 14) >> 8);
+    pkt[17] = static_cast<uint8_t>(pkt.size() - 14);
+    pkt[24] = pkt[25] = 0;
+    const uint16_t c = net::csum_full(pkt.data() + 14, 20 + opts.size());
+    pkt[24] = static_cast<uint8_t>(c >> 8);
+    pkt[25] = static_cast<uint8_t>(c);
+    return pkt;
+}
+
+// `pkt` (IPv6, untagged) with the extension headers `ext` (type, header
+// bytes; each header's Next Header byte is filled in here) between the fixed
+// header and the upper layer, and the payload length set to match. The
+// upper-layer checksum stays valid: its pseudo-header counts the
+// upper-layer length only (RFC 8200 §8.1).
+inline std::vector<uint8_t> with_ipv6_ext(std::vector<uint8_t> pkt,
+                                          const std::vector<std::pair<uint8_t, std::vector<uint8_t>>>& ext) {
+    if (ext.empty()) return pkt;
+    const uint8_t upper = pkt[20];
+    std::vector<uint8_t> chain;
+    for (size_t i = 0; i < ext.size(); ++i) {
+        const size_t at = chain.size();
+        chain.insert(chain.end(), ext[i].second.begin(), ext[i].second.end());
+        chain[at] = i + 1 < ext.size() ? ext[i + 1].first : upper;
+    }
+    pkt[20] = ext[0].first;
+    pkt.insert(pkt.begin() + 54, chain.begin(), chain.end());
+    pkt[18] = static_cast<uint8_t>((pkt.size() - 54) >> 8);
+    pkt[19] = static_cast<uint8_t>(pkt.size() - 54);
+    return pkt;
+}
+
+// An IPv6 routing header of `type` with `segments_left` and one address
+// (24 bytes, as type 0 and type 2 headers with one hop are).
+inline std::pair<uint8_t, std::vector<uint8_t>> ipv6_routing_header(uint8_t type, uint8_t segments_left) {
+    std::vector<uint8_t> h(24, 0);
+    h[1] = 2;
+    h[2] = type;
+    h[3] = segments_left;
+    return {43, h};
 }
 
 }  // namespace sluice::test

@@ -47,6 +47,17 @@ struct Harness {
         fwd.emplace(*table, *stats, opt);
     }
 
+    // The same table and counters under a forwarder that generates at most
+    // `rate` ICMP messages a second, `burst` at once.
+    void limit_icmp(uint32_t rate, uint32_t burst) {
+        ForwarderOptions opt;
+        std::memcpy(opt.client_port_mac, kLbMac.data(), 6);
+        std::memcpy(opt.backend_port_mac, kLbMac.data(), 6);
+        opt.icmp_rate = rate;
+        opt.icmp_burst = burst;
+        fwd.emplace(*table, *stats, opt);
+    }
+
     void publish() {
         model.compile(*cfg);
         cfg->generation = ++generation;
@@ -808,4 +819,338 @@ TEST_CASE("Flow census: active flows per VIP and backend, and occupancy") {
     census.step(*h.table, *h.cfg, *h.stats, 1000 + 400'000, buckets);
     CHECK(h.stats->vip_active_flows[vslot] == 0);
     CHECK(h.counter(Counter::kConnOccupied) == 0);
+}
+
+namespace {
+
+// A packet of IP protocol `proto` from the client to `dst`, with 8 bytes of
+// payload that also parse as a GRE header with a key, an ESP header or an
+// ICMP header, whichever `proto` says.
+std::vector<uint8_t> proto_packet(uint8_t proto, const char* dst, const char* src = "198.18.0.1") {
+    PacketSpec s = client_packet();
+    s.src = src;
+    s.dst = dst;
+    s.proto = proto;
+    s.payload = {0x20, 0, 0x08, 0, 0, 0, 0, 1};
+    return build_packet(s);
+}
+
+}  // namespace
+
+TEST_CASE("Only the protocols a VIP address was configured with reach a backend") {
+    Harness h;
+    const VipId tcp80 = parse_vip_id("198.18.1.1:80/tcp");
+    const VipId udp_any = parse_vip_id("198.18.1.2/udp");  // every port
+    const VipId tcp6 = parse_vip_id("[2001:db8:1::1]:80/tcp");
+    for (const VipId& v : {tcp80, udp_any, tcp6}) h.model.add_vip(v, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+    add_backends(h, tcp80, 2);
+    add_backends(h, udp_any, 2);
+    h.model.add_backend(tcp6, Endpoint{parse_ip("2001:db8::11"), 0}, 100, kBackendMac[0]);
+    h.publish();
+
+    // The index itself: a packet's key with protocol 0 and port 0 is not the
+    // address entry's, whose key no packet can make.
+    const uint8_t a1[4] = {198, 18, 1, 1};
+    CHECK(find_vip(*h.cfg, make_vip_key(a1, 4, 0, 0)) == -1);
+    CHECK(find_vip(*h.cfg, make_vip_address_key(a1, 4)) >= 0);
+
+    DropReason why;
+    uint64_t refused = 0;
+    // IP protocol 0 (HOPOPT) has no parser here, so its "port" is 0.
+    for (const uint8_t proto : {uint8_t{0}, uint8_t{17}, uint8_t{47}, uint8_t{50}, uint8_t{58}, uint8_t{132},
+                                uint8_t{255}}) {
+        INFO("protocol " << int(proto) << " to the TCP VIP's address");
+        auto pkt = proto_packet(proto, "198.18.1.1");
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == DropReason::kProtoNotConfigured);
+        ++refused;
+    }
+    for (const uint8_t proto : {uint8_t{0}, uint8_t{6}, uint8_t{47}}) {
+        INFO("protocol " << int(proto) << " to the every-port UDP VIP's address");
+        auto pkt = proto_packet(proto, "198.18.1.2");
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == DropReason::kProtoNotConfigured);
+        ++refused;
+    }
+    {
+        PacketSpec s = client_packet();
+        s.src = "2001:db8:100::1";
+        s.dst = "2001:db8:1::1";
+        s.proto = 17;
+        auto pkt = build_packet(s);
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == DropReason::kProtoNotConfigured);
+        ++refused;
+    }
+    CHECK(h.drops(DropReason::kProtoNotConfigured) == refused);
+
+    // What is configured still reaches a backend, and a configured
+    // protocol on a port no VIP has, or an address no VIP has, is no_vip.
+    auto tcp = build_packet(client_packet());
+    CHECK(h.run(tcp) == Action::kToBackend);
+    for (const uint16_t port : {uint16_t{0}, uint16_t{53}, uint16_t{65535}}) {
+        PacketSpec s = client_packet();
+        s.dst = "198.18.1.2";
+        s.proto = 17;
+        s.dport = port;
+        auto udp = build_packet(s);
+        CHECK(h.run(udp) == Action::kToBackend);
+    }
+    PacketSpec other_port = client_packet();
+    other_port.dport = 81;
+    auto p81 = build_packet(other_port);
+    CHECK(h.run(p81, &why) == Action::kDrop);
+    CHECK(why == DropReason::kNoVip);
+    auto elsewhere = proto_packet(0, "198.18.9.9");
+    CHECK(h.run(elsewhere, &why) == Action::kDrop);
+    CHECK(why == DropReason::kNoVip);
+    CHECK(h.drops(DropReason::kProtoNotConfigured) == refused);
+
+    // ICMP of the address's family is still answered.
+    PacketSpec echo = client_packet();
+    echo.proto = 1;
+    echo.payload = {8, 0, 0xf7, 0xfe, 0, 1, 0, 0};  // checksum of this echo request
+    auto ping = build_packet(echo);
+    CHECK(h.run(ping) == Action::kToClient);
+}
+
+TEST_CASE("NAT keeps TCP and UDP checksums right behind IPv6 extension headers, both directions") {
+    const std::vector<uint8_t> opts(8, 0);  // Pad1 only: 6 bytes of padding
+    std::vector<uint8_t> opts16(16, 0);
+    opts16[1] = 1;  // (1 + 1) * 8 bytes
+    using Chain = std::vector<std::pair<uint8_t, std::vector<uint8_t>>>;
+    const std::vector<Chain> chains = {
+        {{net::kProtoHopByHop, opts}},
+        {{net::kProtoDestOpts, opts}},
+        {sluice::test::ipv6_routing_header(4, 0)},
+        {{net::kProtoHopByHop, opts}, {net::kProtoDestOpts, opts}, sluice::test::ipv6_routing_header(4, 0)},
+        {{net::kProtoHopByHop, opts}, {net::kProtoDestOpts, opts}, sluice::test::ipv6_routing_header(2, 0),
+         {net::kProtoDestOpts, opts16}},
+    };
+    for (const uint8_t proto : {uint8_t{6}, uint8_t{17}}) {
+        for (size_t c = 0; c < chains.size(); ++c) {
+            INFO("proto " << int(proto) << " chain " << c);
+            Harness h;
+            const VipId vip = parse_vip_id(proto == 6 ? "[2001:db8:1::1]:80/tcp" : "[2001:db8:1::1]:80/udp");
+            h.model.add_vip(vip, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+            h.model.add_backend(vip, Endpoint{parse_ip("2001:db8::11"), 8080}, 100, kBackendMac[0]);
+            h.publish();
+            PacketSpec in = client_packet();
+            in.src = "2001:db8:100::1";
+            in.dst = "2001:db8:1::1";
+            in.proto = proto;
+            in.payload.assign(37, 'e');  // odd: the checksum's last word is padded
+            auto pkt = sluice::test::with_ipv6_ext(build_packet(in), chains[c]);
+            REQUIRE(h.run(pkt) == Action::kToBackend);
+            // build_packet computes the checksum over the pseudo-header with
+            // the backend's address and port from scratch.
+            PacketSpec want = in;
+            want.dst = "2001:db8::11";
+            want.dport = 8080;
+            want.src_mac = kLbMac;
+            want.dst_mac = kBackendMac[0];
+            CHECK(pkt == sluice::test::with_ipv6_ext(build_packet(want), chains[c]));
+
+            PacketSpec reply;
+            reply.src_mac = kBackendMac[0];
+            reply.dst_mac = kLbMac;
+            reply.src = "2001:db8::11";
+            reply.dst = "2001:db8:100::1";
+            reply.sport = 8080;
+            reply.dport = 40000;
+            reply.proto = proto;
+            reply.tcp_flags = 0x12;
+            auto rpkt = sluice::test::with_ipv6_ext(build_packet(reply), chains[c]);
+            REQUIRE(h.run(rpkt) == Action::kToClient);
+            PacketSpec back = reply;
+            back.src = "2001:db8:1::1";
+            back.sport = 80;
+            back.src_mac = kLbMac;
+            back.dst_mac = kClientMac;
+            CHECK(rpkt == sluice::test::with_ipv6_ext(build_packet(back), chains[c]));
+        }
+    }
+}
+
+TEST_CASE("Malformed packets to a VIP are dropped, each counted by its reason") {
+    Harness h;
+    const VipId tcp = parse_vip_id("198.18.1.1:80/tcp");
+    const VipId udp = parse_vip_id("198.18.1.1:53/udp");
+    const VipId tcp6 = parse_vip_id("[2001:db8:1::1]:80/tcp");
+    for (const VipId& v : {tcp, udp}) {
+        h.model.add_vip(v, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+        h.model.add_backend(v, Endpoint{parse_ip("198.18.0.11"), 8080}, 100, kBackendMac[0]);
+    }
+    h.model.add_vip(tcp6, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+    h.model.add_backend(tcp6, Endpoint{parse_ip("2001:db8::11"), 8080}, 100, kBackendMac[0]);
+    h.publish();
+    PacketSpec u = client_packet();
+    u.proto = 17;
+    u.dport = 53;
+    PacketSpec t6 = client_packet();
+    t6.src = "2001:db8:100::1";
+    t6.dst = "2001:db8:1::1";
+
+    std::vector<std::pair<std::vector<uint8_t>, DropReason>> cases;
+    auto udp_len = build_packet(u);
+    store_be16(udp_len.data() + 34 + 4, static_cast<uint16_t>(load_be16(udp_len.data() + 34 + 4) + 1));
+    cases.emplace_back(udp_len, DropReason::kUdpBadLength);
+    auto doff = build_packet(client_packet());
+    doff[34 + 12] = 4 << 4;
+    cases.emplace_back(doff, DropReason::kTcpBadDataOffset);
+    cases.emplace_back(sluice::test::with_ipv4_options(build_packet(client_packet()), {0x88, 1, 0, 0}),
+                       DropReason::kIpv4BadOption);
+    cases.emplace_back(sluice::test::with_ipv4_options(build_packet(client_packet()), {1, 131, 7, 4, 198, 18, 9, 9}),
+                       DropReason::kIpv4SourceRoute);
+    cases.emplace_back(sluice::test::with_ipv6_ext(build_packet(t6), {sluice::test::ipv6_routing_header(0, 0)}),
+                       DropReason::kIpv6RoutingType0);
+    cases.emplace_back(sluice::test::with_ipv6_ext(build_packet(t6), {sluice::test::ipv6_routing_header(4, 1)}),
+                       DropReason::kIpv6RoutingSegmentsLeft);
+    for (auto& [pkt, reason] : cases) {
+        INFO("expected " << drop_reason_name(reason));
+        DropReason why;
+        CHECK(h.run(pkt, &why) == Action::kDrop);
+        CHECK(why == reason);
+        CHECK(h.drops(reason) == 1);
+    }
+    CHECK(h.counter(Counter::kNewFlows) == 0);
+}
+
+TEST_CASE("A burst longer than kMaxBurst is decided in passes, as packet by packet") {
+    constexpr uint16_t kN = 3 * kMaxBurst + 5;
+    Harness whole, single;
+    for (Harness* h : {&whole, &single}) {
+        const VipId vip = parse_vip_id("198.18.1.1:80/tcp");
+        h->model.add_vip(vip, SLUICE_MODE_NAT, SLUICE_HASH_5TUPLE, 251);
+        add_backends(*h, vip, 3, 8080);
+        h->publish();
+    }
+    // New flows, a flow's second packet, drops of several kinds.
+    std::vector<std::vector<uint8_t>> in;
+    std::set<uint16_t> flows;
+    for (uint16_t i = 0; i < kN; ++i) {
+        PacketSpec s = client_packet(static_cast<uint16_t>(20000 + i % 40));
+        if (i % 7 == 3) s.dport = 81;
+        if (i % 11 == 5) s.proto = 17;
+        if (s.dport == 80 && s.proto == 6) flows.insert(s.sport);
+        in.push_back(build_packet(s));
+    }
+    constexpr uint16_t kHeadroom = 128;
+    std::vector<std::vector<uint8_t>> bufs;
+    std::vector<PacketBuf> pb;
+    for (const auto& p : in) {
+        bufs.emplace_back(kHeadroom + p.size());
+        std::copy(p.begin(), p.end(), bufs.back().begin() + kHeadroom);
+    }
+    for (size_t i = 0; i < in.size(); ++i)
+        pb.push_back({bufs[i].data() + kHeadroom, static_cast<uint16_t>(in[i].size()), kHeadroom});
+    std::vector<Action> actions(kN);
+    std::vector<DropReason> drops(kN);
+    whole.fwd->process_burst(*whole.cfg, pb.data(), kN, 1000, actions.data(), drops.data());
+    for (uint16_t i = 0; i < kN; ++i) {
+        INFO("packet " << i);
+        auto pkt = in[i];
+        DropReason why;
+        const Action a = single.run(pkt, &why);
+        REQUIRE(actions[i] == a);
+        if (a == Action::kDrop)
+            CHECK(drops[i] == why);
+        else
+            CHECK(std::vector<uint8_t>(pb[i].data, pb[i].data + pb[i].len) == pkt);
+    }
+    CHECK(whole.counter(Counter::kRxPackets) == kN);
+    CHECK(whole.counter(Counter::kNewFlows) == single.counter(Counter::kNewFlows));
+    CHECK(whole.counter(Counter::kNewFlows) == flows.size());
+}
+
+TEST_CASE("Token bucket: a burst, then the rate, never more than the burst saved up") {
+    TokenBucket b(10, 3);  // 10 per second: one per 100 ms
+    b.refill(5000);
+    for (int i = 0; i < 3; ++i) CHECK(b.take());
+    CHECK_FALSE(b.take());
+    b.refill(5099);
+    CHECK_FALSE(b.take());  // 9.9 tenths of a token
+    b.refill(5100);
+    CHECK(b.take());
+    CHECK_FALSE(b.take());
+    b.refill(5100 + 3600'000);  // an hour idle: still only the burst
+    CHECK(b.available() == 3);
+    for (int i = 0; i < 3; ++i) CHECK(b.take());
+    CHECK_FALSE(b.take());
+    // Refills in small steps add up exactly (thousandths, no rounding loss).
+    uint32_t t = 5100 + 3600'000;
+    for (int i = 0; i < 100; ++i) b.refill(++t);
+    CHECK(b.take());
+    CHECK_FALSE(b.take());
+    // The 32-bit millisecond clock wraps.
+    TokenBucket w(1000, 2);
+    w.refill(0xffff'fff0u);
+    CHECK(w.take());
+    CHECK(w.take());
+    CHECK_FALSE(w.take());
+    w.refill(0x0000'0000u);  // 16 ms later
+    CHECK(w.available() == 2);
+    // Rate 0 or burst 0: none at all.
+    for (TokenBucket none : {TokenBucket(0, 50), TokenBucket(1000, 0)}) {
+        none.refill(1000);
+        none.refill(100'000);
+        CHECK_FALSE(none.take());
+    }
+    // The largest rate and burst neither overflow nor wrap.
+    TokenBucket big(0xffff'ffffu, 0xffff'ffffu);
+    big.refill(0xffff'ffffu);
+    CHECK(big.available() == 0xffff'ffffu);
+}
+
+TEST_CASE("ICMP the forwarder generates is rate-limited per worker, suppressed ones counted") {
+    SECTION("echo replies") {
+        for (const bool v6 : {false, true}) {
+            INFO("ipv6 " << v6);
+            Harness h;
+            h.limit_icmp(10, 3);
+            const VipId vip = parse_vip_id(v6 ? "[2001:db8:1::1]:80/tcp" : "198.18.1.1:80/tcp");
+            h.model.add_vip(vip, SLUICE_MODE_DSR, SLUICE_HASH_5TUPLE, 251);
+            h.publish();
+            PacketSpec s = tunnel_client_packet(v6);
+            s.proto = v6 ? 58 : 1;
+            s.payload = {uint8_t(v6 ? 128 : 8), 0, 0, 0, 0, 1, 0, 1};
+            auto ping = [&](uint32_t now) {
+                auto pkt = build_packet(s);
+                DropReason why = DropReason::kNone;
+                const Action a = h.run(pkt, &why, now);
+                CHECK((a == Action::kToClient || why == DropReason::kIcmpRateLimited));
+                return a == Action::kToClient;
+            };
+            int answered = 0;
+            for (int i = 0; i < 5; ++i) answered += ping(1000);
+            CHECK(answered == 3);
+            CHECK(h.drops(DropReason::kIcmpRateLimited) == 2);
+            CHECK_FALSE(ping(1099));
+            CHECK(ping(1100));  // 100 ms: one more token
+            CHECK_FALSE(ping(1100));
+            CHECK(h.counter(Counter::kIcmpEchoReplies) == 4);
+            CHECK(h.drops(DropReason::kIcmpRateLimited) == 4);
+        }
+    }
+    SECTION("too big for the tunnel") {
+        Harness h;
+        h.limit_icmp(10, 2);
+        tunnel_vip(h, {false, false, false});
+        PacketSpec in = tunnel_client_packet(false);
+        in.payload.assign(1500 - 20 - 20 - 10, 'x');
+        int sent = 0;
+        for (int i = 0; i < 4; ++i) {
+            auto pkt = build_packet(in);
+            DropReason why = DropReason::kNone;
+            const Action a = h.run(pkt, &why, 2000);
+            if (a == Action::kToClient)
+                ++sent;
+            else
+                CHECK(why == DropReason::kTooBig);
+        }
+        CHECK(sent == 2);
+        CHECK(h.counter(Counter::kIcmpTooBigSent) == 2);
+        CHECK(h.drops(DropReason::kTooBig) == 4);  // every too-big packet, answered or not
+        CHECK(h.drops(DropReason::kIcmpRateLimited) == 2);
+    }
 }

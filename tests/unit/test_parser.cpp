@@ -175,8 +175,156 @@ TEST_CASE("Malformed headers give their drop reason") {
     }
     SECTION("TCP data offset beyond the IP payload") {
         pkt[34 + 12] = 0xf0;
-        CHECK(parse(pkt, p) == DropReason::kTruncatedL4);
+        CHECK(parse(pkt, p) == DropReason::kTcpBadDataOffset);
     }
+}
+
+namespace {
+
+std::vector<uint8_t> ipv4_with_options(const std::vector<uint8_t>& opts) {
+    return sluice::test::with_ipv4_options(build_packet(PacketSpec{}), opts);
+}
+
+std::vector<uint8_t> ipv6_with_ext(const std::vector<std::pair<uint8_t, std::vector<uint8_t>>>& ext,
+                                   const PacketSpec& s) {
+    return sluice::test::with_ipv6_ext(build_packet(s), ext);
+}
+
+PacketSpec v6_spec(uint8_t proto) {
+    PacketSpec s;
+    s.src = "2001:db8::1";
+    s.dst = "2001:db8:1::1";
+    s.proto = proto;
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("UDP length must equal the IP payload (at least the fragment's, in a first fragment)") {
+    for (const bool v6 : {false, true}) {
+        INFO("ipv6 " << v6);
+        PacketSpec s = v6 ? v6_spec(kProtoUdp) : PacketSpec{};
+        s.proto = kProtoUdp;
+        s.payload.assign(10, 'u');
+        const auto good = build_packet(s);
+        const size_t l4 = v6 ? 54 : 34;
+        ParsedPacket p{};
+        REQUIRE(parse(good, p) == DropReason::kNone);  // 18 = 8 + 10, exactly the payload
+        CHECK(load_be16(good.data() + l4 + 4) == 18);
+        for (const int delta : {-1, +1, -10, -11, +100}) {
+            INFO("delta " << delta);
+            auto bad = good;
+            store_be16(bad.data() + l4 + 4, static_cast<uint16_t>(18 + delta));
+            CHECK(parse(bad, p) == DropReason::kUdpBadLength);
+        }
+        if (!v6) {
+            // A first fragment: the datagram goes on in later fragments.
+            auto first = good;
+            first[20] = 0x20;  // MF
+            store_be16(first.data() + l4 + 4, 18 + 800);
+            CHECK(parse(first, p) == DropReason::kNone);
+            store_be16(first.data() + l4 + 4, 18);
+            CHECK(parse(first, p) == DropReason::kNone);
+            store_be16(first.data() + l4 + 4, 17);  // shorter than what this fragment holds
+            CHECK(parse(first, p) == DropReason::kUdpBadLength);
+        }
+    }
+}
+
+TEST_CASE("TCP data offset: at least 5 words, and inside the segment") {
+    PacketSpec s;
+    s.payload = {1, 2, 3, 4};  // read as options when the data offset says 6
+    auto pkt = build_packet(s);
+    ParsedPacket p{};
+    const size_t doff = 34 + 12;
+    pkt[doff] = 5 << 4;
+    CHECK(parse(pkt, p) == DropReason::kNone);
+    pkt[doff] = 4 << 4;
+    CHECK(parse(pkt, p) == DropReason::kTcpBadDataOffset);
+    pkt[doff] = 0;
+    CHECK(parse(pkt, p) == DropReason::kTcpBadDataOffset);
+    pkt[doff] = 6 << 4;  // 24 bytes: exactly the segment
+    CHECK(parse(pkt, p) == DropReason::kNone);
+    pkt[doff] = 7 << 4;  // 28 bytes: 4 past it
+    CHECK(parse(pkt, p) == DropReason::kTcpBadDataOffset);
+    // The same in IPv6.
+    PacketSpec s6 = v6_spec(kProtoTcp);
+    s6.payload = {1, 2, 3, 4};
+    auto pkt6 = build_packet(s6);
+    pkt6[54 + 12] = 6 << 4;
+    CHECK(parse(pkt6, p) == DropReason::kNone);
+    pkt6[54 + 12] = 7 << 4;
+    CHECK(parse(pkt6, p) == DropReason::kTcpBadDataOffset);
+    pkt6[54 + 12] = 4 << 4;
+    CHECK(parse(pkt6, p) == DropReason::kTcpBadDataOffset);
+}
+
+TEST_CASE("IPv4 options are walked: length 0 or 1, or past the header, is refused") {
+    ParsedPacket p{};
+    // Well-formed: single-byte options, EOL then padding, a 2-byte option,
+    // an option ending exactly at the header's end.
+    for (const std::vector<uint8_t>& ok : std::vector<std::vector<uint8_t>>{
+             {1, 1, 1, 1},
+             {0, 0xff, 0xff, 0xff},                      // after EOL only padding counts
+             {0x94, 4, 0, 0},                            // Router Alert (RFC 2113), length 4
+             {1, 1, 0x88, 2},                            // a 2-byte option (length 2: no data)
+             {0x44, 8, 5, 0, 0, 0, 0, 0},                // timestamp, to the end exactly
+             {1, 7, 3, 4, 0, 0, 0, 0},                   // record route (3 bytes), then EOL
+         }) {
+        INFO("options " << ok.size() << " first " << int(ok[0]) << " second " << int(ok[1]));
+        auto pkt = ipv4_with_options(ok);
+        REQUIRE(parse(pkt, p) == DropReason::kNone);
+        CHECK(p.l4_offset == 34 + ok.size());
+        CHECK(p.l4.src_port == 40000);
+    }
+    for (const std::vector<uint8_t>& bad : std::vector<std::vector<uint8_t>>{
+             {0x88, 1, 0, 0},           // length 1
+             {0x88, 0, 0, 0},           // length 0: a walker would never advance
+             {1, 1, 1, 0x88},           // no room for the length byte
+             {1, 0x88, 4, 0},           // 4 bytes from offset 1: one past the header
+             {0x44, 9, 5, 0, 0, 0, 0, 0},  // 9 in 8
+             {1, 1, 0x88, 3},           // 3 from offset 2: one past
+         }) {
+        INFO("options " << bad.size() << " " << int(bad[0]) << " " << int(bad[1]) << " " << int(bad[2]));
+        auto pkt = ipv4_with_options(bad);
+        CHECK(parse(pkt, p) == DropReason::kIpv4BadOption);
+    }
+    // Loose and strict source routes: the VIP is not the final destination.
+    for (const uint8_t type : {uint8_t{131}, uint8_t{137}}) {
+        auto pkt = ipv4_with_options({1, type, 7, 4, 198, 18, 9, 9});
+        CHECK(parse(pkt, p) == DropReason::kIpv4SourceRoute);
+    }
+}
+
+TEST_CASE("IPv6 routing headers: type 0 and segments left above 0 are refused") {
+    ParsedPacket p{};
+    const auto routing = sluice::test::ipv6_routing_header;
+    const PacketSpec s = v6_spec(kProtoTcp);
+    CHECK(parse(ipv6_with_ext({routing(0, 0)}, s), p) == DropReason::kIpv6RoutingType0);
+    CHECK(parse(ipv6_with_ext({routing(0, 1)}, s), p) == DropReason::kIpv6RoutingType0);
+    for (const uint8_t type : {uint8_t{2}, uint8_t{3}, uint8_t{4}, uint8_t{253}}) {
+        INFO("type " << int(type));
+        REQUIRE(parse(ipv6_with_ext({routing(type, 0)}, s), p) == DropReason::kNone);
+        CHECK(p.l4_offset == 54 + 24);
+        CHECK(p.l4.dst_port == 80);
+        CHECK(parse(ipv6_with_ext({routing(type, 1)}, s), p) == DropReason::kIpv6RoutingSegmentsLeft);
+        CHECK(parse(ipv6_with_ext({routing(type, 255)}, s), p) == DropReason::kIpv6RoutingSegmentsLeft);
+    }
+    // Behind other extension headers too.
+    const std::vector<uint8_t> opts(8, 0);
+    CHECK(parse(ipv6_with_ext({{kProtoHopByHop, opts}, {kProtoDestOpts, opts}, routing(4, 1)}, s), p) ==
+          DropReason::kIpv6RoutingSegmentsLeft);
+    REQUIRE(parse(ipv6_with_ext({{kProtoHopByHop, opts}, {kProtoDestOpts, opts}, routing(4, 0)}, s), p) ==
+            DropReason::kNone);
+    CHECK(p.l4_offset == 54 + 8 + 8 + 24);
+}
+
+TEST_CASE("IPv6 hop-by-hop options only right after the fixed header (RFC 8200 §4.1)") {
+    ParsedPacket p{};
+    const std::vector<uint8_t> opts(8, 0);
+    const PacketSpec s = v6_spec(kProtoUdp);
+    REQUIRE(parse(ipv6_with_ext({{kProtoHopByHop, opts}, {kProtoDestOpts, opts}}, s), p) == DropReason::kNone);
+    CHECK(parse(ipv6_with_ext({{kProtoDestOpts, opts}, {kProtoHopByHop, opts}}, s), p) == DropReason::kBadIpHeader);
 }
 
 TEST_CASE("Every truncation of valid packets is rejected without reading past the end") {

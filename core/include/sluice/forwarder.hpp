@@ -15,6 +15,7 @@
 #include "sluice/net/parser.hpp"
 #include "sluice/shm.hpp"
 #include "sluice/source_filter.hpp"
+#include "sluice/token_bucket.hpp"
 #include "sluice/vip_index.hpp"
 
 namespace sluice {
@@ -30,6 +31,8 @@ enum class Action : uint8_t { kDrop, kToBackend, kToClient, kHandoff };
 // (kArrived, RX already counted). One worker: kSingle, no check at all.
 enum class Steering : uint8_t { kSingle, kToOwner, kArrived };
 
+// The most packets process_burst decides in one pass (its scratch space);
+// a longer burst is split into passes of this many.
 inline constexpr uint16_t kMaxBurst = 32;
 
 // One packet: the forwarder may move `data` back into the headroom
@@ -48,21 +51,51 @@ struct ForwarderOptions {
     uint8_t backend_port_mac[6]{};  // source MAC of frames sent towards backends
     uint16_t worker = 0;   // this worker's index
     uint16_t workers = 1;  // how many share the traffic
+    // ICMP messages this worker generates (echo replies, too big), per
+    // second and at most this many at once (see TokenBucket); Linux's
+    // icmp_msgs_per_sec and icmp_msgs_burst defaults.
+    uint32_t icmp_rate = 1000;
+    uint32_t icmp_burst = 50;
 };
 
 class Forwarder {
 public:
     Forwarder(ConnTable& table, sluice_lcore_stats& stats, const ForwarderOptions& opt)
-        : table_(table), stats_(stats), opt_(opt) {}
+        : table_(table), stats_(stats), opt_(opt), icmp_tokens_(opt.icmp_rate, opt.icmp_burst) {}
 
-    // Decides and rewrites a burst in place. `drops[i]` says why when
-    // actions[i] is kDrop (and is kNone otherwise); with kToOwner,
-    // `owners[i]` names the worker a kHandoff packet goes to (untouched).
+    // Decides and rewrites a burst of `n` packets in place, in passes of at
+    // most kMaxBurst, so that no caller can overrun the per-pass scratch
+    // space. `drops[i]` says why when actions[i] is kDrop (and is kNone
+    // otherwise); with kToOwner, `owners[i]` names the worker a kHandoff
+    // packet goes to (untouched). Each array holds `n` elements.
     template <Steering kSteering = Steering::kSingle>
     void process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n, uint32_t now_ms,
-                       Action* actions, DropReason* drops, uint16_t* owners = nullptr);
+                       Action* actions, DropReason* drops, uint16_t* owners = nullptr) {
+        for (uint16_t done = 0; done < n;) {
+            const uint16_t k = std::min<uint16_t>(kMaxBurst, static_cast<uint16_t>(n - done));
+            process_pass<kSteering>(cfg, pkts + done, BurstSize(k), now_ms, actions + done, drops + done,
+                                    owners ? owners + done : nullptr);
+            done = static_cast<uint16_t>(done + k);
+        }
+    }
 
 private:
+    // A packet count of at most kMaxBurst: process_pass's scratch holds that
+    // many, and only process_burst makes one.
+    class BurstSize {
+    public:
+        uint16_t get() const { return n_; }
+
+    private:
+        friend class Forwarder;
+        explicit BurstSize(uint16_t n) : n_(n) {}
+        uint16_t n_;
+    };
+
+    template <Steering kSteering>
+    void process_pass(const sluice_config& cfg, PacketBuf* pkts, BurstSize size, uint32_t now_ms,
+                      Action* actions, DropReason* drops, uint16_t* owners);
+
     enum class Kind : uint8_t { kToVip, kNatReply, kEcho, kIcmpError, kLaterFragment };
 
     struct Scratch {
@@ -115,6 +148,7 @@ private:
     ConnTable& table_;
     sluice_lcore_stats& stats_;
     ForwarderOptions opt_;
+    TokenBucket icmp_tokens_;  // refilled once per pass
 };
 
 namespace detail {
@@ -235,8 +269,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         table_.prefetch(s.hash);
         return;
     }
-    s.vip_slot = find_vip_for_port(cfg, make_vip_key(p.dst_addr(pkt), p.family, p.l4.dst_port, p.proto));
-    if (SLUICE_LIKELY(s.vip_slot >= 0)) {
+    const auto to_vip_key = [&] {
         s.kind = Kind::kToVip;
         s.key = cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG
                     ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
@@ -244,57 +277,78 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
                     : make_flow_key(pkt, p, FlowDirection::kToBackend);
         s.hash = flow_hash(s.key, cfg.hash_seed);
         table_.prefetch(s.hash);
+    };
+    const uint8_t* dst = p.dst_addr(pkt);
+    s.vip_slot = find_vip(cfg, make_vip_key(dst, p.family, p.l4.dst_port, p.proto));
+    if (SLUICE_LIKELY(s.vip_slot >= 0)) {
+        to_vip_key();
         return;
     }
-    if ((p.proto == net::kProtoIcmp || p.proto == net::kProtoIcmpv6) && p.has_l4) {
-        // The address entry: is this a VIP address at all?
-        const int addr_slot = find_vip(cfg, make_vip_key(p.dst_addr(pkt), p.family, 0, 0));
-        if (addr_slot >= 0) {
-            s.vip_slot = addr_slot;
-            if (net::is_echo_request(p.family, p.l4.icmp_type)) {
-                s.kind = Kind::kEcho;
-                if (!(cfg.vips[addr_slot].flags & SLUICE_VIP_ECHO_REPLY)) s.drop = DropReason::kNoVip;
-                return;
-            }
-            if (net::is_icmp_error(p.family, p.l4.icmp_type) &&
-                net::parse_quoted(pkt, p.l4_offset, p.l3_end, p.family, s.quoted)) {
-                // The quoted packet went VIP -> client; its flow is the
-                // reverse: client -> VIP.
-                const net::QuotedPacket& q = s.quoted;
-                const unsigned alen = p.addr_len();
-                const unsigned src_off = p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc;
-                const unsigned dst_off = p.family == 4 ? net::kIpv4OffDst : net::kIpv6OffDst;
-                s.vip_slot = find_vip_for_port(cfg, make_vip_key(pkt + q.l3_offset + src_off, p.family,
-                                                                 q.has_ports ? load_be16(pkt + q.l4_offset) : 0,
-                                                                 q.proto));
-                if (s.vip_slot < 0) {
-                    s.drop = DropReason::kIcmpUnmatched;
-                    return;
-                }
-                FlowKey& k = s.key;
-                k = FlowKey{};
-                std::memcpy(k.src, pkt + q.l3_offset + dst_off, alen);
-                std::memcpy(k.dst, pkt + q.l3_offset + src_off, alen);
-                if (q.has_ports) {
-                    k.src_port = load_be16(pkt + q.l4_offset + 2);
-                    k.dst_port = load_be16(pkt + q.l4_offset);
-                }
-                k.proto = q.proto;
-                k.family = p.family;
-                k.direction = FlowDirection::kToBackend;
-                s.kind = Kind::kIcmpError;
-                s.hash = flow_hash(k, cfg.hash_seed);
-                table_.prefetch(s.hash);
-                return;
-            }
+    // Not this port's VIP. To a VIP address at all? If not, a NAT reply.
+    const int addr_slot = find_vip(cfg, make_vip_address_key(dst, p.family));
+    if (addr_slot < 0) {
+        s.kind = Kind::kNatReply;
+        s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
+        s.hash = flow_hash(s.key, cfg.hash_seed);
+        table_.prefetch(s.hash);
+        return;
+    }
+    if (p.proto != (p.family == 4 ? net::kProtoIcmp : net::kProtoIcmpv6) || !p.has_l4) {
+        // Only the protocols the address's VIPs were configured with reach
+        // a backend (ICMP of the address's family is answered below).
+        if (!vip_addr_has_proto(cfg, addr_slot, p.proto)) {
+            s.drop = DropReason::kProtoNotConfigured;
+            return;
+        }
+        if (p.l4.dst_port != SLUICE_PORT_ANY)
+            s.vip_slot = find_vip(cfg, make_vip_key(dst, p.family, SLUICE_PORT_ANY, p.proto));
+        if (s.vip_slot < 0) {
+            s.drop = DropReason::kNoVip;  // a port no VIP of this protocol has
+            return;
+        }
+        to_vip_key();
+        return;
+    }
+    // ICMP of the address's family: echo is answered, an error goes to the
+    // flow it quotes.
+    s.vip_slot = addr_slot;
+    if (net::is_echo_request(p.family, p.l4.icmp_type)) {
+        s.kind = Kind::kEcho;
+        if (!(cfg.vips[addr_slot].flags & SLUICE_VIP_ECHO_REPLY)) s.drop = DropReason::kNoVip;
+        return;
+    }
+    if (net::is_icmp_error(p.family, p.l4.icmp_type) &&
+        net::parse_quoted(pkt, p.l4_offset, p.l3_end, p.family, s.quoted)) {
+        // The quoted packet went VIP -> client; its flow is the
+        // reverse: client -> VIP.
+        const net::QuotedPacket& q = s.quoted;
+        const unsigned alen = p.addr_len();
+        const unsigned src_off = p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc;
+        const unsigned dst_off = p.family == 4 ? net::kIpv4OffDst : net::kIpv6OffDst;
+        s.vip_slot = find_vip_for_port(cfg, make_vip_key(pkt + q.l3_offset + src_off, p.family,
+                                                         q.has_ports ? load_be16(pkt + q.l4_offset) : 0,
+                                                         q.proto));
+        if (s.vip_slot < 0) {
             s.drop = DropReason::kIcmpUnmatched;
             return;
         }
+        FlowKey& k = s.key;
+        k = FlowKey{};
+        std::memcpy(k.src, pkt + q.l3_offset + dst_off, alen);
+        std::memcpy(k.dst, pkt + q.l3_offset + src_off, alen);
+        if (q.has_ports) {
+            k.src_port = load_be16(pkt + q.l4_offset + 2);
+            k.dst_port = load_be16(pkt + q.l4_offset);
+        }
+        k.proto = q.proto;
+        k.family = p.family;
+        k.direction = FlowDirection::kToBackend;
+        s.kind = Kind::kIcmpError;
+        s.hash = flow_hash(k, cfg.hash_seed);
+        table_.prefetch(s.hash);
+        return;
     }
-    s.kind = Kind::kNatReply;
-    s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
-    s.hash = flow_hash(s.key, cfg.hash_seed);
-    table_.prefetch(s.hash);
+    s.drop = DropReason::kIcmpUnmatched;
 }
 
 inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt,
@@ -362,14 +416,18 @@ SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg,
         const uint16_t overhead = encap_overhead(be.family, gue);
         const uint16_t inner_len = static_cast<uint16_t>(p.l3_end - p.l3_offset);
         if (SLUICE_UNLIKELY(inner_len + overhead > opt_.mtu)) {
+            s.drop = DropReason::kTooBig;
             // Never answer an ICMP error with another (RFC 1122 §3.2.2).
-            if (s.kind == Kind::kIcmpError ||
-                !net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
-                                    static_cast<uint32_t>(opt_.mtu - overhead),
-                                    opt_.client_port_mac)) {
-                s.drop = DropReason::kTooBig;
+            if (s.kind == Kind::kIcmpError) return Action::kDrop;
+            // The packet is too big either way; only the message about it
+            // is rate-limited (counted apart, besides too_big_for_tunnel).
+            if (SLUICE_UNLIKELY(!icmp_tokens_.take())) {
+                counter_add(stats_.drops[static_cast<size_t>(DropReason::kIcmpRateLimited)], 1);
                 return Action::kDrop;
             }
+            if (!net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
+                                    static_cast<uint32_t>(opt_.mtu - overhead), opt_.client_port_mac))
+                return Action::kDrop;
             counter_add(stats_.drops[static_cast<size_t>(DropReason::kTooBig)], 1);
             count(Counter::kIcmpTooBigSent);
             return Action::kToClient;
@@ -574,8 +632,8 @@ SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const u
         client = s.key.src;
         break;
     case Kind::kLaterFragment: {
-        client = find_vip(cfg, make_vip_key(p.dst_addr(pkt), p.family, 0, 0)) >= 0 ? p.src_addr(pkt)
-                                                                                  : p.dst_addr(pkt);
+        client = find_vip(cfg, make_vip_address_key(p.dst_addr(pkt), p.family)) >= 0 ? p.src_addr(pkt)
+                                                                                     : p.dst_addr(pkt);
         break;
     }
     default: return opt_.worker;
@@ -586,9 +644,10 @@ SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const u
 }
 
 template <Steering kSteering>
-inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, uint16_t n,
-                                     uint32_t now_ms, Action* actions, DropReason* drops,
-                                     uint16_t* owners) {
+inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, BurstSize size,
+                                    uint32_t now_ms, Action* actions, DropReason* drops,
+                                    uint16_t* owners) {
+    const uint16_t n = size.get();
     Scratch scratch[kMaxBurst];
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
@@ -607,6 +666,7 @@ inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, 
         counter_add(stats_.drops[static_cast<size_t>(DropReason::kNotConfigured)], n);
         return;
     }
+    icmp_tokens_.refill(now_ms);
     // Pass 1 parses and hashes the whole burst and prefetches every bucket's
     // signature line, pass 2 the entries those signatures point to, so pass
     // 3 finds both in cache (the batching of DPDK l3fwd and VPP nodes, and
@@ -638,6 +698,10 @@ inline void Forwarder::process_burst(const sluice_config& cfg, PacketBuf* pkts, 
                 break;
             case Kind::kNatReply: a = nat_reply(cfg, pkts[i], s, now_ms); break;
             case Kind::kEcho:
+                if (SLUICE_UNLIKELY(!icmp_tokens_.take())) {
+                    s.drop = DropReason::kIcmpRateLimited;
+                    break;
+                }
                 net::echo_reply_in_place(pkts[i].data, s.parsed.l3_offset, s.parsed.l4_offset,
                                          s.parsed.family, opt_.client_port_mac);
                 count(Counter::kIcmpEchoReplies);

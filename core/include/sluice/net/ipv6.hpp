@@ -34,9 +34,24 @@ SLUICE_ALWAYS_INLINE DropReason parse_ipv6(const uint8_t* pkt, uint32_t len, uin
     for (unsigned i = 0; i < kIpv6MaxExtensionHeaders; ++i) {
         switch (next) {
         case kProtoHopByHop:
-        case kProtoRouting:
+            // RFC 8200 §4.1: only right after the IPv6 header.
+            if (SLUICE_UNLIKELY(i != 0)) return DropReason::kBadIpHeader;
+            [[fallthrough]];
         case kProtoDestOpts:
             if (SLUICE_UNLIKELY(cur + 8 > end)) return DropReason::kTruncatedL3;
+            next = pkt[cur];
+            cur += (pkt[cur + 1] + 1u) * 8u;
+            continue;
+        case kProtoRouting:
+            if (SLUICE_UNLIKELY(cur + 8 > end)) return DropReason::kTruncatedL3;
+            // RFC 5095 §3: type 0 is deprecated, whatever its segments left
+            // (a node must not execute it; it amplifies traffic between
+            // routers). Any other type with segments left > 0 names a later
+            // hop: the VIP is not the final destination (RFC 8200 §4.4), and
+            // the upper-layer checksum covers that final destination's
+            // address, not the one NAT rewrites (RFC 8200 §8.1).
+            if (SLUICE_UNLIKELY(pkt[cur + 2] == 0)) return DropReason::kIpv6RoutingType0;
+            if (SLUICE_UNLIKELY(pkt[cur + 3] != 0)) return DropReason::kIpv6RoutingSegmentsLeft;
             next = pkt[cur];
             cur += (pkt[cur + 1] + 1u) * 8u;
             continue;

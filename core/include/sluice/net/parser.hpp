@@ -39,7 +39,7 @@ SLUICE_ALWAYS_INLINE DropReason parse_upper_layer(const uint8_t* pkt, ParsedPack
     DropReason r;
     switch (out.proto) {
     case kProtoTcp: r = parse_tcp(pkt, off, end, out.l4); break;
-    case kProtoUdp: r = parse_udp(pkt, off, end, out.l4); break;
+    case kProtoUdp: r = parse_udp(pkt, off, end, out.l4, out.fragment == Fragment::kFirst); break;
     case kProtoIcmp:
     case kProtoIcmpv6: r = parse_icmp(pkt, off, end, out.l4); break;
     case kProtoGre: r = parse_gre(pkt, off, end, out.l4); break;

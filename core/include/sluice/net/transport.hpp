@@ -40,18 +40,29 @@ struct L4Info {
 SLUICE_ALWAYS_INLINE DropReason parse_tcp(const uint8_t* pkt, uint32_t off, uint32_t end,
                                           L4Info& out) {
     if (SLUICE_UNLIKELY(off + kTcpMinHeaderLen > end)) return DropReason::kTruncatedL4;
+    // RFC 9293 §3.1: the header is at least 5 words; options end inside the
+    // segment. A first fragment must hold the whole header too (RFC 1858
+    // §3: a header split over fragments slips past filters).
     const uint32_t data_offset = (pkt[off + 12] >> 4) * 4u;
     if (SLUICE_UNLIKELY(data_offset < kTcpMinHeaderLen || off + data_offset > end))
-        return DropReason::kTruncatedL4;
+        return DropReason::kTcpBadDataOffset;
     out.src_port = load_be16(pkt + off);
     out.dst_port = load_be16(pkt + off + 2);
     out.tcp_flags = pkt[off + 13];
     return DropReason::kNone;
 }
 
+// RFC 768: the length counts header and data, so it equals the IP payload;
+// a first fragment carries only part of the datagram, so its length may
+// exceed that payload but not fall short of it. A length that disagrees
+// would leave the receiver and the checksum at odds over where the datagram
+// ends (and what a NAT forwards unchanged).
 SLUICE_ALWAYS_INLINE DropReason parse_udp(const uint8_t* pkt, uint32_t off, uint32_t end,
-                                          L4Info& out) {
+                                          L4Info& out, bool first_fragment) {
     if (SLUICE_UNLIKELY(off + kUdpHeaderLen > end)) return DropReason::kTruncatedL4;
+    const uint32_t udp_len = load_be16(pkt + off + 4);
+    if (SLUICE_UNLIKELY(first_fragment ? udp_len < end - off : udp_len != end - off))
+        return DropReason::kUdpBadLength;
     out.src_port = load_be16(pkt + off);
     out.dst_port = load_be16(pkt + off + 2);
     return DropReason::kNone;
