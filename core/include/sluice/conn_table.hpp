@@ -41,7 +41,10 @@ struct ConnEntry {
     uint16_t backend_slot;
     TcpState tcp_state;
     uint8_t flags;
-    uint8_t peer_mac[6];  // NAT reply entries: where the client's packets came from
+    // NAT reply entries: where the client's packets came from. NAT forward
+    // entries, which have no peer, keep their reply entry's ConnLocation
+    // here (set_reply_location).
+    uint8_t peer_mac[6];
     uint32_t uid;         // backend uid (to-backend entries) or VIP uid (NAT replies)
 };
 static_assert(sizeof(ConnEntry) == 56);
@@ -66,6 +69,27 @@ struct ConnTimeouts {
 
 inline constexpr uint32_t kSigEstablished = 1u;
 
+// Where an entry is (bucket index, way): an entry can refer to another by it
+// and reach it again without hashing its key (a NAT flow's forward entry
+// keeps its reply entry alive this way, see Forwarder::to_vip).
+struct ConnLocation {
+    uint32_t bucket;
+    uint8_t way;
+};
+
+SLUICE_ALWAYS_INLINE void set_reply_location(ConnEntry& e, ConnLocation l) {
+    std::memcpy(e.peer_mac, &l.bucket, 4);
+    e.peer_mac[4] = l.way;
+    e.peer_mac[5] = 0;
+}
+
+SLUICE_ALWAYS_INLINE ConnLocation reply_location(const ConnEntry& e) {
+    ConnLocation l;
+    std::memcpy(&l.bucket, e.peer_mac, 4);
+    l.way = e.peer_mac[4];
+    return l;
+}
+
 struct ConnHandle {
     ConnBucket* bucket = nullptr;
     unsigned way = 0;
@@ -75,6 +99,11 @@ struct ConnHandle {
     ConnEntry& entry() const { return bucket->entries[way]; }
     void set_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
         bucket->expires[way] = now_ms + timeout_ms;
+    }
+    // Moves the expiry to now + timeout unless it is already later.
+    void extend_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
+        const uint32_t until = now_ms + timeout_ms;
+        if (static_cast<int32_t>(until - bucket->expires[way]) > 0) bucket->expires[way] = until;
     }
     // Established entries are protected from eviction by embryonic ones.
     void set_established(bool on) const {
@@ -188,6 +217,23 @@ public:
     }
 
     SLUICE_ALWAYS_INLINE static void erase(const ConnHandle& h) { h.bucket->sig[h.way] = 0; }
+
+    SLUICE_ALWAYS_INLINE ConnLocation location(const ConnHandle& h) const {
+        return {static_cast<uint32_t>(h.bucket - buckets_), static_cast<uint8_t>(h.way)};
+    }
+    // The live entry at `loc` if it still holds `key` (the way may have been
+    // freed, reused or moved to another table size since), else empty.
+    SLUICE_ALWAYS_INLINE ConnHandle at(ConnLocation loc, const FlowKey& key, uint32_t now_ms) const {
+        ConnBucket* b = buckets_ + (loc.bucket & mask_);
+        const unsigned w = loc.way % kConnWays;
+        if (b->sig[w] == 0 || expired(b->expires[w], now_ms) || !(b->entries[w].key == key)) return {};
+        return ConnHandle{b, w, false};
+    }
+    SLUICE_ALWAYS_INLINE void prefetch_at(ConnLocation loc) const {
+        const ConnBucket* b = buckets_ + (loc.bucket & mask_);
+        prefetch_write(b);
+        prefetch_read(&b->entries[loc.way % kConnWays]);
+    }
 
 private:
     SLUICE_ALWAYS_INLINE ConnBucket* primary(uint64_t hash) const {
