@@ -106,9 +106,9 @@ def test_every_port_nat_vip():
         add_nat_vip(lab, "198.18.1.3/tcp", BACKEND_IPS)
         lab.wait_xdp_maps()
         for port in (80, 8080):
-            names = lab.curl_names(f"http://198.18.1.3:{port}", 30)
+            names = lab.curl_names(f"http://198.18.1.3:{port}", 20)
             print(f"  port {port}: {split(names)}")
-            check(len(names) == 30, f"port {port}: {len(names)} of 30 answers")
+            check(len(names) == 20, f"port {port}: {len(names)} of 20 answers")
             check(set(names) <= set(BACKEND_NAMES), f"port {port}: answers {split(names)}")
 
 
