@@ -278,6 +278,48 @@ TEST_CASE("NAT: the client's packets keep the reply translation alive while the 
     }
 }
 
+TEST_CASE("NAT: a busy flow pushes its reply entry's expiry a quarter timeout ahead, not on every packet") {
+    constexpr uint32_t kUdpTimeout = 10'000;
+    Harness h(0, 1, kUdpTimeout);
+    nat_vip(h, false, 17, 53, 5353);
+    const PacketSpec c = client_to_vip(false, 17, 53);
+    const FlowKey rk = [&] {
+        const auto r = build_packet(reply_to(c, false, 0, 5353));
+        net::ParsedPacket p;
+        REQUIRE(net::parse_packet(r.data(), static_cast<uint32_t>(r.size()), p) == DropReason::kNone);
+        return make_flow_key(r.data(), p, FlowDirection::kNatReply);
+    }();
+    const uint64_t rhash = flow_hash(rk, h.cfg->hash_seed);
+    auto reply_expires = [&](uint32_t now) {
+        const ConnHandle rh = h.table->lookup(rhash, rk, now);
+        REQUIRE(rh);
+        return rh.bucket->expires[rh.way];
+    };
+    auto pkt = build_packet(c);
+    REQUIRE(h.run(pkt, 1000) == Action::kToBackend);
+    CHECK(reply_expires(1000) == 1000 + kUdpTimeout);
+    pkt = build_packet(c);
+    REQUIRE(h.run(pkt, 1100) == Action::kToBackend);  // a push: 1000 + timeout no longer covers 1100 + timeout
+    CHECK(reply_expires(1100) == 1100 + kUdpTimeout + kUdpTimeout / 4);
+    pkt = build_packet(c);
+    REQUIRE(h.run(pkt, 1200) == Action::kToBackend);  // covered: no push
+    CHECK(reply_expires(1200) == 1100 + kUdpTimeout + kUdpTimeout / 4);
+    // A reply in between must not pull it back (the forward side counts on it).
+    auto r = build_packet(reply_to(c, false, 0, 5353));
+    REQUIRE(h.run(r, 1300) == Action::kToClient);
+    CHECK(reply_expires(1300) == 1100 + kUdpTimeout + kUdpTimeout / 4);
+    // The client alone, every 100 ms for three timeouts: the reply entry
+    // always outlives the forward entry's timeout.
+    uint32_t now = 1300;
+    for (; now < 1300 + 3 * kUdpTimeout; now += 100) {
+        pkt = build_packet(c);
+        REQUIRE(h.run(pkt, now) == Action::kToBackend);
+        CHECK(static_cast<int32_t>(reply_expires(now) - (now + kUdpTimeout)) >= 0);
+    }
+    r = build_packet(reply_to(c, false, 0, 5353));
+    CHECK(h.run(r, now - 100 + kUdpTimeout - 1) == Action::kToClient);
+}
+
 TEST_CASE("NAT: a reply entry lost to eviction is made again by the flow's next forward packet") {
     Harness h;
     nat_vip(h, false, 6, 80, 8080);

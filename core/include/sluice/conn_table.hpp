@@ -42,8 +42,7 @@ struct ConnEntry {
     TcpState tcp_state;
     uint8_t flags;
     // NAT reply entries: where the client's packets came from. NAT forward
-    // entries, which have no peer, keep their reply entry's ConnLocation
-    // here (set_reply_location).
+    // entries, which have no peer, keep their ReplyLink here.
     uint8_t peer_mac[6];
     uint32_t uid;         // backend uid (to-backend entries) or VIP uid (NAT replies)
 };
@@ -77,16 +76,32 @@ struct ConnLocation {
     uint8_t way;
 };
 
-SLUICE_ALWAYS_INLINE void set_reply_location(ConnEntry& e, ConnLocation l) {
-    std::memcpy(e.peer_mac, &l.bucket, 4);
-    e.peer_mac[4] = l.way;
-    e.peer_mac[5] = 0;
+// A NAT forward entry's link to its reply entry: where it is, and until when
+// (in ticks of 2^kReplyTickShift ms, rounded down, wrapping) the reply entry
+// is known to live. Six bytes: the bucket index in 29 bits (ConnTable::at
+// masks it), the way in 3, the tick in 16.
+inline constexpr unsigned kReplyTickShift = 8;  // 256 ms ticks: +-2.3 h in 16 bits
+struct ReplyLink {
+    ConnLocation loc;
+    uint16_t until_tick;
+};
+
+SLUICE_ALWAYS_INLINE uint16_t reply_tick(uint32_t now_ms) {
+    return static_cast<uint16_t>(now_ms >> kReplyTickShift);
 }
 
-SLUICE_ALWAYS_INLINE ConnLocation reply_location(const ConnEntry& e) {
-    ConnLocation l;
-    std::memcpy(&l.bucket, e.peer_mac, 4);
-    l.way = e.peer_mac[4];
+SLUICE_ALWAYS_INLINE void set_reply_link(ConnEntry& e, ReplyLink l) {
+    const uint32_t where = l.loc.bucket << 3 | (l.loc.way & 7u);
+    std::memcpy(e.peer_mac, &where, 4);
+    std::memcpy(e.peer_mac + 4, &l.until_tick, 2);
+}
+
+SLUICE_ALWAYS_INLINE ReplyLink reply_link(const ConnEntry& e) {
+    uint32_t where;
+    ReplyLink l;
+    std::memcpy(&where, e.peer_mac, 4);
+    std::memcpy(&l.until_tick, e.peer_mac + 4, 2);
+    l.loc = {where >> 3, static_cast<uint8_t>(where & 7u)};
     return l;
 }
 

@@ -347,22 +347,41 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     re.uid = cfg.vips[s.vip_slot].uid;
     std::memcpy(re.peer_mac, pkt + 6, 6);  // the client's (or its router's) MAC
     rh.set_expiry(now_ms, timeout_ms);
-    if (fwd) set_reply_location(fwd.entry(), table_.location(rh));
+    if (fwd) set_reply_link(fwd.entry(), {table_.location(rh), reply_tick(now_ms + timeout_ms)});
 }
 
 // A NAT flow's translation lives as long as either direction is active
 // (RFC 4787 REQ-6: outbound refreshes the mapping; here both directions do):
-// a forward packet pushes its reply entry's expiry out to its own, through
-// the location its entry holds (no hash, no second lookup). When the reply
-// entry is gone (evicted under pressure, or the forward entry predates
-// links), the forward packet makes it anew.
+// the forward direction pushes its reply entry's expiry out, through the
+// location its entry holds (no hash, no second lookup). Not on every packet:
+// a push gives the reply entry a quarter of the timeout more than the
+// forward entry gets (timers are lower bounds, RFC 4787 REQ-5) and the link
+// remembers until when; the next push comes when that no longer covers this
+// packet's timeout, so a busy flow touches its reply entry's cache lines
+// once per quarter timeout, not once per packet, and a longer timeout (a TCP
+// flow becoming established) pushes at once. When the reply entry is gone
+// (evicted under pressure, or the forward entry predates links), the next
+// push makes it anew.
 SLUICE_ALWAYS_INLINE void Forwarder::keep_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt,
                                                           const Scratch& s, const sluice_backend& be,
                                                           uint16_t backend_slot, uint32_t now_ms,
                                                           uint32_t timeout_ms, const ConnHandle& fwd) {
+    ConnEntry& fe = fwd.entry();
+    const ReplyLink link = reply_link(fe);
+    // Ticks round down, so now may be up to a tick past now_tick: the reply
+    // entry lives past now + timeout if until_tick - now_tick - 1 ticks
+    // cover the timeout. (A difference past 2^15 ticks reads as negative:
+    // pushed.)
+    // A closing flow's replies shorten their entry: it is pushed every time.
+    const auto ticks_left = static_cast<int16_t>(link.until_tick - reply_tick(now_ms));
+    if (SLUICE_LIKELY(int32_t{ticks_left} - 1 >= static_cast<int32_t>((timeout_ms >> kReplyTickShift) + 1) &&
+                      fe.tcp_state != TcpState::kClosing))
+        return;
+    const uint32_t slack = timeout_ms / 4;
     const FlowKey rk = detail::nat_reply_key(s.key, be);
-    if (const ConnHandle rh = table_.at(reply_location(fwd.entry()), rk, now_ms); SLUICE_LIKELY(rh)) {
-        rh.extend_expiry(now_ms, timeout_ms);
+    if (const ConnHandle rh = table_.at(link.loc, rk, now_ms); SLUICE_LIKELY(rh)) {
+        rh.extend_expiry(now_ms, timeout_ms + slack);
+        set_reply_link(fe, {link.loc, reply_tick(now_ms + timeout_ms + slack)});
         return;
     }
     add_nat_reply_entry(cfg, pkt, s, be, backend_slot, now_ms, timeout_ms,
@@ -523,9 +542,15 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, Packe
         e.tcp_state = detail::next_tcp_state(e.tcp_state, p.l4.tcp_flags);
         h.set_established(e.tcp_state != TcpState::kClosing);
     }
-    h.set_expiry(now_ms, timeout_for(p.proto, e.tcp_state == TcpState::kNone
-                                                  ? TcpState::kEstablished
-                                                  : e.tcp_state));
+    // Pushed out, never back, unless the flow closes: the forward direction
+    // may have pushed it further, and counts on that (keep_nat_reply_entry).
+    const uint32_t reply_timeout = timeout_for(p.proto, e.tcp_state == TcpState::kNone
+                                                            ? TcpState::kEstablished
+                                                            : e.tcp_state);
+    if (SLUICE_UNLIKELY(e.tcp_state == TcpState::kClosing))
+        h.set_expiry(now_ms, reply_timeout);
+    else
+        h.extend_expiry(now_ms, reply_timeout);
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst)) {
         s.vip_slot = e.vip_slot;
         remember_fragments(cfg, b.data, s, e.backend_slot, vip.uid, true, now_ms, e.peer_mac);
