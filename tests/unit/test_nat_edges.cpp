@@ -295,23 +295,24 @@ TEST_CASE("NAT: a busy flow pushes its reply entry's expiry a quarter timeout ah
         REQUIRE(rh);
         return rh.bucket->expires[rh.way];
     };
+    constexpr uint32_t kLife = kUdpTimeout + kUdpTimeout / 4;
     auto pkt = build_packet(c);
     REQUIRE(h.run(pkt, 1000) == Action::kToBackend);
-    CHECK(reply_expires(1000) == 1000 + kUdpTimeout);
+    CHECK(reply_expires(1000) == 1000 + kLife);
     pkt = build_packet(c);
-    REQUIRE(h.run(pkt, 1100) == Action::kToBackend);  // a push: 1000 + timeout no longer covers 1100 + timeout
-    CHECK(reply_expires(1100) == 1100 + kUdpTimeout + kUdpTimeout / 4);
+    REQUIRE(h.run(pkt, 2000) == Action::kToBackend);  // 1000 + life covers 2000 + timeout: no push
+    CHECK(reply_expires(2000) == 1000 + kLife);
     pkt = build_packet(c);
-    REQUIRE(h.run(pkt, 1200) == Action::kToBackend);  // covered: no push
-    CHECK(reply_expires(1200) == 1100 + kUdpTimeout + kUdpTimeout / 4);
+    REQUIRE(h.run(pkt, 3300) == Action::kToBackend);  // no longer covered (to a 256 ms tick): pushed
+    CHECK(reply_expires(3300) == 3300 + kLife);
     // A reply in between must not pull it back (the forward side counts on it).
     auto r = build_packet(reply_to(c, false, 0, 5353));
-    REQUIRE(h.run(r, 1300) == Action::kToClient);
-    CHECK(reply_expires(1300) == 1100 + kUdpTimeout + kUdpTimeout / 4);
+    REQUIRE(h.run(r, 3400) == Action::kToClient);
+    CHECK(reply_expires(3400) == 3300 + kLife);
     // The client alone, every 100 ms for three timeouts: the reply entry
     // always outlives the forward entry's timeout.
-    uint32_t now = 1300;
-    for (; now < 1300 + 3 * kUdpTimeout; now += 100) {
+    uint32_t now = 3400;
+    for (; now < 3400 + 3 * kUdpTimeout; now += 100) {
         pkt = build_packet(c);
         REQUIRE(h.run(pkt, now) == Action::kToBackend);
         CHECK(static_cast<int32_t>(reply_expires(now) - (now + kUdpTimeout)) >= 0);

@@ -346,8 +346,11 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     re.backend_slot = backend_slot;
     re.uid = cfg.vips[s.vip_slot].uid;
     std::memcpy(re.peer_mac, pkt + 6, 6);  // the client's (or its router's) MAC
-    rh.set_expiry(now_ms, timeout_ms);
-    if (fwd) set_reply_link(fwd.entry(), {table_.location(rh), reply_tick(now_ms + timeout_ms)});
+    // The slack keep_nat_reply_entry gives, from the start: the flow's next
+    // packets need not push at once.
+    const uint32_t life = timeout_ms + timeout_ms / 4;
+    rh.set_expiry(now_ms, life);
+    if (fwd) set_reply_link(fwd.entry(), {table_.location(rh), reply_tick(now_ms + life)});
 }
 
 // A NAT flow's translation lives as long as either direction is active
