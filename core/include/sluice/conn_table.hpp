@@ -244,11 +244,6 @@ public:
         if (b->sig[w] == 0 || expired(b->expires[w], now_ms) || !(b->entries[w].key == key)) return {};
         return ConnHandle{b, w, false};
     }
-    SLUICE_ALWAYS_INLINE void prefetch_at(ConnLocation loc) const {
-        const ConnBucket* b = buckets_ + (loc.bucket & mask_);
-        prefetch_write(b);
-        prefetch_read(&b->entries[loc.way % kConnWays]);
-    }
 
 private:
     SLUICE_ALWAYS_INLINE ConnBucket* primary(uint64_t hash) const {
