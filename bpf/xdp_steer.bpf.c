@@ -8,7 +8,9 @@
  *     the kernel has no use for them): TCP/UDP/GRE/ESP, ICMP echo and errors,
  *     fragments;
  *   - NAT replies: from a NAT backend's endpoint to an address that is not
- *     the node's own.
+ *     the node's own, fragments included (matched by the backend's address
+ *     and protocol: a later fragment has no ports), and IPv6 ones behind
+ *     extension headers.
  * DPDK's af_xdp PMD loads this object (devarg xdp_prog=) and fills xsks_map;
  * sluiced fills the other maps, found through the program attached to the
  * interface (sluiced --xdp-iface).
@@ -76,27 +78,63 @@ static __always_inline int steer(struct xdp_md *ctx)
 	return bpf_redirect_map(&xsks_map, queue, XDP_PASS);
 }
 
-static __always_inline int is_nat_reply(const __u8 *src, const __u8 *dst, int alen, __u8 family,
-					__u8 proto, void *l4, void *end)
+/* Whether sl_nat_backends holds (src, port, proto) with a value that has
+ * `want`, or (src, 0, proto): every port of the address. */
+static __always_inline int nat_backend(const __u8 *src, int alen, __u8 family, __u8 proto,
+				       __u16 port, __u8 want)
 {
 	struct sluice_bpf_endpoint ep = {};
+	__u8 *v;
+
+	if (alen == 4)
+		__builtin_memcpy(ep.addr, src, 4);
+	else
+		__builtin_memcpy(ep.addr, src, 16);
+	ep.port = port;
+	ep.proto = proto;
+	ep.family = family;
+	v = bpf_map_lookup_elem(&sl_nat_backends, &ep);
+	if (v && (*v & want))
+		return 1;
+	if (!port)
+		return 0;
+	ep.port = 0;
+	v = bpf_map_lookup_elem(&sl_nat_backends, &ep);
+	return v && (*v & want);
+}
+
+/* A reply of a NAT flow: from a NAT backend to an address not the node's
+ * own. `l4` is the upper-layer header, or for a fragment (`fragment`) what
+ * follows the IP headers: a later fragment carries no ports, so fragments are
+ * matched by the backend's address and protocol. */
+static __always_inline int is_nat_reply(const __u8 *src, const __u8 *dst, int alen, __u8 family,
+					__u8 proto, void *l4, void *end, int fragment)
+{
 	struct sluice_bpf_addr local = {};
 	__u16 *ports = l4;
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 0;
-	if ((void *)(ports + 2) > end)
-		return 0;
-	__builtin_memcpy(ep.addr, src, alen == 4 ? 4 : 16);
-	ep.port = ports[0];
-	ep.proto = proto;
-	ep.family = family;
-	if (!bpf_map_lookup_elem(&sl_nat_backends, &ep))
-		return 0;
-	__builtin_memcpy(local.addr, dst, alen == 4 ? 4 : 16);
+	if (fragment) {
+		if (!nat_backend(src, alen, family, proto, 0, SLUICE_BPF_NAT_FRAGMENTS))
+			return 0;
+	} else {
+		__u16 port = 0;
+		if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+			if ((void *)(ports + 2) > end)
+				return 0;
+			port = ports[0];
+		}
+		if (!nat_backend(src, alen, family, proto, port, SLUICE_BPF_NAT_PORT))
+			return 0;
+	}
+	if (alen == 4)
+		__builtin_memcpy(local.addr, dst, 4);
+	else
+		__builtin_memcpy(local.addr, dst, 16);
 	local.family = family;
 	return !bpf_map_lookup_elem(&sl_local_addrs, &local);
 }
+
+#define IPV6_MAX_EXT_HEADERS 8 /* as the dataplane's parser (net/ipv6.hpp) */
 
 SEC("xdp")
 int sluice_steer(struct xdp_md *ctx)
@@ -129,8 +167,10 @@ int sluice_steer(struct xdp_md *ctx)
 		key.family = SLUICE_FAMILY_V4;
 		if (bpf_map_lookup_elem(&sl_vip_addrs, &key))
 			return steer(ctx);
+		/* MF or a fragment offset: a fragment (RFC 791). */
 		if (is_nat_reply((__u8 *)&ip->saddr, (__u8 *)&ip->daddr, 4, SLUICE_FAMILY_V4,
-				 ip->protocol, l3 + ip->ihl * 4, end))
+				 ip->protocol, l3 + ip->ihl * 4, end,
+				 (ip->frag_off & bpf_htons(0x3fff)) != 0))
 			return steer(ctx);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
@@ -140,8 +180,38 @@ int sluice_steer(struct xdp_md *ctx)
 		key.family = SLUICE_FAMILY_V6;
 		if (bpf_map_lookup_elem(&sl_vip_addrs, &key))
 			return steer(ctx);
+		/* The upper-layer header behind the extension headers (RFC 8200
+		 * §4), a bounded walk as the dataplane's: hop-by-hop, routing and
+		 * destination options (8-octet units), AH (RFC 4302: 4-octet
+		 * units, minus 2), fragment (RFC 8200 §4.5: after a later
+		 * fragment's header only data follows). */
+		__u8 next = ip6->nexthdr;
+		void *cur = ip6 + 1;
+		int fragment = 0;
+#pragma unroll
+		for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+			__u8 *h = cur;
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS && next != IPPROTO_AH && next != IPPROTO_FRAGMENT)
+				break;
+			if ((void *)(h + 8) > end)
+				goto kernel;
+			if (next == IPPROTO_FRAGMENT) {
+				__u16 frag = *(__u16 *)(h + 2);
+				next = h[0];
+				cur += 8;
+				/* Offset or M set; an atomic fragment (RFC 6946) is whole. */
+				if (frag & bpf_htons(0xfff9))
+					fragment = 1;
+				if (frag & bpf_htons(0xfff8))
+					break;
+				continue;
+			}
+			cur += next == IPPROTO_AH ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
+			next = h[0];
+		}
 		if (is_nat_reply((__u8 *)&ip6->saddr, (__u8 *)&ip6->daddr, 16, SLUICE_FAMILY_V6,
-				 ip6->nexthdr, ip6 + 1, end))
+				 next, cur, end, fragment))
 			return steer(ctx);
 	}
 kernel:

@@ -29,17 +29,19 @@ struct Fd {
 };
 
 template <typename Key>
-struct KeyLess {
-    bool operator()(const Key& a, const Key& b) const { return std::memcmp(&a, &b, sizeof a) < 0; }
-};
+using KeySet = std::set<Key, BpfKeyLess<Key>>;
 
 template <typename Key>
-using KeySet = std::set<Key, KeyLess<Key>>;
+KeyValues<Key> with_value_one(const KeySet<Key>& keys) {
+    KeyValues<Key> out;
+    for (const Key& k : keys) out.emplace(k, 1);
+    return out;
+}
 
-// Deletes what is not wanted, then adds what is missing: entries that stay
-// are never absent, so steering of live VIPs does not flicker.
+// Deletes what is not wanted, then adds or updates the rest: entries that
+// stay are never absent, so steering of live VIPs does not flicker.
 template <typename Key>
-void sync_map(int fd, const KeySet<Key>& want, const std::string& name) {
+void sync_map(int fd, const KeyValues<Key>& want, const std::string& name) {
     std::vector<Key> stale;
     Key key{}, next{};
     const Key* prev = nullptr;
@@ -49,9 +51,8 @@ void sync_map(int fd, const KeySet<Key>& want, const std::string& name) {
         prev = &key;
     }
     for (const Key& k : stale) bpf_map_delete_elem(fd, &k);
-    const uint8_t one = 1;
-    for (const Key& k : want)
-        if (bpf_map_update_elem(fd, &k, &one, BPF_ANY) != 0)
+    for (const auto& [k, v] : want)
+        if (bpf_map_update_elem(fd, &k, &v, BPF_ANY) != 0)
             throw std::runtime_error(
                 fmt::format("cannot update BPF map {}: {}", name, std::strerror(errno)));
 }
@@ -100,6 +101,26 @@ SteeringMaps find_maps(const std::string& iface) {
 
 }  // namespace
 
+KeyValues<sluice_bpf_endpoint> nat_steering_entries(const Model& m) {
+    KeyValues<sluice_bpf_endpoint> out;
+    for (const auto& [id, v] : m.vips()) {
+        if (v.mode != SLUICE_MODE_NAT) continue;
+        for (const auto& b : v.backends) {
+            sluice_bpf_endpoint e{};
+            std::memcpy(e.addr, b.endpoint.addr.bytes.data(), 16);
+            e.proto = id.proto;
+            e.family = b.endpoint.addr.family;
+            // Port 0: an every-port (or portless) VIP's backend answers
+            // from any port.
+            e.port = htons(b.endpoint.port);
+            out[e] |= SLUICE_BPF_NAT_PORT;
+            e.port = 0;
+            out[e] |= SLUICE_BPF_NAT_FRAGMENTS;
+        }
+    }
+    return out;
+}
+
 bool XdpMaps::sync(const Model& m) {
     SteeringMaps maps = find_maps(iface_);
     Fd& vips = maps.vips;
@@ -110,23 +131,12 @@ bool XdpMaps::sync(const Model& m) {
         return false;
     }
     KeySet<sluice_bpf_addr> vip_keys, local_keys;
-    KeySet<sluice_bpf_endpoint> nat_keys;
-    for (const auto& [id, v] : m.vips()) {
-        vip_keys.insert(bpf_addr_key(id.endpoint.addr));
-        if (v.mode != SLUICE_MODE_NAT) continue;
-        for (const auto& b : v.backends) {
-            sluice_bpf_endpoint e{};
-            std::memcpy(e.addr, b.endpoint.addr.bytes.data(), 16);
-            e.port = htons(b.endpoint.port);
-            e.proto = id.proto;
-            e.family = b.endpoint.addr.family;
-            nat_keys.insert(e);
-        }
-    }
+    for (const auto& [id, v] : m.vips()) vip_keys.insert(bpf_addr_key(id.endpoint.addr));
+    const KeyValues<sluice_bpf_endpoint> nat_keys = nat_steering_entries(m);
     for (const IpAddress& a : host_addresses()) local_keys.insert(bpf_addr_key(a));
-    sync_map(vips.fd, vip_keys, SLUICE_BPF_VIP_ADDRS_MAP);
+    sync_map(vips.fd, with_value_one(vip_keys), SLUICE_BPF_VIP_ADDRS_MAP);
     sync_map(nat.fd, nat_keys, SLUICE_BPF_NAT_BACKENDS_MAP);
-    sync_map(local.fd, local_keys, SLUICE_BPF_LOCAL_ADDRS_MAP);
+    sync_map(local.fd, with_value_one(local_keys), SLUICE_BPF_LOCAL_ADDRS_MAP);
     state_ = fmt::format("in sync with program {} on {}: {} VIP addresses, {} NAT backends, {} "
                          "local addresses",
                          maps.prog_id, iface_, vip_keys.size(), nat_keys.size(), local_keys.size());

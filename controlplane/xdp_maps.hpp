@@ -5,11 +5,29 @@
 // started, restarted or went away since the last call.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+#include <map>
 #include <string>
 
 #include "model.hpp"
+#include "sluice/shm_abi.h"
 
 namespace sluice {
+
+template <typename Key>
+struct BpfKeyLess {
+    bool operator()(const Key& a, const Key& b) const { return std::memcmp(&a, &b, sizeof a) < 0; }
+};
+
+template <typename Key>
+using KeyValues = std::map<Key, uint8_t, BpfKeyLess<Key>>;
+
+// The steering program's sl_nat_backends entries for a configuration: each
+// NAT backend's endpoint (SLUICE_BPF_NAT_PORT; port 0 for an every-port VIP's
+// backend, which answers from any port) and its (address, 0, protocol) for
+// the fragments of its replies (SLUICE_BPF_NAT_FRAGMENTS).
+KeyValues<sluice_bpf_endpoint> nat_steering_entries(const Model& m);
 
 class XdpMaps {
 public:

@@ -275,13 +275,18 @@ struct sluice_bpf_addr {
 	__u8 pad[3];
 };
 
-/* A NAT backend's endpoint: replies from it are steered to the dataplane. */
+/* A NAT backend's endpoint: replies from it are steered to the dataplane.
+ * Port 0 stands for every port of (addr, proto); the value says which
+ * replies a key matches. */
 struct sluice_bpf_endpoint {
 	__u8 addr[16];
 	__u16 port; /* network order */
 	__u8 proto;
 	__u8 family;
 };
+#define SLUICE_BPF_NAT_PORT 0x1u      /* unfragmented replies from this port (port 0: any) */
+#define SLUICE_BPF_NAT_FRAGMENTS 0x2u /* port 0 only: fragments from (addr, proto), which
+					 carry no ports after the first */
 
 /* Per-CPU counters of the steering program, by index. */
 #define SLUICE_STEER_TO_XSK 0u      /* redirected to the dataplane's socket */

@@ -41,7 +41,9 @@ struct ConnEntry {
     uint16_t backend_slot;
     TcpState tcp_state;
     uint8_t flags;
-    uint8_t peer_mac[6];  // NAT reply entries: where the client's packets came from
+    // NAT reply entries: where the client's packets came from. NAT forward
+    // entries, which have no peer, keep their ReplyLink here.
+    uint8_t peer_mac[6];
     uint32_t uid;         // backend uid (to-backend entries) or VIP uid (NAT replies)
 };
 static_assert(sizeof(ConnEntry) == 56);
@@ -66,6 +68,43 @@ struct ConnTimeouts {
 
 inline constexpr uint32_t kSigEstablished = 1u;
 
+// Where an entry is (bucket index, way): an entry can refer to another by it
+// and reach it again without hashing its key (a NAT flow's forward entry
+// keeps its reply entry alive this way, see Forwarder::to_vip).
+struct ConnLocation {
+    uint32_t bucket;
+    uint8_t way;
+};
+
+// A NAT forward entry's link to its reply entry: where it is, and until when
+// (in ticks of 2^kReplyTickShift ms, rounded down, wrapping) the reply entry
+// is known to live. Six bytes: the bucket index in 29 bits (ConnTable::at
+// masks it), the way in 3, the tick in 16.
+inline constexpr unsigned kReplyTickShift = 8;  // 256 ms ticks: +-2.3 h in 16 bits
+struct ReplyLink {
+    ConnLocation loc;
+    uint16_t until_tick;
+};
+
+SLUICE_ALWAYS_INLINE uint16_t reply_tick(uint32_t now_ms) {
+    return static_cast<uint16_t>(now_ms >> kReplyTickShift);
+}
+
+SLUICE_ALWAYS_INLINE void set_reply_link(ConnEntry& e, ReplyLink l) {
+    const uint32_t where = l.loc.bucket << 3 | (l.loc.way & 7u);
+    std::memcpy(e.peer_mac, &where, 4);
+    std::memcpy(e.peer_mac + 4, &l.until_tick, 2);
+}
+
+SLUICE_ALWAYS_INLINE ReplyLink reply_link(const ConnEntry& e) {
+    uint32_t where;
+    ReplyLink l;
+    std::memcpy(&where, e.peer_mac, 4);
+    std::memcpy(&l.until_tick, e.peer_mac + 4, 2);
+    l.loc = {where >> 3, static_cast<uint8_t>(where & 7u)};
+    return l;
+}
+
 struct ConnHandle {
     ConnBucket* bucket = nullptr;
     unsigned way = 0;
@@ -75,6 +114,11 @@ struct ConnHandle {
     ConnEntry& entry() const { return bucket->entries[way]; }
     void set_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
         bucket->expires[way] = now_ms + timeout_ms;
+    }
+    // Moves the expiry to now + timeout unless it is already later.
+    void extend_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
+        const uint32_t until = now_ms + timeout_ms;
+        if (static_cast<int32_t>(until - bucket->expires[way]) > 0) bucket->expires[way] = until;
     }
     // Established entries are protected from eviction by embryonic ones.
     void set_established(bool on) const {
@@ -188,6 +232,18 @@ public:
     }
 
     SLUICE_ALWAYS_INLINE static void erase(const ConnHandle& h) { h.bucket->sig[h.way] = 0; }
+
+    SLUICE_ALWAYS_INLINE ConnLocation location(const ConnHandle& h) const {
+        return {static_cast<uint32_t>(h.bucket - buckets_), static_cast<uint8_t>(h.way)};
+    }
+    // The live entry at `loc` if it still holds `key` (the way may have been
+    // freed, reused or moved to another table size since), else empty.
+    SLUICE_ALWAYS_INLINE ConnHandle at(ConnLocation loc, const FlowKey& key, uint32_t now_ms) const {
+        ConnBucket* b = buckets_ + (loc.bucket & mask_);
+        const unsigned w = loc.way % kConnWays;
+        if (b->sig[w] == 0 || expired(b->expires[w], now_ms) || !(b->entries[w].key == key)) return {};
+        return ConnHandle{b, w, false};
+    }
 
 private:
     SLUICE_ALWAYS_INLINE ConnBucket* primary(uint64_t hash) const {

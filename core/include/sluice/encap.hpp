@@ -82,6 +82,8 @@ struct EncapTarget {
 
 // Encapsulates the IP packet at frame[l3, l3_end) in front of itself (using
 // the old Ethernet header and the headroom). The caller has checked the MTU.
+// VLAN tags (802.1Q / 802.1ad, between the MACs and the EtherType) stay: the
+// frame leaves on the port, and so in the VLAN, it came in on.
 SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len, uint16_t headroom,
                                             uint16_t l3, uint16_t l3_end, uint8_t inner_family,
                                             const EncapTarget& t, const sluice_config& cfg,
@@ -90,9 +92,15 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     const uint16_t inner_len = static_cast<uint16_t>(l3_end - l3);
     const uint16_t overhead = encap_overhead(t.outer_family, t.gue);
     uint8_t* outer = inner - overhead;
-    uint8_t* eth = outer - net::kEthHeaderLen;
+    uint8_t* eth = outer - l3;  // the same L2 header length: MACs, tags, EtherType
     if (SLUICE_UNLIKELY(eth < frame - headroom)) return DropReason::kNoHeadroom;
     if (SLUICE_UNLIKELY(!decrement_inner_ttl(inner, inner_family))) return DropReason::kTtlExpired;
+    // The tags (at most kMaxVlanTags, 8 bytes) move before the outer header
+    // overwrites them: stored as one word whose bytes past the tags the
+    // outer header and EtherType below overwrite.
+    uint64_t tags;
+    std::memcpy(&tags, frame + 12, sizeof tags);
+    std::memcpy(eth + 12, &tags, sizeof tags);
     const uint8_t inner_proto = inner_family == 4 ? kProtoIpip : kProtoIpv6InIp;
     const uint8_t next = t.gue ? net::kProtoUdp : inner_proto;
     const uint8_t tos = inner_family == 4 ? inner[1]
@@ -138,9 +146,9 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     }
     std::memcpy(eth, t.dst_mac, 6);
     std::memcpy(eth + 6, t.src_mac, 6);
-    store_be16(eth + 12, t.outer_family == 4 ? net::kEtherTypeIpv4 : net::kEtherTypeIpv6);
+    store_be16(eth + l3 - 2, t.outer_family == 4 ? net::kEtherTypeIpv4 : net::kEtherTypeIpv6);
     frame = eth;
-    frame_len = static_cast<uint16_t>(net::kEthHeaderLen + overhead + inner_len);
+    frame_len = static_cast<uint16_t>(l3 + overhead + inner_len);
     return DropReason::kNone;
 }
 

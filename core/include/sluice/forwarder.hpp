@@ -116,10 +116,14 @@ private:
     Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                            const sluice_vip& vip, const sluice_backend& be, uint64_t hash);
     void remember_fragments(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
-                            uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms);
+                            uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms,
+                            const uint8_t* client_mac = nullptr);
     void add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                              const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
-                             uint32_t timeout_ms, bool embryonic);
+                             uint32_t timeout_ms, bool embryonic, const ConnHandle& fwd);
+    void keep_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
+                              const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
+                              uint32_t timeout_ms, const ConnHandle& fwd);
     uint32_t timeout_for(uint8_t proto, TcpState st) const;
     uint16_t owner(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s) const;
 
@@ -226,12 +230,41 @@ SLUICE_ALWAYS_INLINE void nat_translate_quote(uint8_t* pkt, const net::ParsedPac
     }
     net::csum_replace(icmp_csum, qsrc, be.addr, alen);
     std::memcpy(qsrc, be.addr, alen);
-    if (q.has_ports) {
+    // A backend of an every-port VIP (port 0) serves the port the client
+    // used, which the quote already carries.
+    if (q.has_ports && be.port != 0) {
         uint8_t port[2];
         store_be16(port, be.port);
         net::csum_replace(icmp_csum, pkt + q.l4_offset, port, 2);
         std::memcpy(pkt + q.l4_offset, port, 2);
     }
+}
+
+// The key of a NAT flow's replies (backend:port -> client:port) from its
+// forward key (client:port -> VIP:port).
+SLUICE_ALWAYS_INLINE FlowKey nat_reply_key(const FlowKey& fwd, const sluice_backend& be) {
+    FlowKey rk{};
+    std::memcpy(rk.src, be.addr, sizeof rk.src);
+    std::memcpy(rk.dst, fwd.src, sizeof rk.dst);
+    const bool ports = fwd.proto == net::kProtoTcp || fwd.proto == net::kProtoUdp;
+    rk.src_port = ports ? (be.port ? be.port : fwd.dst_port) : 0;
+    rk.dst_port = ports ? fwd.src_port : 0;
+    rk.proto = fwd.proto;
+    rk.family = fwd.family;
+    rk.direction = FlowDirection::kNatReply;
+    return rk;
+}
+
+// A NAT reply (or a fragment of one) leaves from the VIP. The source port
+// becomes the VIP's; an every-port VIP (port 0) answers from the port the
+// client used, which its backend answered from too, so the port stays. A
+// later fragment has no port to change (has_l4 is false).
+SLUICE_ALWAYS_INLINE void nat_rewrite_reply(uint8_t* pkt, const net::ParsedPacket& p, const sluice_vip& vip) {
+    const uint16_t port = vip.port != SLUICE_PORT_ANY ? vip.port : p.l4.src_port;
+    if (p.family == 4)
+        rewrite_addr_port<4>(pkt, p, net::kIpv4OffSrc, vip.addr, 0, port);
+    else
+        rewrite_addr_port<6>(pkt, p, net::kIpv6OffSrc, vip.addr, 0, port);
 }
 
 }  // namespace detail
@@ -351,19 +384,13 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
     s.drop = DropReason::kIcmpUnmatched;
 }
 
+// `fwd`, the flow's forward entry (may be empty: a stateless forward),
+// learns where the reply entry is, so that its packets keep it alive.
 inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt,
                                            const Scratch& s, const sluice_backend& be,
                                            uint16_t backend_slot, uint32_t now_ms,
-                                           uint32_t timeout_ms, bool embryonic) {
-    FlowKey rk{};
-    std::memcpy(rk.src, be.addr, sizeof rk.src);
-    std::memcpy(rk.dst, s.key.src, sizeof rk.dst);
-    const bool ports = s.key.proto == net::kProtoTcp || s.key.proto == net::kProtoUdp;
-    rk.src_port = ports ? (be.port ? be.port : s.key.dst_port) : 0;
-    rk.dst_port = ports ? s.key.src_port : 0;
-    rk.proto = s.key.proto;
-    rk.family = s.key.family;
-    rk.direction = FlowDirection::kNatReply;
+                                           uint32_t timeout_ms, bool embryonic, const ConnHandle& fwd) {
+    const FlowKey rk = detail::nat_reply_key(s.key, be);
     const uint64_t rhash = flow_hash(rk, cfg.hash_seed);
     ConnHandle rh = table_.lookup(rhash, rk, now_ms);
     if (!rh) rh = claim(rk, rhash, now_ms, embryonic);
@@ -374,13 +401,57 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
     re.backend_slot = backend_slot;
     re.uid = cfg.vips[s.vip_slot].uid;
     std::memcpy(re.peer_mac, pkt + 6, 6);  // the client's (or its router's) MAC
-    rh.set_expiry(now_ms, timeout_ms);
+    // The slack keep_nat_reply_entry gives, from the start: the flow's next
+    // packets need not push at once.
+    const uint32_t life = timeout_ms + timeout_ms / 4;
+    rh.set_expiry(now_ms, life);
+    if (fwd) set_reply_link(fwd.entry(), {table_.location(rh), reply_tick(now_ms + life)});
 }
 
-// A first fragment's decision, for the later fragments of its datagram.
+// A NAT flow's translation lives as long as either direction is active
+// (RFC 4787 REQ-6: outbound refreshes the mapping; here both directions do):
+// the forward direction pushes its reply entry's expiry out, through the
+// location its entry holds (no hash, no second lookup). Not on every packet:
+// a push gives the reply entry a quarter of the timeout more than the
+// forward entry gets (timers are lower bounds, RFC 4787 REQ-5) and the link
+// remembers until when; the next push comes when that no longer covers this
+// packet's timeout, so a busy flow touches its reply entry's cache lines
+// once per quarter timeout, not once per packet, and a longer timeout (a TCP
+// flow becoming established) pushes at once. When the reply entry is gone
+// (evicted under pressure, or the forward entry predates links), the next
+// push makes it anew.
+SLUICE_ALWAYS_INLINE void Forwarder::keep_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt,
+                                                          const Scratch& s, const sluice_backend& be,
+                                                          uint16_t backend_slot, uint32_t now_ms,
+                                                          uint32_t timeout_ms, const ConnHandle& fwd) {
+    ConnEntry& fe = fwd.entry();
+    const ReplyLink link = reply_link(fe);
+    // Ticks round down, so now may be up to a tick past now_tick: the reply
+    // entry lives past now + timeout if until_tick - now_tick - 1 ticks
+    // cover the timeout. (A difference past 2^15 ticks reads as negative:
+    // pushed.)
+    // A closing flow's replies shorten their entry: it is pushed every time.
+    const auto ticks_left = static_cast<int16_t>(link.until_tick - reply_tick(now_ms));
+    if (SLUICE_LIKELY(int32_t{ticks_left} - 1 >= static_cast<int32_t>((timeout_ms >> kReplyTickShift) + 1) &&
+                      fe.tcp_state != TcpState::kClosing))
+        return;
+    const uint32_t slack = timeout_ms / 4;
+    const FlowKey rk = detail::nat_reply_key(s.key, be);
+    if (const ConnHandle rh = table_.at(link.loc, rk, now_ms); SLUICE_LIKELY(rh)) {
+        rh.extend_expiry(now_ms, timeout_ms + slack);
+        set_reply_link(fe, {link.loc, reply_tick(now_ms + timeout_ms + slack)});
+        return;
+    }
+    add_nat_reply_entry(cfg, pkt, s, be, backend_slot, now_ms, timeout_ms,
+                        fwd.entry().tcp_state == TcpState::kSynSent, fwd);
+}
+
+// A first fragment's decision, for the later fragments of its datagram. A
+// NAT reply's later fragments go where its first went: to `client_mac`, the
+// MAC its reply entry holds (not the backend's, the frame's source).
 inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_t* pkt,
                                           const Scratch& s, uint16_t backend_slot, uint32_t uid,
-                                          bool reply, uint32_t now_ms) {
+                                          bool reply, uint32_t now_ms, const uint8_t* client_mac) {
     const FlowKey fk = fragment_key(pkt, s.parsed);
     const ConnHandle fh = find_or_claim(fk, flow_hash(fk, cfg.hash_seed), now_ms);
     ConnEntry& e = fh.entry();
@@ -388,7 +459,7 @@ inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_
     e.backend_slot = backend_slot;
     e.uid = uid;
     e.flags = reply ? kConnFlagNatReply : 0;
-    std::memcpy(e.peer_mac, pkt + 6, 6);
+    std::memcpy(e.peer_mac, reply ? client_mac : pkt + 6, 6);
     fh.set_expiry(now_ms, opt_.fragment_timeout_ms);
 }
 
@@ -510,9 +581,13 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     }
     if (h) h.set_expiry(now_ms, timeout);
     const sluice_backend& be = cfg.backends[backend_slot];
-    if (vip.mode == SLUICE_MODE_NAT && reselect)
-        add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout,
-                            tcp && detail::initial_tcp_state(tcp_flags) == TcpState::kSynSent);
+    if (vip.mode == SLUICE_MODE_NAT) {
+        if (reselect)
+            add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout,
+                                tcp && detail::initial_tcp_state(tcp_flags) == TcpState::kSynSent, h);
+        else
+            keep_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout, h);
+    }
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
         remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
     count_vip_backend(s.vip_slot, backend_slot, b.len);
@@ -537,17 +612,20 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, Packe
         e.tcp_state = detail::next_tcp_state(e.tcp_state, p.l4.tcp_flags);
         h.set_established(e.tcp_state != TcpState::kClosing);
     }
-    h.set_expiry(now_ms, timeout_for(p.proto, e.tcp_state == TcpState::kNone
-                                                  ? TcpState::kEstablished
-                                                  : e.tcp_state));
+    // Pushed out, never back, unless the flow closes: the forward direction
+    // may have pushed it further, and counts on that (keep_nat_reply_entry).
+    const uint32_t reply_timeout = timeout_for(p.proto, e.tcp_state == TcpState::kNone
+                                                            ? TcpState::kEstablished
+                                                            : e.tcp_state);
+    if (SLUICE_UNLIKELY(e.tcp_state == TcpState::kClosing))
+        h.set_expiry(now_ms, reply_timeout);
+    else
+        h.extend_expiry(now_ms, reply_timeout);
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst)) {
         s.vip_slot = e.vip_slot;
-        remember_fragments(cfg, b.data, s, e.backend_slot, vip.uid, true, now_ms);
+        remember_fragments(cfg, b.data, s, e.backend_slot, vip.uid, true, now_ms, e.peer_mac);
     }
-    if (p.family == 4)
-        detail::rewrite_addr_port<4>(b.data, p, net::kIpv4OffSrc, vip.addr, 0, vip.port);
-    else
-        detail::rewrite_addr_port<6>(b.data, p, net::kIpv6OffSrc, vip.addr, 0, vip.port);
+    detail::nat_rewrite_reply(b.data, p, vip);
     detail::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
     count(Counter::kToClient);
     return Action::kToClient;
@@ -591,17 +669,17 @@ inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, 
     const ConnEntry& e = h.entry();
     const sluice_vip& vip = cfg.vips[e.vip_slot];
     const net::ParsedPacket& p = s.parsed;
-    count(Counter::kFragmentsForwarded);
+    // Counted as its first fragment was, plus fragments_forwarded, in either
+    // direction: a dropped one only by its drop reason.
     if (e.flags & kConnFlagNatReply) {
         if (vip.uid != e.uid) {
             s.drop = DropReason::kVipGone;
             return Action::kDrop;
         }
-        if (p.family == 4)
-            detail::rewrite_addr_port<4>(b.data, p, net::kIpv4OffSrc, vip.addr, 0, vip.port);
-        else
-            detail::rewrite_addr_port<6>(b.data, p, net::kIpv6OffSrc, vip.addr, 0, vip.port);
+        detail::nat_rewrite_reply(b.data, p, vip);
         detail::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
+        count(Counter::kFragmentsForwarded);
+        count(Counter::kToClient);
         return Action::kToClient;
     }
     const sluice_backend& be = cfg.backends[e.backend_slot];
@@ -611,7 +689,12 @@ inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, 
     }
     s.vip_slot = e.vip_slot;
     count_vip_backend(s.vip_slot, e.backend_slot, b.len);
-    return send_to_backend(cfg, b, s, vip, be, s.hash);
+    const Action a = send_to_backend(cfg, b, s, vip, be, s.hash);
+    if (a == Action::kToBackend) {
+        count(Counter::kFragmentsForwarded);
+        count(Counter::kToBackend);
+    }
+    return a;
 }
 
 // The worker a packet belongs to (see Steering): this one unless it is part

@@ -114,7 +114,8 @@ SLUICE_ALWAYS_INLINE uint32_t pseudo_header_sum6(const uint8_t* src, const uint8
 // packet at [l3, l3_end) that it must fit `mtu`: "fragmentation needed"
 // (RFC 792/1191) or "packet too big" (RFC 4443). The new headers go in front
 // of the quoted packet (into the old Ethernet header and the headroom); the
-// source is the address the packet was sent to. Returns the new frame start
+// source is the address the packet was sent to; VLAN tags stay, so the error
+// goes back in the VLAN the packet came from. Returns the new frame start
 // and length, or false when the headroom is too small.
 SLUICE_ALWAYS_INLINE bool build_too_big(uint8_t*& frame, uint16_t& frame_len, uint16_t headroom,
                                         uint16_t l3, uint16_t l3_end, uint8_t family,
@@ -123,15 +124,18 @@ SLUICE_ALWAYS_INLINE bool build_too_big(uint8_t*& frame, uint16_t& frame_len, ui
     const uint16_t hdr = family == 4 ? kIpv4MinHeaderLen + kIcmpHeaderLen
                                      : kIpv6HeaderLen + kIcmpHeaderLen;
     uint8_t* ip = orig - hdr;
-    uint8_t* eth = ip - kEthHeaderLen;
+    uint8_t* eth = ip - l3;  // the same L2 header length: MACs, tags, EtherType
     if (eth < frame - headroom) return false;
     uint8_t client_mac[6];
     std::memcpy(client_mac, frame + 6, 6);
+    uint64_t tags;  // at most kMaxVlanTags; the bytes past them are overwritten below
+    std::memcpy(&tags, frame + 12, sizeof tags);
     const uint16_t max_ip = family == 4 ? kIcmp4ErrorMaxIpLen : kIcmp6ErrorMaxIpLen;
     const uint16_t quote = static_cast<uint16_t>(std::min<uint32_t>(l3_end - l3, max_ip - hdr));
+    std::memcpy(eth + 12, &tags, sizeof tags);
     std::memcpy(eth, client_mac, 6);
     std::memcpy(eth + 6, own_mac, 6);
-    store_be16(eth + 12, family == 4 ? kEtherTypeIpv4 : kEtherTypeIpv6);
+    store_be16(eth + l3 - 2, family == 4 ? kEtherTypeIpv4 : kEtherTypeIpv6);
     uint8_t* icmp = ip + (family == 4 ? kIpv4MinHeaderLen : kIpv6HeaderLen);
     std::memset(icmp, 0, kIcmpHeaderLen);
     if (family == 4) {
@@ -163,7 +167,7 @@ SLUICE_ALWAYS_INLINE bool build_too_big(uint8_t*& frame, uint16_t& frame_len, ui
         store_be16(icmp + 2, csum_full(icmp, plen, pseudo));
     }
     frame = eth;
-    frame_len = static_cast<uint16_t>(kEthHeaderLen + hdr + quote);
+    frame_len = static_cast<uint16_t>(l3 + hdr + quote);
     return true;
 }
 
