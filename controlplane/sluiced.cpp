@@ -7,8 +7,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -48,21 +46,6 @@ int listen_unix(const std::string& path) {
     umask(old);
     if (r != 0) throw std::runtime_error(fmt::format("bind {}: {}", path, std::strerror(errno)));
     if (listen(fd, 64) != 0) throw std::runtime_error(fmt::format("listen: {}", std::strerror(errno)));
-    return fd;
-}
-
-// Prometheus scrapes on localhost only: counters are not for the network.
-int listen_metrics(uint16_t port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 16) != 0)
-        throw std::runtime_error(fmt::format("metrics port 127.0.0.1:{}: {}", port, std::strerror(errno)));
     return fd;
 }
 
@@ -159,7 +142,11 @@ int main(int argc, char** argv) {
         if (tunnel4 || tunnel6) daemon.set_tunnel_sources(tunnel4, tunnel6);
         daemon.publish_current();
         const int listen_fd = listen_unix(socket_path);
-        const int metrics_fd = metrics_port ? listen_metrics(metrics_port) : -1;
+        // Metrics are served on threads of their own (see metrics.hpp): a
+        // scraper can never hold up this loop.
+        std::optional<sluice::MetricsServer> metrics;
+        if (metrics_port)
+            metrics.emplace(metrics_port, daemon.shm(), daemon.xdp_iface(), [&daemon] { return daemon.stats_view(); });
         struct sigaction sa{};
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, nullptr);
@@ -176,23 +163,17 @@ int main(int argc, char** argv) {
                 daemon.tick();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
-            pollfd p[3] = {{listen_fd, POLLIN, 0}, {daemon.health_wake_fd(), POLLIN, 0}, {metrics_fd, POLLIN, 0}};
-            const int r = poll(p, metrics_fd >= 0 ? 3 : 2, 200);
+            pollfd p[2] = {{listen_fd, POLLIN, 0}, {daemon.health_wake_fd(), POLLIN, 0}};
+            const int r = poll(p, 2, 200);
             if (r <= 0) continue;
             if (p[1].revents & POLLIN) daemon.apply_health_changes();
-            if (metrics_fd >= 0 && (p[2].revents & POLLIN)) {
-                const int c = accept4(metrics_fd, nullptr, nullptr, SOCK_CLOEXEC);
-                if (c >= 0) {
-                    sluice::serve_metrics(c, daemon.stats());
-                    close(c);
-                }
-            }
             if (!(p[0].revents & POLLIN)) continue;
             const int client = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
             if (client < 0) continue;
             serve_one(daemon, client);
             std::fflush(stdout);
         }
+        metrics.reset();  // its threads stop before the daemon they read goes
         close(listen_fd);
         unlink(socket_path.c_str());
         fmt::print("sluiced: stopped; the dataplane keeps forwarding with the last configuration\n");

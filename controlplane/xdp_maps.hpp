@@ -5,11 +5,21 @@
 // started, restarted or went away since the last call.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "model.hpp"
 
 namespace sluice {
+
+// The first `count` entries of the per-CPU array map named `map_name` of the
+// XDP program attached to `iface`, each summed over CPUs; nullopt when no
+// program with such a map is attached. For the BPF programs' counters
+// (SLUICE_STEER_COUNTERS, SLUICE_DECAP_COUNTERS in shm_abi.h).
+std::optional<std::vector<uint64_t>> read_xdp_counters(const std::string& iface, const std::string& map_name,
+                                                       size_t count);
 
 class XdpMaps {
 public:
