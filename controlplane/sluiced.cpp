@@ -142,16 +142,16 @@ int main(int argc, char** argv) {
         if (tunnel4 || tunnel6) daemon.set_tunnel_sources(tunnel4, tunnel6);
         daemon.publish_current();
         const int listen_fd = listen_unix(socket_path);
-        // Metrics are served on threads of their own (see metrics.hpp): a
-        // scraper can never hold up this loop.
-        std::optional<sluice::MetricsServer> metrics;
-        if (metrics_port)
-            metrics.emplace(metrics_port, daemon.shm(), daemon.xdp_iface(), [&daemon] { return daemon.stats_view(); });
         struct sigaction sa{};
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, nullptr);
         sigaction(SIGTERM, &sa, nullptr);
         signal(SIGPIPE, SIG_IGN);
+        // Metrics are served on threads of their own (see metrics.hpp): a
+        // scraper can never hold up this loop.
+        std::optional<sluice::MetricsServer> metrics;
+        if (metrics_port)
+            metrics.emplace(metrics_port, daemon.shm(), daemon.xdp_iface(), [&daemon] { return daemon.stats_view(); });
         fmt::print("sluiced: pid {}, {} VIP(s) restored from {}, shared memory {}, metrics {}, listening on {}\n",
                    getpid(), daemon.model().vips().size(), opt.state_path, opt.shm_path,
                    metrics_port ? fmt::format("http://127.0.0.1:{}/metrics", metrics_port) : "off",

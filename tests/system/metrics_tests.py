@@ -11,6 +11,12 @@ silent_scrapers: sluiced alone in a network namespace of its own, with a
   shm_abi.h says (read from the header here), the values those of
   `sluicectl stats --json`.
 
+dataplane_counters: the full lab (af_xdp behind the steering program, IPIP
+  to backends running sluice-decap). The steering program's counters reach
+  `sluicectl stats` and Prometheus, the decap program's `sluice-decap stats`
+  (point 15); a backend that takes a removed backend's slot starts at zero
+  (point 16).
+
 capture_claim: sluice-dataplane --in-memory must not claim that dpdk-dumpcap
   can attach.
 
@@ -30,7 +36,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from sluice_env import DATAPLANE, ROOT, SLUICECTL, SLUICED, SYS_PYTHON, TestFailure, check, run_tests  # noqa: E402
+from sluice_env import (BACKEND_IPS, DATAPLANE, DECAP, ROOT, SLUICECTL, SLUICED, SYS_PYTHON, Lab,  # noqa: E402
+                        TestFailure, check, run_tests)
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -251,6 +258,76 @@ def test_silent_scrapers():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def lab_backend(stats, addr):
+    found = [b for v in stats["vips"] for b in v["backends"] if b["address"].split(":")[0] == addr]
+    check(len(found) == 1, f"backend {addr} in stats: {found}")
+    return found[0]
+
+
+def state_slot(lab, addr):
+    state = json.load(open(lab.state))
+    slots = [b["slot"] for v in state["vips"] for b in v["backends"] if b["address"].split(":")[0] == addr]
+    check(len(slots) == 1, f"backend {addr} in the state file: {slots}")
+    return slots[0]
+
+
+def lab_scrape(lab):
+    r = subprocess.run(lab.ns("lb") + ["curl", "-s", "--max-time", "10", f"http://127.0.0.1:{METRICS_PORT}/metrics"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 0, f"scrape failed: {r.stderr}")
+    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
+            for f in text_string_to_metric_families(r.stdout) for s in f.samples}
+
+
+def test_dataplane_counters():
+    vip = "198.18.1.1:80/tcp"
+    with Lab("mtc", port="af_xdp", decap=True) as lab:
+        lab.ctl("vip", "add", vip, "--mode", "ipip", "--check", "none")
+        lab.ctl("backend", "add", vip, BACKEND_IPS[0])
+        lab.wait_xdp_maps()
+        names = lab.curl_names("http://198.18.1.1", 10)
+        check(names == ["be1"] * 10, f"answers: {names}")
+        st = lab.stats()
+        be1 = lab_backend(st, BACKEND_IPS[0])
+        # A TCP connection's client sends at least SYN, ACK + request, FIN.
+        check(be1["new_flows"] == 10 and be1["packets"] >= 30, f"be1 counters: {be1}")
+        steer = st["xdp_steering"]
+        check(steer is not None, "no steering counters in sluicectl stats")
+        check(steer["to_dataplane"] >= be1["packets"], f"steering {steer}, be1 {be1}")
+        check(steer["to_kernel"] > 0, f"steering {steer}: ARP and the node's own traffic count as to_kernel")
+        text = lab.ctl("stats").stdout
+        check("to_dataplane" in text, f"sluicectl stats shows no steering counters:\n{text}")
+        samples = lab_scrape(lab)
+        check(samples.get("sluice_xdp_steer_to_dataplane_total{}", -1) >= steer["to_dataplane"],
+              f"Prometheus steering counter: {samples.get('sluice_xdp_steer_to_dataplane_total{}')}")
+        r = subprocess.run(lab.ns("be1") + [DECAP, "stats", "eth0", "--json"], capture_output=True, text=True,
+                           timeout=30)
+        check(r.returncode == 0, f"sluice-decap stats: {r.stderr}")
+        decap = json.loads(r.stdout)["counters"]
+        check(decap["ipip"] >= be1["packets"], f"decap counters {decap}, be1 {be1}")
+        check(decap["gue"] == 0 and decap["not_ours"] == 0, f"decap counters {decap}")
+        print(f"  be1 {be1['packets']} packets; steering {steer}; decap on be1 {decap}", flush=True)
+
+        # be2 takes be1's slot: it starts at zero, then counts only its own.
+        slot = state_slot(lab, BACKEND_IPS[0])
+        lab.ctl("backend", "remove", vip, BACKEND_IPS[0])
+        lab.ctl("backend", "add", vip, BACKEND_IPS[1])
+        check(state_slot(lab, BACKEND_IPS[1]) == slot, "be2 did not take be1's slot; cannot test reuse")
+        be2 = lab_backend(lab.stats(), BACKEND_IPS[1])
+        check(be2["packets"] == 0 and be2["bytes"] == 0 and be2["new_flows"] == 0,
+              f"a backend in a reused slot inherited counters: {be2}")
+        names = lab.curl_names("http://198.18.1.1", 4)
+        check(names == ["be2"] * 4, f"answers: {names}")
+        st = lab.stats()
+        be2 = lab_backend(st, BACKEND_IPS[1])
+        check(be2["new_flows"] == 4 and 12 <= be2["packets"] < be1["packets"], f"be2 counters: {be2}")
+        check(st["vips"][0]["packets"] >= be1["packets"] + be2["packets"],
+              f"the VIP's own counters went on: {st['vips'][0]}")
+        samples = lab_scrape(lab)
+        key = "sluice_backend_new_flows_total" + json.dumps({"backend": be2["address"], "vip": vip}, sort_keys=True)
+        check(samples.get(key) == 4.0, f"Prometheus {key}: {samples.get(key)}")
+
+
 def test_capture_claim():
     tmp = tempfile.mkdtemp(prefix="sluice-capture-")
     prefix = f"slcap{os.getpid() % 100000}"
@@ -292,7 +369,8 @@ def test_capture_claim():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-TESTS = {"silent_scrapers": test_silent_scrapers, "capture_claim": test_capture_claim}
+TESTS = {"silent_scrapers": test_silent_scrapers, "dataplane_counters": test_dataplane_counters,
+         "capture_claim": test_capture_claim}
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--inside":
