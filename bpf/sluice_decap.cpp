@@ -4,6 +4,7 @@
 //   sluice-decap attach IFACE [--gue-port PORT] [--mode native|skb]
 //   sluice-decap detach IFACE
 //   sluice-decap status IFACE [--json]
+//   sluice-decap stats IFACE [--json]
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -24,8 +25,10 @@
 
 #include "sluice/addr.hpp"
 #include "sluice/bpf_keys.hpp"
+#include "sluice/drop_reason.hpp"
 #include "sluice/shm_abi.h"
 #include "xdp_decap.skel.h"
+#include "xdp_maps.hpp"
 
 namespace {
 
@@ -105,6 +108,24 @@ int status(const std::string& iface, bool as_json) {
     return ours ? 0 : 1;
 }
 
+// The program's counters (SLUICE_DECAP_COUNTERS), summed over CPUs.
+int stats(const std::string& iface, bool as_json) {
+    ifindex_of(iface);
+    const auto counters = sluice::read_xdp_counters(iface, SLUICE_BPF_DECAP_STATS_MAP, SLUICE_DECAP_STATS);
+    if (!counters) fail(fmt::format("sluice_decap is not attached to {}", iface));
+    nlohmann::json j = nlohmann::json::object();
+    for (size_t c = 0; c < sluice::kDecapCounterNames.size(); ++c)
+        j[std::string(sluice::kDecapCounterNames[c])] = (*counters)[c];
+    if (as_json) {
+        std::cout << nlohmann::json{{"interface", iface}, {"counters", j}}.dump(2) << "\n";
+    } else {
+        fmt::print("{}: sluice_decap counters\n", iface);
+        for (size_t c = 0; c < sluice::kDecapCounterNames.size(); ++c)
+            fmt::print("  {:<12} {}\n", sluice::kDecapCounterNames[c], (*counters)[c]);
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -124,9 +145,14 @@ int main(int argc, char** argv) {
     auto* s = app.add_subcommand("status", "Whether the program is attached to IFACE (exit 0 if so)");
     s->add_option("iface", iface, "Interface")->required();
     s->add_flag("--json", as_json, "JSON output");
+    auto* st = app.add_subcommand("stats", "The program's counters on IFACE (packets decapsulated, "
+                                           "tunnel packets not for this host)");
+    st->add_option("iface", iface, "Interface")->required();
+    st->add_flag("--json", as_json, "JSON output");
     CLI11_PARSE(app, argc, argv);
     libbpf_set_print(nullptr);
     if (*a) return attach(iface, gue_port, mode);
     if (*d) return detach(iface);
+    if (*st) return stats(iface, as_json);
     return status(iface, as_json);
 }

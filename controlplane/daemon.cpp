@@ -49,6 +49,7 @@ Daemon::Daemon(const DaemonOptions& opt, Model initial)
     if (!opt_.resolve_mac) opt_.resolve_mac = resolve_backend_mac;
     __atomic_store_n(&shm_->header.daemon_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
     if (!opt.xdp_iface.empty()) xdp_maps_.emplace(opt.xdp_iface);
+    refresh_stats_view();
 }
 
 void Daemon::tick() {
@@ -125,6 +126,7 @@ void Daemon::apply_health_changes() {
         commit(std::move(next));
     } catch (const std::exception& e) {
         fmt::print(stderr, "sluiced: health change not published: {}\n", e.what());
+        refresh_stats_view();  // health_changes_ moved all the same
     }
     std::fflush(stdout);
 }
@@ -136,6 +138,7 @@ void Daemon::set_tunnel_sources(const std::optional<std::string>& v4,
     if (v6) next.set_tunnel_source(6, parse_prefix(*v6));
     save(next);
     model_ = std::move(next);
+    refresh_stats_view();
 }
 
 void Daemon::save(const Model& m) const {
@@ -161,6 +164,7 @@ void Daemon::commit(Model next) {
         throw;
     }
     model_ = std::move(next);
+    refresh_stats_view();
     health_.set_targets(check_targets(model_));
     tick();
 }
@@ -210,72 +214,21 @@ nlohmann::json Daemon::status() const {
 }
 
 nlohmann::json Daemon::stats() const {
-    // Occupancy and capacity are gauges (the census's latest figures), not
-    // running totals; they are reported apart from the counters.
-    auto is_gauge = [](size_t c) {
-        return c == static_cast<size_t>(Counter::kConnOccupied) || c == static_cast<size_t>(Counter::kConnCapacity);
-    };
-    const unsigned lcores = std::min(__atomic_load_n(&shm_->header.lcore_count, __ATOMIC_ACQUIRE), SLUICE_MAX_LCORES);
-    nlohmann::json counters = nlohmann::json::object();
-    nlohmann::json gauges = nlohmann::json::object();
-    nlohmann::json drops = nlohmann::json::object();
-    nlohmann::json workers = nlohmann::json::array();
-    uint64_t drop_total = 0;
-    for (size_t c = 0; c < kCounterNames.size(); ++c) {
-        uint64_t sum = 0;
-        for (const auto& ls : shm_->lcore_stats) sum += counter_read(ls.counters[c]);
-        (is_gauge(c) ? gauges : counters)[std::string(kCounterNames[c])] = sum;
-    }
-    for (size_t d = 0; d < kDropReasonNames.size(); ++d) {
-        uint64_t sum = 0;
-        for (const auto& ls : shm_->lcore_stats) sum += counter_read(ls.drops[d]);
-        drops[std::string(kDropReasonNames[d])] = sum;
-        drop_total += sum;
-    }
-    // Per worker, what shows how the load is shared.
-    for (unsigned w = 0; w < lcores; ++w) {
-        const auto& ls = shm_->lcore_stats[w];
-        auto get = [&](Counter c) { return counter_read(ls.counters[static_cast<size_t>(c)]); };
-        workers.push_back({{"worker", w},
-                           {"rx_packets", get(Counter::kRxPackets)},
-                           {"tx_packets", get(Counter::kTxPackets)},
-                           {"handed_off", get(Counter::kHandedOff)},
-                           {"new_flows", get(Counter::kNewFlows)},
-                           {"conn_occupied", get(Counter::kConnOccupied)},
-                           {"conn_capacity", get(Counter::kConnCapacity)}});
-    }
-    nlohmann::json vips = nlohmann::json::array();
-    for (const auto& [id, v] : model_.vips()) {
-        uint64_t packets = 0, bytes = 0, active = 0;
-        for (const auto& ls : shm_->lcore_stats) {
-            packets += counter_read(ls.vip_packets[v.slot]);
-            bytes += counter_read(ls.vip_bytes[v.slot]);
-            active += counter_read(ls.vip_active_flows[v.slot]);
-        }
-        nlohmann::json backends = nlohmann::json::array();
-        for (const auto& b : v.backends) {
-            uint64_t bp = 0, bb = 0, bn = 0, ba = 0;
-            for (const auto& ls : shm_->lcore_stats) {
-                bp += counter_read(ls.backend_packets[b.slot]);
-                bb += counter_read(ls.backend_bytes[b.slot]);
-                bn += counter_read(ls.backend_new_flows[b.slot]);
-                ba += counter_read(ls.backend_active_flows[b.slot]);
-            }
-            backends.push_back({{"address", format_endpoint(b.endpoint)},
-                                {"up", b.healthy},
-                                {"weight", b.weight},
-                                {"packets", bp},
-                                {"bytes", bb},
-                                {"new_flows", bn},
-                                {"active_flows", ba}});
-        }
-        vips.push_back({{"vip", format_vip_id(id)}, {"packets", packets}, {"bytes", bytes},
-                        {"active_flows", active}, {"backends", backends}});
-    }
-    return {{"counters", counters},       {"gauges", gauges},
-            {"drops", drops},             {"drops_total", drop_total},
-            {"health_changes", health_changes_},
-            {"generation", shm_generation(shm_.get())}, {"workers", workers}, {"vips", vips}};
+    return stats_json(*shm_.get(), *stats_view(),
+                      xdp_maps_ ? read_xdp_counters(opt_.xdp_iface, SLUICE_BPF_STEER_STATS_MAP, SLUICE_STEER_STATS)
+                                : std::nullopt);
+}
+
+std::shared_ptr<const StatsView> Daemon::stats_view() const {
+    std::lock_guard lock(stats_view_mutex_);
+    return stats_view_;
+}
+
+// After every change of model_ or health_changes_ (on the daemon's thread).
+void Daemon::refresh_stats_view() {
+    auto view = std::make_shared<const StatsView>(make_stats_view(model_, health_changes_));
+    std::lock_guard lock(stats_view_mutex_);
+    stats_view_ = std::move(view);
 }
 
 nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& args) {

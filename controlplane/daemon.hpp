@@ -6,12 +6,15 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "health.hpp"
+#include "metrics.hpp"
 #include "model.hpp"
 #include "xdp_maps.hpp"
 #include "sluice/shm.hpp"
@@ -50,6 +53,11 @@ public:
     const Model& model() const { return model_; }
     // Counters, as `sluicectl stats --json` shows them.
     nlohmann::json stats() const;
+    // What the metrics threads read instead of the model: the view as of the
+    // last change. Thread-safe.
+    std::shared_ptr<const StatsView> stats_view() const;
+    const sluice_shm* shm() const { return shm_.get(); }
+    const std::string& xdp_iface() const { return opt_.xdp_iface; }
 
     // Periodic work (about once a second): keeps the XDP steering maps in
     // step, which also picks up a dataplane that started after the change.
@@ -77,6 +85,9 @@ private:
     std::optional<XdpMaps> xdp_maps_;
     HealthChecker health_;
     uint64_t health_changes_ = 0;
+    void refresh_stats_view();
+    mutable std::mutex stats_view_mutex_;
+    std::shared_ptr<const StatsView> stats_view_;
 };
 
 }  // namespace sluice

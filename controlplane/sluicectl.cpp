@@ -107,6 +107,12 @@ void print_human(const std::string& cmd, const json& r) {
     } else if (cmd == "stats") {
         fmt::print("counters:\n");
         for (const auto& [k, v] : r["counters"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
+        fmt::print("gauges:\n");
+        for (const auto& [k, v] : r["gauges"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
+        if (r.contains("xdp_steering") && r["xdp_steering"].is_object()) {
+            fmt::print("XDP steering program:\n");
+            for (const auto& [k, v] : r["xdp_steering"].items()) fmt::print("  {:<20} {}\n", k, v.get<uint64_t>());
+        }
         fmt::print("connection tables: {} of {} flows occupied\n", r["gauges"]["conn_occupied"].get<uint64_t>(),
                    r["gauges"]["conn_capacity"].get<uint64_t>());
         for (const auto& w : r["workers"])

@@ -7,8 +7,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -31,21 +29,6 @@ namespace {
 std::atomic<bool> g_stop{false};
 
 void on_signal(int) { g_stop = true; }
-
-// Prometheus scrapes on localhost only: counters are not for the network.
-int listen_metrics(uint16_t port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw std::runtime_error(fmt::format("socket: {}", std::strerror(errno)));
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(fd, 16) != 0)
-        throw std::runtime_error(fmt::format("metrics port 127.0.0.1:{}: {}", port, std::strerror(errno)));
-    return fd;
-}
 
 int take_lock(const std::string& socket_path) {
     const std::string lock = socket_path + ".lock";
@@ -108,12 +91,16 @@ int main(int argc, char** argv) {
         daemon.publish_current();
         sluice::ControlServer control(socket_path,
                                       [&](const std::string& line) { return daemon.handle_line(line); });
-        const int metrics_fd = metrics_port ? listen_metrics(metrics_port) : -1;
         struct sigaction sa{};
         sa.sa_handler = on_signal;
         sigaction(SIGINT, &sa, nullptr);
         sigaction(SIGTERM, &sa, nullptr);
         signal(SIGPIPE, SIG_IGN);
+        // Metrics are served on threads of their own (see metrics.hpp): a
+        // scraper can never hold up this loop.
+        std::optional<sluice::MetricsServer> metrics;
+        if (metrics_port)
+            metrics.emplace(metrics_port, daemon.shm(), daemon.xdp_iface(), [&daemon] { return daemon.stats_view(); });
         fmt::print("sluiced: pid {}, {} VIP(s) restored from {}, shared memory {}, metrics {}, listening on {}\n",
                    getpid(), daemon.model().vips().size(), opt.state_path, opt.shm_path,
                    metrics_port ? fmt::format("http://127.0.0.1:{}/metrics", metrics_port) : "off",
@@ -125,21 +112,15 @@ int main(int argc, char** argv) {
                 daemon.tick();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
-            std::vector<pollfd> p = {{daemon.health_wake_fd(), POLLIN, 0}, {metrics_fd, POLLIN, 0}};
+            std::vector<pollfd> p = {{daemon.health_wake_fd(), POLLIN, 0}};
             control.add_pollfds(p);
             const int r = poll(p.data(), p.size(), 200);
             if (r < 0) continue;
             if (p[0].revents & POLLIN) daemon.apply_health_changes();
-            if (metrics_fd >= 0 && (p[1].revents & POLLIN)) {
-                const int c = accept4(metrics_fd, nullptr, nullptr, SOCK_CLOEXEC);
-                if (c >= 0) {
-                    sluice::serve_metrics(c, daemon.stats());
-                    close(c);
-                }
-            }
-            control.on_poll(p.data() + 2, p.size() - 2);
+            control.on_poll(p.data() + 1, p.size() - 1);
             std::fflush(stdout);
         }
+        metrics.reset();  // its threads stop before the daemon they read goes
         fmt::print("sluiced: stopped; the dataplane keeps forwarding with the last configuration\n");
         return 0;
     } catch (const std::exception& e) {

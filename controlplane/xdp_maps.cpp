@@ -63,38 +63,51 @@ struct SteeringMaps {
     uint32_t prog_id = 0;
 };
 
-SteeringMaps find_maps(const std::string& iface) {
-    SteeringMaps out;
+// The XDP program attached to `iface` (any mode), 0 when none.
+uint32_t attached_prog_id(const std::string& iface) {
     const unsigned idx = if_nametoindex(iface.c_str());
-    if (idx == 0) return out;
+    if (idx == 0) return 0;
     bpf_xdp_query_opts q{};
     q.sz = sizeof q;
-    if (bpf_xdp_query(static_cast<int>(idx), 0, &q) != 0) return out;
-    const uint32_t prog_id = q.prog_id ? q.prog_id : q.skb_prog_id ? q.skb_prog_id : q.drv_prog_id;
-    if (!prog_id) return out;
+    if (bpf_xdp_query(static_cast<int>(idx), 0, &q) != 0) return 0;
+    return q.prog_id ? q.prog_id : q.skb_prog_id ? q.skb_prog_id : q.drv_prog_id;
+}
+
+// Calls take(name, fd) for each map of program `prog_id`; take returns
+// whether it keeps the descriptor (else it is closed).
+template <typename Take>
+void visit_prog_maps(uint32_t prog_id, Take&& take) {
     Fd prog{bpf_prog_get_fd_by_id(prog_id)};
-    if (prog.fd < 0) return out;
+    if (prog.fd < 0) return;
     uint32_t map_ids[32] = {};
     bpf_prog_info info{};
     info.nr_map_ids = 32;
     info.map_ids = reinterpret_cast<uint64_t>(map_ids);
     uint32_t len = sizeof info;
-    if (bpf_obj_get_info_by_fd(prog.fd, &info, &len) != 0) return out;
+    if (bpf_obj_get_info_by_fd(prog.fd, &info, &len) != 0) return;
     for (uint32_t i = 0; i < std::min<uint32_t>(info.nr_map_ids, 32); ++i) {
         const int fd = bpf_map_get_fd_by_id(map_ids[i]);
         if (fd < 0) continue;
         bpf_map_info mi{};
         uint32_t mlen = sizeof mi;
         const std::string name = bpf_obj_get_info_by_fd(fd, &mi, &mlen) == 0 ? mi.name : "";
+        if (!take(name, fd)) close(fd);
+    }
+}
+
+SteeringMaps find_maps(const std::string& iface) {
+    SteeringMaps out;
+    const uint32_t prog_id = attached_prog_id(iface);
+    if (!prog_id) return out;
+    visit_prog_maps(prog_id, [&](const std::string& name, int fd) {
         Fd* slot = name == SLUICE_BPF_VIP_ADDRS_MAP      ? &out.vips
                    : name == SLUICE_BPF_NAT_BACKENDS_MAP ? &out.nat
                    : name == SLUICE_BPF_LOCAL_ADDRS_MAP  ? &out.local
                                                          : nullptr;
-        if (slot && slot->fd < 0)
-            slot->fd = fd;
-        else
-            close(fd);
-    }
+        if (!slot || slot->fd >= 0) return false;
+        slot->fd = fd;
+        return true;
+    });
     out.prog_id = prog_id;
     return out;
 }
@@ -119,6 +132,28 @@ KeyValues<sluice_bpf_endpoint> nat_steering_entries(const Model& m) {
         }
     }
     return out;
+}
+
+std::optional<std::vector<uint64_t>> read_xdp_counters(const std::string& iface, const std::string& map_name,
+                                                       size_t count) {
+    if (iface.empty()) return std::nullopt;
+    const uint32_t prog_id = attached_prog_id(iface);
+    if (!prog_id) return std::nullopt;
+    Fd map{-1};
+    visit_prog_maps(prog_id, [&](const std::string& name, int fd) {
+        if (name != map_name || map.fd >= 0) return false;
+        map.fd = fd;
+        return true;
+    });
+    if (map.fd < 0) return std::nullopt;
+    const int cpus = libbpf_num_possible_cpus();
+    if (cpus <= 0) return std::nullopt;
+    std::vector<uint64_t> sums(count, 0), per_cpu(static_cast<size_t>(cpus));
+    for (uint32_t k = 0; k < count; ++k) {
+        if (bpf_map_lookup_elem(map.fd, &k, per_cpu.data()) != 0) return std::nullopt;
+        for (uint64_t v : per_cpu) sums[k] += v;
+    }
+    return sums;
 }
 
 bool XdpMaps::sync(const Model& m) {

@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "model.hpp"
 #include "sluice/shm_abi.h"
@@ -28,6 +30,12 @@ using KeyValues = std::map<Key, uint8_t, BpfKeyLess<Key>>;
 // backend, which answers from any port) and its (address, 0, protocol) for
 // the fragments of its replies (SLUICE_BPF_NAT_FRAGMENTS).
 KeyValues<sluice_bpf_endpoint> nat_steering_entries(const Model& m);
+// The first `count` entries of the per-CPU array map named `map_name` of the
+// XDP program attached to `iface`, each summed over CPUs; nullopt when no
+// program with such a map is attached. For the BPF programs' counters
+// (SLUICE_STEER_COUNTERS, SLUICE_DECAP_COUNTERS in shm_abi.h).
+std::optional<std::vector<uint64_t>> read_xdp_counters(const std::string& iface, const std::string& map_name,
+                                                       size_t count);
 
 class XdpMaps {
 public:

@@ -43,6 +43,7 @@
 #include "sluice/flow_census.hpp"
 #include "sluice/forwarder.hpp"
 #include "sluice/shm.hpp"
+#include "sluice/slot_stats.hpp"
 
 namespace {
 
@@ -334,6 +335,7 @@ int worker_loop(Worker& w) {
     sluice_lcore_stats& st = reader.stats();
     Forwarder fwd(table, st, w.fwd_opt);
     FlowCensus census;
+    SlotStatsKeeper slot_stats;
     const uint64_t tsc_per_ms = rte_get_tsc_hz() / 1000;
     unsigned idle_polls = 0, sleep_us = 1, busy_since_census = 0;
     uint64_t last_rx_tsc = rte_rdtsc();
@@ -345,6 +347,8 @@ int worker_loop(Worker& w) {
         const uint64_t start = rte_rdtsc();
         const uint32_t now_ms = monotonic_ms();
         const sluice_config& cfg = reader.acquire();
+        slot_stats.follow(
+            cfg, st, [&](size_t s) { census.forget_vip(s); }, [&](size_t s) { census.forget_backend(s); });
         uint16_t n = poll_queue<kOneArmed, kRxSteering>(w.ports->client, w, fwd, cfg, st, now_ms);
         if constexpr (!kOneArmed)
             n += poll_queue<kOneArmed, kRxSteering>(w.ports->backend, w, fwd, cfg, st, now_ms);
@@ -399,6 +403,16 @@ int telemetry_drops(const char*, const char*, rte_tel_data* d) {
     return telemetry_counters(d, kDropReasonNames, &sluice_lcore_stats::drops);
 }
 
+// Whether EAL's multi-process channel runs, which dpdk-dumpcap needs to
+// attach. rte_pdump_init() cannot tell: it succeeds under --in-memory too,
+// ignoring the ENOTSUP of the channel it could not join, so ask the channel.
+bool mp_channel_available() {
+    static constexpr char kProbe[] = "sluice_mp_probe";
+    if (rte_mp_action_register(kProbe, [](const rte_mp_msg*, const void*) { return 0; }) != 0) return false;
+    rte_mp_action_unregister(kProbe);
+    return true;
+}
+
 int worker_entry(void* arg) {
     auto& w = *static_cast<Worker*>(arg);
     const bool one_armed = w.ports->client == w.ports->backend;
@@ -413,7 +427,7 @@ int main(int argc, char** argv) {
     // dpdk-dumpcap and dpdk-pdump attach as secondary processes and ask this
     // one to mirror packets; that needs EAL's multi-process channel, which
     // --in-memory (the tests' choice) turns off.
-    const bool capture = rte_pdump_init() == 0;
+    const bool capture = mp_channel_available() && rte_pdump_init() == 0;
 
     Options opt;
     CLI::App app{"sluice-dataplane: DPDK forwarding process of the sluice L4 load balancer.\n"

@@ -13,8 +13,9 @@ packages=(
   dpdk dpdk-dev libdpdk-dev libbpf-dev libxdp-dev libelf-dev libpcap-dev libnuma-dev zlib1g-dev
   bpftool linux-libc-dev
   libfmt-dev catch2 libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libxxhash-dev
+  prometheus-cpp-dev libcivetweb-dev
   # test and demo tools
-  iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy python3-matplotlib valgrind tcpdump procps psmisc
+  iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy python3-matplotlib python3-prometheus-client valgrind tcpdump procps psmisc
 )
 
 missing=()

@@ -87,65 +87,75 @@
 #define SLUICE_FAMILY_V4 4u
 #define SLUICE_FAMILY_V6 6u
 
+/* Counter lists. Each entry is X(Name, "exported_name", KIND): the C++ enum,
+ * the shared-memory slot (list order), the name `sluicectl stats`, its
+ * --json and Prometheus use, and the kind all come from the one entry, so
+ * they cannot drift apart. KIND is COUNTER (a running total: Prometheus
+ * sluice_<name>_total) or GAUGE (a current figure: sluice_<name>); consumers
+ * paste it as SLUICE_KIND_##KIND. */
+#define SLUICE_KIND_COUNTER 0
+#define SLUICE_KIND_GAUGE 1
+
 /* The dataplane drop reasons, in ABI order: the enum in C++, the stats names
  * and the shared-memory counter slots are all generated from this list.
- * Append only; never reorder (sluicectl of another build reads the slots). */
+ * Append only; never reorder (sluicectl of another build reads the slots).
+ * Every drop reason is a COUNTER (exported as sluice_drops_total{reason=}). */
 #define SLUICE_DROP_REASONS(X)                                                 \
-	X(TruncatedL2, "truncated_l2")                                        \
-	X(NonIp, "non_ip")                                                    \
-	X(TruncatedL3, "truncated_l3")                                        \
-	X(BadIpHeader, "bad_ip_header")                                      \
-	X(TruncatedL4, "truncated_l4")                                        \
-	X(NotConfigured, "not_configured")                                    \
-	X(NoVip, "no_vip")                                                    \
-	X(NoBackend, "no_backend")                                            \
-	X(VipGone, "nat_reply_vip_gone")                                      \
-	X(TxFull, "tx_full")                                                  \
-	X(OwnFrame, "own_frame")                                              \
-	X(TtlExpired, "ttl_expired")                                          \
-	X(TooBig, "too_big_for_tunnel")                                       \
-	X(NoHeadroom, "no_headroom")                                          \
-	X(FragmentUnknown, "fragment_first_missing")                          \
-	X(IcmpUnmatched, "icmp_error_unmatched")                              \
-	X(MultiSegment, "multi_segment")                                      \
-	X(HandoffFull, "handoff_ring_full")                                   \
-	X(SourceNotAllowed, "source_not_allowed")                             \
-	X(ProtoNotConfigured, "proto_not_configured")                         \
-	X(Ipv6RoutingType0, "ipv6_routing_type0")                             \
-	X(Ipv6RoutingSegmentsLeft, "ipv6_routing_segments_left")              \
-	X(UdpBadLength, "udp_bad_length")                                     \
-	X(TcpBadDataOffset, "tcp_bad_data_offset")                            \
-	X(Ipv4BadOption, "ipv4_bad_option")                                   \
-	X(Ipv4SourceRoute, "ipv4_source_route")                               \
-	X(IcmpRateLimited, "icmp_rate_limited")
+	X(TruncatedL2, "truncated_l2", COUNTER)                                \
+	X(NonIp, "non_ip", COUNTER)                                            \
+	X(TruncatedL3, "truncated_l3", COUNTER)                                \
+	X(BadIpHeader, "bad_ip_header", COUNTER)                               \
+	X(TruncatedL4, "truncated_l4", COUNTER)                                \
+	X(NotConfigured, "not_configured", COUNTER)                            \
+	X(NoVip, "no_vip", COUNTER)                                            \
+	X(NoBackend, "no_backend", COUNTER)                                    \
+	X(VipGone, "nat_reply_vip_gone", COUNTER)                              \
+	X(TxFull, "tx_full", COUNTER)                                          \
+	X(OwnFrame, "own_frame", COUNTER)                                      \
+	X(TtlExpired, "ttl_expired", COUNTER)                                  \
+	X(TooBig, "too_big_for_tunnel", COUNTER)                               \
+	X(NoHeadroom, "no_headroom", COUNTER)                                  \
+	X(FragmentUnknown, "fragment_first_missing", COUNTER)                  \
+	X(IcmpUnmatched, "icmp_error_unmatched", COUNTER)                      \
+	X(MultiSegment, "multi_segment", COUNTER)                              \
+	X(HandoffFull, "handoff_ring_full", COUNTER)                          \
+	X(SourceNotAllowed, "source_not_allowed", COUNTER)                     \
+	X(ProtoNotConfigured, "proto_not_configured", COUNTER)                 \
+	X(Ipv6RoutingType0, "ipv6_routing_type0", COUNTER)                     \
+	X(Ipv6RoutingSegmentsLeft, "ipv6_routing_segments_left", COUNTER)      \
+	X(UdpBadLength, "udp_bad_length", COUNTER)                             \
+	X(TcpBadDataOffset, "tcp_bad_data_offset", COUNTER)                    \
+	X(Ipv4BadOption, "ipv4_bad_option", COUNTER)                           \
+	X(Ipv4SourceRoute, "ipv4_source_route", COUNTER)                       \
+	X(IcmpRateLimited, "icmp_rate_limited", COUNTER)
 
 /* Per-lcore counters that are not drops, in ABI order. */
 #define SLUICE_LCORE_COUNTERS(X)                                               \
-	X(RxPackets, "rx_packets")                                            \
-	X(RxBytes, "rx_bytes")                                                \
-	X(TxPackets, "tx_packets")                                            \
-	X(TxBytes, "tx_bytes")                                                \
-	X(ToBackend, "to_backend")                                            \
-	X(ToClient, "nat_to_client")                                          \
-	X(NewFlows, "new_flows")                                              \
-	X(ConnHits, "conn_hits")                                              \
-	X(ConnEvictions, "conn_evictions")                                    \
-	X(ConnBackendGone, "conn_backend_gone")                              \
-	X(IcmpEchoReplies, "icmp_echo_replies")                              \
-	X(IcmpErrorsToBackend, "icmp_errors_to_backend")                      \
-	X(IcmpTooBigSent, "icmp_too_big_sent")                                \
-	X(FragmentsForwarded, "fragments_forwarded")                          \
-	X(Encapsulated, "encapsulated")                                       \
-	X(StatelessForwards, "conn_full_stateless")                           \
-	X(BusyPolls, "busy_polls")                                            \
-	X(IdlePolls, "idle_polls")                                            \
-	X(BusyCycles, "busy_cycles")                                          \
-	X(HandedOff, "handed_off")                                            \
-	X(ConnOccupied, "conn_occupied")                                      \
-	X(ConnCapacity, "conn_capacity")                                      \
-	X(ConnCensusPasses, "conn_census_passes")
+	X(RxPackets, "rx_packets", COUNTER)                                    \
+	X(RxBytes, "rx_bytes", COUNTER)                                        \
+	X(TxPackets, "tx_packets", COUNTER)                                    \
+	X(TxBytes, "tx_bytes", COUNTER)                                        \
+	X(ToBackend, "to_backend", COUNTER)                                    \
+	X(ToClient, "nat_to_client", COUNTER)                                  \
+	X(NewFlows, "new_flows", COUNTER)                                      \
+	X(ConnHits, "conn_hits", COUNTER)                                      \
+	X(ConnEvictions, "conn_evictions", COUNTER)                            \
+	X(ConnBackendGone, "conn_backend_gone", COUNTER)                       \
+	X(IcmpEchoReplies, "icmp_echo_replies", COUNTER)                       \
+	X(IcmpErrorsToBackend, "icmp_errors_to_backend", COUNTER)              \
+	X(IcmpTooBigSent, "icmp_too_big_sent", COUNTER)                        \
+	X(FragmentsForwarded, "fragments_forwarded", COUNTER)                  \
+	X(Encapsulated, "encapsulated", COUNTER)                               \
+	X(StatelessForwards, "conn_full_stateless", COUNTER)                   \
+	X(BusyPolls, "busy_polls", COUNTER)                                    \
+	X(IdlePolls, "idle_polls", COUNTER)                                    \
+	X(BusyCycles, "busy_cycles", COUNTER)                                  \
+	X(HandedOff, "handed_off", COUNTER)                                    \
+	X(ConnOccupied, "conn_occupied", GAUGE)                                \
+	X(ConnCapacity, "conn_capacity", GAUGE)                                \
+	X(ConnCensusPasses, "conn_census_passes", COUNTER)
 
-#define SLUICE_X_COUNT(name, str) +1
+#define SLUICE_X_COUNT(name, str, kind) +1
 #define SLUICE_DROP_REASON_COUNT (0 SLUICE_DROP_REASONS(SLUICE_X_COUNT))
 #define SLUICE_LCORE_COUNTER_COUNT (0 SLUICE_LCORE_COUNTERS(SLUICE_X_COUNT))
 
@@ -232,6 +242,16 @@ struct sluice_lcore_stats {
 	 * (live to-backend entries), refreshed every conn_census_passes. */
 	__u64 vip_active_flows[SLUICE_MAX_VIPS];
 	__u64 backend_active_flows[SLUICE_MAX_BACKENDS];
+	/* Whose counters the per-slot arrays above hold: the uid of the VIP or
+	 * backend (sluice_vip.uid, sluice_backend.uid) the lcore last saw in
+	 * the slot. When a configuration generation gives a slot another uid,
+	 * the lcore (the only writer) stores 0 here, zeroes that slot's
+	 * counters and then stores the new uid (release); readers sum a slot
+	 * only where the uid read before and after the counters is the one they
+	 * want, so a backend that reuses a removed one's slot starts at zero
+	 * (see sluice/slot_stats.hpp). */
+	__u32 vip_uid[SLUICE_MAX_VIPS];
+	__u32 backend_uid[SLUICE_MAX_BACKENDS];
 };
 
 struct sluice_shm_header {
@@ -264,6 +284,7 @@ struct sluice_shm {
 #define SLUICE_BPF_NAT_BACKENDS_MAP "sl_nat_backends"
 #define SLUICE_BPF_LOCAL_ADDRS_MAP "sl_local_addrs"
 #define SLUICE_BPF_STEER_STATS_MAP "sl_steer_stats"
+#define SLUICE_BPF_DECAP_STATS_MAP "decap_stats"
 #define SLUICE_BPF_MAX_LOCAL_ADDRS 256u
 #define SLUICE_BPF_MAX_XSKS 64u
 
@@ -288,17 +309,33 @@ struct sluice_bpf_endpoint {
 #define SLUICE_BPF_NAT_FRAGMENTS 0x2u /* port 0 only: fragments from (addr, proto), which
 					 carry no ports after the first */
 
-/* Per-CPU counters of the steering program, by index. */
-#define SLUICE_STEER_TO_XSK 0u      /* redirected to the dataplane's socket */
-#define SLUICE_STEER_NO_XSK 1u      /* for the dataplane, but no socket on the queue */
-#define SLUICE_STEER_TO_KERNEL 2u   /* not for the dataplane */
-#define SLUICE_STEER_STATS 3u
+/* Per-CPU counters of the steering program, by index, in the form of the
+ * lists above: X(NAME, "exported_name", KIND) gives the index
+ * SLUICE_STEER_<NAME>; exported as sluice_xdp_steer_<name>_total.
+ *   to_dataplane     redirected to the dataplane's socket
+ *   no_socket        for the dataplane, but no socket on the queue (dropped)
+ *   to_kernel        not for the dataplane */
+#define SLUICE_STEER_COUNTERS(X)                                               \
+	X(TO_XSK, "to_dataplane", COUNTER)                                     \
+	X(NO_XSK, "no_socket", COUNTER)                                        \
+	X(TO_KERNEL, "to_kernel", COUNTER)
 
-/* Per-CPU counters of the decapsulation program. */
-#define SLUICE_DECAP_IPIP 0u
-#define SLUICE_DECAP_GUE 1u
-#define SLUICE_DECAP_NOT_OURS 2u /* a tunnel packet to an address not of this host */
-#define SLUICE_DECAP_STATS 3u
+/* Per-CPU counters of the decapsulation program (sluice-decap stats), by
+ * index SLUICE_DECAP_<NAME>.
+ *   ipip        IP-in-IP (either family pair) decapsulated
+ *   gue         GUE decapsulated
+ *   not_ours    a tunnel packet to an address not of this host */
+#define SLUICE_DECAP_COUNTERS(X)                                               \
+	X(IPIP, "ipip", COUNTER)                                               \
+	X(GUE, "gue", COUNTER)                                                 \
+	X(NOT_OURS, "not_ours", COUNTER)
+
+#define SLUICE_X_STEER_INDEX(name, str, kind) SLUICE_STEER_##name,
+#define SLUICE_X_DECAP_INDEX(name, str, kind) SLUICE_DECAP_##name,
+enum sluice_steer_counter { SLUICE_STEER_COUNTERS(SLUICE_X_STEER_INDEX) SLUICE_STEER_STATS };
+enum sluice_decap_counter { SLUICE_DECAP_COUNTERS(SLUICE_X_DECAP_INDEX) SLUICE_DECAP_STATS };
+#undef SLUICE_X_STEER_INDEX
+#undef SLUICE_X_DECAP_INDEX
 
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_bpf_addr) == 20, "BPF map key layout");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_bpf_endpoint) == 20, "BPF map key layout");

@@ -42,6 +42,11 @@ public:
         cursor_ = 0;
     }
 
+    // A slot changed owner (see slot_stats.hpp): what this pass tallied for
+    // it so far counted the old VIP's or backend's flows.
+    void forget_vip(size_t slot) { vip_[slot] = 0; }
+    void forget_backend(size_t slot) { backend_[slot] = 0; }
+
 private:
     size_t cursor_ = 0;
     uint64_t occupied_ = 0;
