@@ -455,7 +455,9 @@ std::vector<Row> golden_rows() {
         // needed" (RFC 792/1191; next-hop MTU in the second word's low 16
         // bits, the quote at most 576 bytes of IP, RFC 1812 §4.3.2.3) or
         // ICMPv6 "packet too big" (RFC 4443 §3.2; at most 1280 bytes), from
-        // the VIP, with the MTU that leaves room for the outer headers.
+        // the VIP, with the MTU that leaves room for the outer headers. TTL /
+        // hop limit 64, identification 0 and DF clear are sluice's choices
+        // for the datagrams it originates (net/icmp.hpp), not the RFCs'.
         Pkt big4{kClient4, "198.18.1.3", 6, 40038, 80};
         big4.data.assign(1500 - 20 - 20, 'b');
         rows.push_back(answer("1500-byte IPv4 TCP to IPIP VIP (outer IPv4) -> ICMP fragmentation needed, MTU 1480, from the VIP; too_big_for_tunnel counted",
