@@ -290,9 +290,7 @@ Row refuse(std::string what, std::vector<uint8_t> in, DropReason why, bool needs
     return Row{std::move(what), needs_flows, std::move(in), Action::kDrop, why, std::move(out)};
 }
 
-std::vector<Row> golden_rows() {
-    std::vector<Row> rows;
-
+void nat_rows(std::vector<Row>& rows) {
     // NAT: the destination becomes the backend's, in the IP header and the
     // L4 port, every checksum valid; replies come back through sluice.
     const Pkt nat4{kClient4, "198.18.1.1", 6, 40001, 80};
@@ -326,7 +324,9 @@ std::vector<Row> golden_rows() {
     rows.push_back(forward("802.1Q-tagged IPv4 TCP SYN to NAT VIP -> backend, tag kept, dst rewritten",
                            from_client(true).then(l3(nat4v)).bytes(),
                            to_backend("198.18.0.11", true).then(l3(nat4v_at_be)).bytes()));
+}
 
+void dsr_rows(std::vector<Row>& rows) {
     // DSR: only the MACs change.
     const Pkt dsr4{kClient4, "198.18.1.2", 6, 40004, 80};
     rows.push_back(forward("IPv4 TCP SYN to DSR VIP -> its active backend (the drained one takes no new flow), only MACs rewritten",
@@ -344,7 +344,9 @@ std::vector<Row> golden_rows() {
         rows.push_back(forward("IPv4 GRE to GRE VIP -> DSR backend, only MACs rewritten",
                                from_client().then(gre).bytes(), to_backend("198.18.0.12").then(gre).bytes()));
     }
+}
 
+void ipip_rows(std::vector<Row>& rows) {
     // IPIP: RFC 2003 / RFC 2473, all four family pairs.
     const Pkt ipip44{kClient4, "198.18.1.3", 6, 40005, 80};
     rows.push_back(forward("IPv4 TCP SYN to IPIP VIP -> IPv4-in-IPv4 to backend: outer src = tunnel prefix + hash, TTL 64, DF copied; inner TTL 63",
@@ -373,7 +375,9 @@ std::vector<Row> golden_rows() {
     rows.push_back(forward("802.1Q-tagged IPv4 TCP SYN to IPIP VIP -> IPv4-in-IPv4 to backend, tag kept",
                            from_client(true).then(l3(ipip44v)).bytes(),
                            tunnelled(ipip44v, l3(decremented(ipip44v)), "198.18.0.13", false, true)));
+}
 
+void gue_rows(std::vector<Row>& rows) {
     // GUE variant 1: outer IP, UDP (source port from the hash, destination
     // the VIP's GUE port), then the inner IP packet.
     const Pkt gue44{kClient4, "198.18.1.4", 17, 40020, 53};
@@ -397,7 +401,9 @@ std::vector<Row> golden_rows() {
     rows.push_back(forward("802.1Q-tagged IPv6 TCP to GUE VIP -> IPv6/UDP/inner IPv6 to backend, tag kept",
                            from_client(true).then(l3(gue66v)).bytes(),
                            tunnelled(gue66v, l3(decremented(gue66v)), "2001:db8::14", true, true)));
+}
 
+void echo_rows(std::vector<Row>& rows) {
     // ICMP echo to a VIP address: answered from the VIP, TTL reset to 64.
     rows.push_back(answer("IPv4 ICMP echo request to a VIP address -> echo reply from the VIP, TTL 64",
                           from_client().then(echo(kClient4, "198.18.1.1", true, 57)).bytes(),
@@ -410,7 +416,9 @@ std::vector<Row> golden_rows() {
                           to_client(true).then(echo("198.18.1.3", kClient4, false)).bytes()));
     rows.push_back(refuse("IPv4 ICMP echo request to a VIP with echo off -> dropped, no_vip",
                           from_client().then(echo(kClient4, "198.18.1.10", true)).bytes(), DropReason::kNoVip));
+}
 
+void refusal_rows(std::vector<Row>& rows) {
     // Refusals.
     rows.push_back(refuse("IPv4 TCP SYN to an address that is no VIP -> dropped, no_vip",
                           from_client().then(l3(Pkt{kClient4, "198.18.1.200", 6, 40030, 80})).bytes(), DropReason::kNoVip));
@@ -489,10 +497,16 @@ std::vector<Row> golden_rows() {
                                   .bytes()));
         rows.back().also_counted = DropReason::kTooBig;
     }
+}
 
-    // --- rows about the flows opened above ------------------------------------
+// Rows about the flows the rows above open: they run after all of those.
+void flow_rows(std::vector<Row>& rows) {
     constexpr bool kAfter = true;
     {
+        const Pkt nat4{kClient4, "198.18.1.1", 6, 40001, 80};  // the flow of the first NAT row
+        Pkt nat4_at_be = nat4;
+        nat4_at_be.dst = "198.18.0.11";
+        nat4_at_be.dport = 8080;
         Pkt next = nat4;
         next.flags = kAck;
         next.data = "next segment";
@@ -596,6 +610,17 @@ std::vector<Row> golden_rows() {
                               Frame().eth(kClientPortMac, kRouterMac).then(icmp_error(q, 3, 4, 1400)).bytes(),
                               DropReason::kIcmpUnmatched, kAfter));
     }
+}
+
+std::vector<Row> golden_rows() {
+    std::vector<Row> rows;
+    nat_rows(rows);
+    dsr_rows(rows);
+    ipip_rows(rows);
+    gue_rows(rows);
+    echo_rows(rows);
+    refusal_rows(rows);
+    flow_rows(rows);
     return rows;
 }
 
