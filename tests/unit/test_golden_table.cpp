@@ -639,7 +639,7 @@ std::string difference(const std::vector<uint8_t>& got, const std::vector<uint8_
 
 }  // namespace
 
-TEST_CASE("Golden table: every row's verdict and frame, at burst sizes 1, 7 and 32, rows mixed") {
+TEST_CASE("Forwarder golden packet table: every row's verdict and frame, at burst sizes 1, 7 and 32, rows mixed") {
     const std::vector<Row> rows = golden_rows();
     REQUIRE(rows.size() > 32);  // a 32-packet burst is full
     for (const uint16_t burst : {uint16_t{1}, uint16_t{7}, uint16_t{32}}) {
@@ -695,7 +695,7 @@ TEST_CASE("Golden table: every row's verdict and frame, at burst sizes 1, 7 and 
     }
 }
 
-TEST_CASE("Golden table: the expected frames' own checks") {
+TEST_CASE("Forwarder golden packet table: the expected frames' own checks") {
     // The builder's checksums verify as RFC 1071 says (sum over the header
     // including its checksum folds to 0xffff), and the flow hash reaches the
     // outer header: two flows differ in the bits the specification gives it.
