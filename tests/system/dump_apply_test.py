@@ -8,8 +8,9 @@ weights, removals, health-check options, odd but valid spellings) goes through
 the real `sluicectl` to a real `sluiced`. Every few changes, and at the end, the
 running configuration is dumped, a fresh second `sluiced` is started, the dump
 is applied to it with `sluicectl apply -f`, and its dump must equal the first
-(as parsed TOML and as text); re-applying the dump to the first daemon must
-change nothing. Along the way, a change the daemon refuses must leave the dump
+(as parsed TOML and as text), and so must its `vip list --json` (a view the
+dump code does not write, so a field the dump leaves out shows there);
+re-applying the dump to the first daemon must change nothing. Along the way, a change the daemon refuses must leave the dump
 as it was.
 
 On a failure the sequence is shrunk to a minimal one that still fails the same
@@ -17,8 +18,8 @@ way, printed as sluicectl commands, and the test exits 1.
 
 No dataplane is needed. Each sluiced gets its own socket, state file and
 shared-memory segment, named after this process, and runs in a private
-network namespace (`unshare --net`, gone with the process) so that its health
-checks reach nothing; all of it is removed however the test ends.
+network namespace with only loopback (`unshare --net`, gone with the process)
+so that its health checks reach nothing; all of it is removed however the test ends.
 
 usage: dump_apply_test.py [--seed N] [--ops N] [--check-every N] [--avoid KIND,...]
   --avoid empty,overlap,node  steer clear of the known failures (VIPs left
@@ -30,6 +31,7 @@ import argparse
 import ctypes
 import difflib
 import ipaddress
+import json
 import os
 import random
 import re
@@ -327,8 +329,22 @@ def _quote(a):
 
 # --- the properties ----------------------------------------------------------
 
+def vip_list(daemon):
+    """The VIPs as `vip list` shows them, a view written apart from the dump
+    code, without what health checks change."""
+    r = daemon.ctl("vip", "list", "--json")
+    if r.returncode != 0:
+        raise Failure("vip list failed", f"{r.returncode}: {r.stderr}")
+    vips = json.loads(r.stdout)
+    for v in vips:
+        for b in v["backends"]:
+            b.pop("state", None)
+            b.pop("last_check", None)
+    return vips
+
+
 def apply_to_fresh(tmp, dump, tunnel_sources):
-    """Applies `dump` to a fresh sluiced; returns that daemon's dump."""
+    """Applies `dump` to a fresh sluiced; returns that daemon's dump and VIPs."""
     path = os.path.join(tmp, "dump.toml")
     with open(path, "w") as f:
         f.write(dump)
@@ -340,14 +356,14 @@ def apply_to_fresh(tmp, dump, tunnel_sources):
             lines = r.stderr.strip().splitlines()
             raise Failure("the dump does not apply to a fresh sluiced", r.stderr.strip(),
                           key="; ".join(lines[1:] or lines))
-        return b.dump()
+        return b.dump(), vip_list(b)
     finally:
         b.stop()
 
 
 def check_round_trip(tmp, a, dump, fresh_has_tunnel_sources):
     try:
-        second = apply_to_fresh(tmp, dump, fresh_has_tunnel_sources)
+        second, second_vips = apply_to_fresh(tmp, dump, fresh_has_tunnel_sources)
         first_parsed, second_parsed = tomllib.loads(dump), tomllib.loads(second)
         if first_parsed != second_parsed:
             raise Failure("the fresh sluiced's dump differs (as TOML)", _diff(dump, second),
@@ -355,6 +371,10 @@ def check_round_trip(tmp, a, dump, fresh_has_tunnel_sources):
         if dump != second:
             raise Failure("the fresh sluiced's dump differs (as text)", _diff(dump, second),
                           key=_first_change(dump, second))
+        first_vips = vip_list(a)
+        if first_vips != second_vips:
+            x, y = (json.dumps(v, indent=1, sort_keys=True) for v in (first_vips, second_vips))
+            raise Failure("the fresh sluiced's VIPs differ (vip list --json)", _diff(x, y), key=_first_change(x, y))
     except Failure as f:
         f.fresh_tunnel = fresh_has_tunnel_sources
         raise
