@@ -352,10 +352,11 @@ def apply_to_fresh(tmp, dump, tunnel_sources):
     try:
         r = b.ctl("apply", "-f", path)
         if r.returncode != 0:
-            # The reasons follow a first line that names the (temporary) file.
+            # The reasons follow a first line that names the (temporary)
+            # file; shrinking keeps the first reason.
             lines = r.stderr.strip().splitlines()
             raise Failure("the dump does not apply to a fresh sluiced", r.stderr.strip(),
-                          key="; ".join(lines[1:] or lines))
+                          key=lines[1] if len(lines) > 1 else r.stderr.strip())
         return b.dump(), vip_list(b)
     finally:
         b.stop()
