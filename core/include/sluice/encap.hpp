@@ -6,6 +6,12 @@
 // The outer source is this node's tunnel prefix with flow-hash bits in its
 // host part, and GUE's UDP source port and IPv6's flow label carry the hash
 // too, so a backend's NIC spreads decapsulated flows over its RX queues.
+// Exactly (tests/unit/test_golden_table.cpp computes them so): address byte i
+// takes hash byte i % 8 (byte 0 the least significant) past the prefix, the
+// flow label is the hash's low 20 bits, the GUE source port is 0xc000 | hash
+// bits 32..45. The hash is that of the key the packet was looked up by
+// (flow_hash of its flow towards the backend; for an ICMP error, of the flow
+// it quotes; for a later fragment, of its datagram's fragment key).
 // RFC 2003 §3.1 / RFC 2473 §3.1: the encapsulator forwards the inner packet,
 // so its TTL / hop limit is decremented (and the packet dropped at zero); the
 // outer one starts at 64. The outer IPv4 DF bit copies the inner one, and is
