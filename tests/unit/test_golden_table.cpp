@@ -422,8 +422,11 @@ void refusal_rows(std::vector<Row>& rows) {
     // Refusals.
     rows.push_back(refuse("IPv4 TCP SYN to an address that is no VIP -> dropped, no_vip",
                           from_client().then(l3(Pkt{kClient4, "198.18.1.200", 6, 40030, 80})).bytes(), DropReason::kNoVip));
-    rows.push_back(refuse("IPv6 TCP SYN to a VIP address on a port no VIP has -> dropped, no_vip",
-                          from_client().then(l3(Pkt{kClient6, "2001:db8:1::1", 6, 40031, 80})).bytes(), DropReason::kNoVip));
+    rows.push_back(refuse("IPv6 UDP to a VIP address on a port no VIP has -> dropped, no_vip",
+                          from_client().then(l3(Pkt{kClient6, "2001:db8:1::1", 17, 40031, 80})).bytes(), DropReason::kNoVip));
+    rows.push_back(refuse("IPv6 TCP SYN to a VIP address whose VIPs are all UDP -> dropped, proto_not_configured",
+                          from_client().then(l3(Pkt{kClient6, "2001:db8:1::1", 6, 40031, 80})).bytes(),
+                          DropReason::kProtoNotConfigured));
     rows.push_back(refuse("IPv4 TCP SYN to a VIP without backends -> dropped, no_backend",
                           from_client().then(l3(Pkt{kClient4, "198.18.1.8", 6, 40032, 80})).bytes(), DropReason::kNoBackend));
     {

@@ -222,6 +222,29 @@ SLUICE_ALWAYS_INLINE void nat_translate_quote(uint8_t* pkt, const net::ParsedPac
     const unsigned alen = p.family == 4 ? 4 : 16;
     uint8_t* icmp_csum = pkt + p.l4_offset + 2;
     uint8_t* qsrc = pkt + q.l3_offset + (p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc);
+    uint8_t port[2];
+    store_be16(port, be.port);
+    // A backend of an every-port VIP (port 0) serves the port the client
+    // used, which the quote already carries.
+    const bool new_port = q.has_ports && be.port != 0;
+    // The quoted transport checksum covers the quoted addresses and ports
+    // too: kept right when the quote holds it (Linux's NAT does the same,
+    // nf_nat_proto.c), so the quote is the head of what the backend sent.
+    const uint32_t qcsum_off = q.proto == net::kProtoUdp ? net::kUdpOffChecksum
+                               : q.proto == net::kProtoTcp ? net::kTcpOffChecksum
+                                                           : 0;
+    if (q.has_ports && qcsum_off && q.l4_offset + qcsum_off + 2u <= p.l3_end) {
+        uint8_t* qcs = pkt + q.l4_offset + qcsum_off;
+        const uint8_t before[2] = {qcs[0], qcs[1]};
+        if (q.proto == net::kProtoUdp) {
+            net::udp_csum_replace(qcs, qsrc, be.addr, alen, p.family == 4);
+            if (new_port) net::udp_csum_replace(qcs, pkt + q.l4_offset, port, 2, p.family == 4);
+        } else {
+            net::csum_replace(qcs, qsrc, be.addr, alen);
+            if (new_port) net::csum_replace(qcs, pkt + q.l4_offset, port, 2);
+        }
+        net::csum_replace(icmp_csum, before, qcs, 2);
+    }
     if (p.family == 4) {
         uint8_t* qcsum = pkt + q.l3_offset + net::kIpv4OffChecksum;
         const uint8_t before[2] = {qcsum[0], qcsum[1]};
@@ -230,11 +253,7 @@ SLUICE_ALWAYS_INLINE void nat_translate_quote(uint8_t* pkt, const net::ParsedPac
     }
     net::csum_replace(icmp_csum, qsrc, be.addr, alen);
     std::memcpy(qsrc, be.addr, alen);
-    // A backend of an every-port VIP (port 0) serves the port the client
-    // used, which the quote already carries.
-    if (q.has_ports && be.port != 0) {
-        uint8_t port[2];
-        store_be16(port, be.port);
+    if (new_port) {
         net::csum_replace(icmp_csum, pkt + q.l4_offset, port, 2);
         std::memcpy(pkt + q.l4_offset, port, 2);
     }
