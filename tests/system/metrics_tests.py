@@ -266,7 +266,7 @@ def lab_backend(stats, addr):
 
 def state_slot(lab, addr):
     state = json.load(open(lab.state))
-    slots = [b["slot"] for v in state["vips"] for b in v["backends"] if b["address"].split(":")[0] == addr]
+    slots = [b["slot"] for v in state["vips"] for b in v["backend"] if b["address"].split(":")[0] == addr]
     check(len(slots) == 1, f"backend {addr} in the state file: {slots}")
     return slots[0]
 
