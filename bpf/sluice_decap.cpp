@@ -138,7 +138,8 @@ int main(int argc, char** argv) {
     auto* a = app.add_subcommand("attach", "Attach to IFACE; decapsulates packets whose outer "
                                            "destination is one of this host's addresses");
     a->add_option("iface", iface, "Interface")->required();
-    a->add_option("--gue-port", gue_port, "Also decapsulate GUE on this UDP port");
+    a->add_option("--gue-port", gue_port, "Also decapsulate GUE on this UDP port (1-65535)")
+        ->check(CLI::Range(1, 65535));
     a->add_option("--mode", mode, "XDP mode: auto, native or skb")->capture_default_str();
     auto* d = app.add_subcommand("detach", "Detach from IFACE");
     d->add_option("iface", iface, "Interface")->required();

@@ -50,6 +50,9 @@ namespace {
 using namespace sluice;
 
 constexpr uint16_t kRxDescriptors = 1024;
+// Idle timeouts are compared as 32-bit milliseconds that wrap (conn_table.hpp):
+// a day keeps every comparison far from the wrap.
+constexpr uint32_t kMaxTimeoutMs = 86'400'000;
 constexpr uint16_t kTxDescriptors = 1024;
 constexpr unsigned kMbufCache = 256;
 // Idle back-off: after this many empty polls, sleep, doubling up to the cap.
@@ -440,41 +443,57 @@ int main(int argc, char** argv) {
                    "Port facing backends (default: the second port, or the client port when "
                    "there is only one: one-armed)");
     app.add_option("--conn-capacity", opt.conn_capacity, "Connection-table flows per worker lcore")
+        ->check(CLI::Range(size_t{8}, size_t{1} << 30))
         ->capture_default_str();
     app.add_option("--conn-file", opt.conn_file,
                    "Connection tables live in PATH.<worker>, kept across restarts (default: "
                    "/dev/hugepages/sluice-conn when hugetlbfs is mounted there, else "
                    "/dev/shm/sluice-conn)");
-    app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms, "Idle timeout of a TCP flow before its handshake completes")->capture_default_str();
+    app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms, "Idle timeout of a TCP flow before its handshake completes")
+        ->check(CLI::Range(1u, kMaxTimeoutMs))
+        ->capture_default_str();
     app.add_option("--tcp-established-timeout-ms", opt.timeouts.tcp_established_ms,
                    "Idle timeout of an established TCP flow")
+        ->check(CLI::Range(1u, kMaxTimeoutMs))
         ->capture_default_str();
-    app.add_option("--tcp-closing-timeout-ms", opt.timeouts.tcp_closing_ms, "Idle timeout after FIN or RST")->capture_default_str();
-    app.add_option("--udp-timeout-ms", opt.timeouts.udp_ms, "Idle timeout of a UDP flow")->capture_default_str();
-    app.add_option("--other-timeout-ms", opt.timeouts.other_ms, "Idle timeout of other protocols (GRE, ESP, ...)")->capture_default_str();
+    app.add_option("--tcp-closing-timeout-ms", opt.timeouts.tcp_closing_ms, "Idle timeout after FIN or RST")
+        ->check(CLI::Range(1u, kMaxTimeoutMs))
+        ->capture_default_str();
+    app.add_option("--udp-timeout-ms", opt.timeouts.udp_ms, "Idle timeout of a UDP flow")
+        ->check(CLI::Range(1u, kMaxTimeoutMs))
+        ->capture_default_str();
+    app.add_option("--other-timeout-ms", opt.timeouts.other_ms, "Idle timeout of other protocols (GRE, ESP, ...)")
+        ->check(CLI::Range(1u, kMaxTimeoutMs))
+        ->capture_default_str();
     app.add_option("--exit-idle-ms", opt.exit_idle_ms,
                    "Exit after this long without packets (pcap replay); 0 = run until SIGTERM")
+        ->check(CLI::Range(0u, kMaxTimeoutMs))
         ->capture_default_str();
     app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous");
     app.add_option("--mbufs", opt.mbufs,
                    "Packet buffers in the pool (default: enough for every queue's descriptors and the "
-                   "handoff rings; net_pcap with infinite_rx=1 keeps the whole file in buffers)");
+                   "handoff rings; net_pcap with infinite_rx=1 keeps the whole file in buffers)")
+        ->check(CLI::Range(0u, 1u << 24));
     app.add_option("--mbuf-size", opt.mbuf_data_room,
                    "Data room of a packet buffer in bytes, headroom included")
+        ->check(CLI::Range(1024, 65535))
         ->capture_default_str();
     app.add_option("--mtu", opt.mtu,
                    "IP MTU towards backends; tunnelled packets that would exceed it are answered "
                    "with ICMP fragmentation-needed / packet-too-big (default: the backend "
-                   "port's MTU)");
+                   "port's MTU)")
+        ->check(CLI::Range(0, 9216));
     app.add_option("--icmp-rate", opt.icmp_rate,
                    "ICMP messages each worker lcore may generate per second (echo replies to VIP "
                    "addresses, fragmentation-needed / packet-too-big), a token bucket per worker, so "
                    "the node's total is this times the workers; those over the limit are not sent "
                    "and count as icmp_rate_limited. 0: generate none")
+        ->check(CLI::Range(0u, 10000000u))
         ->capture_default_str();
     app.add_option("--icmp-burst", opt.icmp_burst,
                    "ICMP messages a worker may generate at once after a quiet spell (the token "
                    "bucket's size). 0: generate none")
+        ->check(CLI::Range(0u, 10000000u))
         ->capture_default_str();
     try {
         app.parse(argc, argv);
