@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 
 #include "frame_builder.hpp"
+#include "forwarder_harness.hpp"
 #include "model.hpp"
 #include "sluice/forwarder.hpp"
 
@@ -98,24 +99,8 @@ const std::vector<VipDef> kVips = {
     {"198.18.1.10:80/tcp", SLUICE_MODE_DSR, {{"198.18.0.12", 100}}, false},  // --no-echo
 };
 
-template <typename T>
-struct FreeDeleter {
-    void operator()(T* p) const { std::free(p); }
-};
-
-struct Harness {
-    Harness() : model(kSeed) {
-        cfg.reset(static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))));
-        stats.reset(static_cast<sluice_lcore_stats*>(std::calloc(1, sizeof(sluice_lcore_stats))));
-        const size_t bytes = ConnTable::bytes_for(4096);
-        conn_mem.reset(static_cast<ConnBucket*>(std::aligned_alloc(64, bytes)));
-        std::memset(conn_mem.get(), 0, bytes);
-        table.emplace(conn_mem.get(), 4096);
-        ForwarderOptions opt;  // MTU 1500
-        std::memcpy(opt.client_port_mac, kClientPortMac.data(), 6);
-        std::memcpy(opt.backend_port_mac, kBackendPortMac.data(), 6);
-        fwd.emplace(*table, *stats, opt);
-
+struct Harness : test::ForwarderHarness {
+    Harness() : ForwarderHarness(kSeed, test::forwarder_options(kClientPortMac, kBackendPortMac)) {  // MTU 1500
         model.set_tunnel_source(4, parse_prefix(kTunnel4));
         model.set_tunnel_source(6, parse_prefix(kTunnel6));
         for (const VipDef& v : kVips) {
@@ -131,16 +116,8 @@ struct Harness {
                 model.add_backend(id, e, weight, mac_of(format_ip(e.addr)));
             }
         }
-        model.compile(*cfg);
-        cfg->generation = 1;
+        publish();
     }
-
-    Model model;
-    std::unique_ptr<sluice_config, FreeDeleter<sluice_config>> cfg;
-    std::unique_ptr<sluice_lcore_stats, FreeDeleter<sluice_lcore_stats>> stats;
-    std::unique_ptr<ConnBucket, FreeDeleter<ConnBucket>> conn_mem;
-    std::optional<ConnTable> table;
-    std::optional<Forwarder> fwd;
 };
 
 // --- the specifications the expected frames follow ---------------------------

@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "forwarder_harness.hpp"
 #include "model.hpp"
 #include "packet_builder.hpp"
 #include "sluice/forwarder.hpp"
@@ -27,70 +28,27 @@ const MacAddress kBackendMac[] = {{0x02, 0, 0, 0, 0, 0x11}, {0x02, 0, 0, 0, 0, 0
 const char* kBackendIp[] = {"198.18.0.11", "198.18.0.12", "198.18.0.13"};
 const char* kBackendIp6[] = {"2001:db8::11", "2001:db8::12", "2001:db8::13"};
 
-template <typename T>
-struct FreeDeleter {
-    void operator()(T* p) const { std::free(p); }
-};
-
 // One worker: its configuration, counters, connection table and forwarder.
-struct Harness {
+struct Harness : test::ForwarderHarness {
     explicit Harness(uint16_t worker = 0, uint16_t workers = 1, uint32_t udp_timeout_ms = 60'000)
-        : model(1234) {
-        cfg.reset(static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))));
-        stats.reset(static_cast<sluice_lcore_stats*>(std::calloc(1, sizeof(sluice_lcore_stats))));
-        const size_t bytes = ConnTable::bytes_for(4096);
-        conn_mem.reset(static_cast<ConnBucket*>(std::aligned_alloc(64, bytes)));
-        std::memset(conn_mem.get(), 0, bytes);
-        table.emplace(conn_mem.get(), 4096);
-        ForwarderOptions opt;
-        std::memcpy(opt.client_port_mac, kLbMac.data(), 6);
-        std::memcpy(opt.backend_port_mac, kLbMac.data(), 6);
+        : ForwarderHarness(1234, options(worker, workers, udp_timeout_ms)) {}
+
+    static ForwarderOptions options(uint16_t worker, uint16_t workers, uint32_t udp_timeout_ms) {
+        ForwarderOptions opt = test::forwarder_options(kLbMac, kLbMac);
         opt.worker = worker;
         opt.workers = workers;
         opt.timeouts.udp_ms = udp_timeout_ms;
-        fwd.emplace(*table, *stats, opt);
+        return opt;
     }
 
-    void publish() {
-        model.compile(*cfg);
-        cfg->generation = ++generation;
-    }
-
-    // One packet through the forwarder in a buffer with headroom, as the
-    // dataplane does; `pkt` becomes the frame it produced.
+    // The time first: these tests are about timeouts.
     template <Steering kSteering = Steering::kSingle>
     Action run(std::vector<uint8_t>& pkt, uint32_t now = 1000, DropReason* why = nullptr,
                uint16_t* owner = nullptr) {
-        constexpr uint16_t kHeadroom = 128;
-        std::vector<uint8_t> buf(kHeadroom + pkt.size());
-        std::copy(pkt.begin(), pkt.end(), buf.begin() + kHeadroom);
-        PacketBuf b{buf.data() + kHeadroom, static_cast<uint16_t>(pkt.size()), kHeadroom};
-        Action a[1];
-        DropReason d[1];
-        uint16_t o[1] = {0xffff};
-        fwd->process_burst<kSteering>(*cfg, &b, 1, now, a, d, o);
-        if (why) *why = d[0];
-        if (owner) *owner = o[0];
-        if (a[0] != Action::kDrop) pkt.assign(b.data, b.data + b.len);
-        return a[0];
+        return ForwarderHarness::run<kSteering>(pkt, why, now, owner);
     }
 
-    int backend_of(const std::vector<uint8_t>& pkt) const {
-        for (int i = 0; i < 3; ++i)
-            if (std::memcmp(pkt.data(), kBackendMac[i].data(), 6) == 0) return i;
-        return -1;
-    }
-
-    uint64_t counter(Counter c) const { return stats->counters[static_cast<size_t>(c)]; }
-    uint64_t drops(DropReason r) const { return stats->drops[static_cast<size_t>(r)]; }
-
-    Model model;
-    uint64_t generation = 0;
-    std::unique_ptr<sluice_config, FreeDeleter<sluice_config>> cfg;
-    std::unique_ptr<sluice_lcore_stats, FreeDeleter<sluice_lcore_stats>> stats;
-    std::unique_ptr<ConnBucket, FreeDeleter<ConnBucket>> conn_mem;
-    std::optional<ConnTable> table;
-    std::optional<Forwarder> fwd;
+    int backend_of(const std::vector<uint8_t>& pkt) const { return index_of_dst(pkt, kBackendMac, 3); }
 };
 
 // A NAT VIP with one backend (every backend in `n`), IPv4 or IPv6.

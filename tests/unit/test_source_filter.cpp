@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "config_file.hpp"
+#include "forwarder_harness.hpp"
 #include "model.hpp"
 #include "packet_builder.hpp"
 #include "sluice/forwarder.hpp"
@@ -22,11 +23,6 @@ using sluice::test::build_packet;
 using sluice::test::PacketSpec;
 
 namespace {
-
-template <typename T>
-struct FreeDeleter {
-    void operator()(T* p) const { std::free(p); }
-};
 
 // The reference: an address is admitted iff some prefix's first len bits
 // equal its own, bit by bit.
@@ -52,7 +48,7 @@ std::array<uint8_t, 16> ip(const char* text) { return parse_ip(text).bytes; }
 // A full-size pool (lookups bound node indices by SLUICE_ALLOW_POOL_NODES)
 // holding one trie at `base`.
 struct Pool {
-    std::unique_ptr<sluice_allow_node, FreeDeleter<sluice_allow_node>> nodes{
+    std::unique_ptr<sluice_allow_node, test::FreeDeleter<sluice_allow_node>> nodes{
         static_cast<sluice_allow_node*>(std::calloc(SLUICE_ALLOW_POOL_NODES, sizeof(sluice_allow_node)))};
     uint32_t base = 0;
     size_t used = 0;
@@ -395,53 +391,12 @@ const MacAddress kLbMac{0x02, 0, 0, 0, 0, 0x02};
 const MacAddress kBackendMac[] = {{0x02, 0, 0, 0, 0, 0x11}, {0x02, 0, 0, 0, 0, 0x12},
                                   {0x02, 0, 0, 0, 0, 0x13}, {0x02, 0, 0, 0, 0, 0x14}};
 
-struct Harness {
-    Harness() : model(99) {
-        cfg.reset(static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))));
-        stats.reset(static_cast<sluice_lcore_stats*>(std::calloc(1, sizeof(sluice_lcore_stats))));
-        const size_t bytes = ConnTable::bytes_for(4096);
-        conn_mem.reset(static_cast<ConnBucket*>(std::aligned_alloc(64, bytes)));
-        std::memset(conn_mem.get(), 0, bytes);
-        table.emplace(conn_mem.get(), 4096);
-        ForwarderOptions opt;
-        std::memcpy(opt.client_port_mac, kLbMac.data(), 6);
-        std::memcpy(opt.backend_port_mac, kLbMac.data(), 6);
-        fwd.emplace(*table, *stats, opt);
-    }
-    void publish() {
-        model.compile(*cfg);
-        cfg->generation = ++generation;
-    }
-    Action run(std::vector<uint8_t>& pkt, DropReason* why = nullptr) {
-        constexpr uint16_t kHeadroom = 128;
-        std::vector<uint8_t> buf(kHeadroom + pkt.size());
-        std::copy(pkt.begin(), pkt.end(), buf.begin() + kHeadroom);
-        PacketBuf b{buf.data() + kHeadroom, static_cast<uint16_t>(pkt.size()), kHeadroom};
-        Action a[1];
-        DropReason d[1];
-        fwd->process_burst(*cfg, &b, 1, 1000, a, d);
-        if (why) *why = d[0];
-        if (a[0] != Action::kDrop) pkt.assign(b.data, b.data + b.len);
-        return a[0];
-    }
-    int backend_of(const std::vector<uint8_t>& pkt) const {
-        for (int i = 0; i < 4; ++i)
-            if (std::memcmp(pkt.data(), kBackendMac[i].data(), 6) == 0) return i;
-        return -1;
-    }
-    uint64_t drops(DropReason r) const { return stats->drops[static_cast<size_t>(r)]; }
-    uint64_t counter(Counter c) const { return stats->counters[static_cast<size_t>(c)]; }
+struct Harness : test::ForwarderHarness {
+    Harness() : ForwarderHarness(99, test::forwarder_options(kLbMac, kLbMac)) {}
+    int backend_of(const std::vector<uint8_t>& pkt) const { return index_of_dst(pkt, kBackendMac); }
     void add_backends(const VipId& vip, int n, const char* const* ips) {
         for (int i = 0; i < n; ++i) model.add_backend(vip, Endpoint{parse_ip(ips[i]), 0}, 100, kBackendMac[i]);
     }
-
-    Model model;
-    uint64_t generation = 0;
-    std::unique_ptr<sluice_config, FreeDeleter<sluice_config>> cfg;
-    std::unique_ptr<sluice_lcore_stats, FreeDeleter<sluice_lcore_stats>> stats;
-    std::unique_ptr<ConnBucket, FreeDeleter<ConnBucket>> conn_mem;
-    std::optional<ConnTable> table;
-    std::optional<Forwarder> fwd;
 };
 
 const char* kBackends4[] = {"198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.14"};
