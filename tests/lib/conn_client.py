@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Holds long-lived TCP connections for the system tests. Commands on stdin,
 one JSON answer per line on stdout:
-  open ADDR PORT N  -> names that answered the first line of each new connection
+  open ADDR PORT N [SOURCE]
+                    -> names that answered the first line of each new
+                       connection (from SOURCE, an address of the client)
   send              -> for every held connection: the name that answered, or
                        "error:<what>" when it was reset, closed or timed out
 """
@@ -34,10 +36,11 @@ for line in sys.stdin:
         continue
     if words[0] == "open":
         addr, port, n = words[1], int(words[2]), int(words[3])
+        source = (words[4], 0) if len(words) > 4 else None
         names = []
         for _ in range(n):
             try:
-                s = socket.create_connection((addr, port), timeout=3)
+                s = socket.create_connection((addr, port), timeout=3, source_address=source)
                 s.settimeout(2)
                 conns.append(s)
                 names.append(ask(s))

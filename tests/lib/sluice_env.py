@@ -240,8 +240,8 @@ class ConnClient:
             raise TestFailure(f"connection helper died on '{line}'")
         return json.loads(out)
 
-    def open(self, addr, port, n):
-        return self._call(f"open {addr} {port} {n}")
+    def open(self, addr, port, n, source=None):
+        return self._call(f"open {addr} {port} {n}" + (f" {source}" if source else ""))
 
     def send(self):
         return self._call("send")

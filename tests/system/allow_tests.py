@@ -4,13 +4,12 @@ client addresses in the client namespace, one inside the VIP's list and one
 outside it.
 
 usage: allow_tests.py [TEST ...]   (no argument: all)"""
-import json
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from sluice_env import CLIENT_IP, CLIENT_IP6, SYS_PYTHON, Lab, check, run_tests, split  # noqa: E402
+from sluice_env import CLIENT_IP, CLIENT_IP6, Lab, check, run_tests, split  # noqa: E402
 
 VIP = "198.18.1.1"
 VIP6 = "2001:db8:1::1"
@@ -75,41 +74,6 @@ def test_allowed_and_denied_client():
               f"lists after a daemon restart: {restored}")
 
 
-# Holds one connection per source address across a change of the list:
-# "open ADDR PORT" connects from each source and asks which backend answers;
-# "send" asks again on the held connections.
-HOLDER = r"""
-import json, socket, sys
-sources = sys.argv[1:]
-conns = {}
-def ask(s):
-    try:
-        s.sendall(b"which\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(100)
-            if not chunk:
-                return "error:closed"
-            data += chunk
-        return data.decode().strip()
-    except socket.timeout:
-        return "error:timeout"
-    except OSError as e:
-        return "error:" + type(e).__name__
-for line in sys.stdin:
-    w = line.split()
-    if w[0] == "open":
-        for src in sources:
-            try:
-                s = socket.create_connection((w[1], int(w[2])), timeout=3, source_address=(src, 0))
-                s.settimeout(2)
-                conns[src] = s
-            except OSError as e:
-                conns[src] = None
-    print(json.dumps({src: ask(s) if s else "error:connect" for src, s in conns.items()}), flush=True)
-"""
-
-
 def test_list_change_keeps_allowed_flows():
     with Lab("alc") as lab:
         add_other_client(lab)
@@ -118,18 +82,10 @@ def test_list_change_keeps_allowed_flows():
         lab.ctl("vip", "add", vip, "--mode", "dsr", "--allow", "198.18.100.0/24")
         for b in ("198.18.0.11", "198.18.0.12", "198.18.0.13"):
             lab.ctl("backend", "add", vip, b)
-        holder = subprocess.Popen(lab.ns("client") + [SYS_PYTHON, "-c", HOLDER, CLIENT_IP, OTHER_IP],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-        lab.procs["holder"] = holder
-
-        def call(line):
-            holder.stdin.write(line + "\n")
-            holder.stdin.flush()
-            out = holder.stdout.readline()
-            check(out, f"the connection holder died on '{line}'")
-            return json.loads(out)
-
-        first = call(f"open {VIP} 9000")
+        # One connection from each client address, held across the change.
+        sources = (CLIENT_IP, OTHER_IP)
+        conns = lab.client()
+        first = {src: conns.open(VIP, 9000, 1, source=src)[0] for src in sources}
         print(f"  before: {first}")
         check(all(not n.startswith("error") for n in first.values()), f"connections failed: {first}")
         # Narrow the list through apply (as an operator would edit the file):
@@ -143,7 +99,7 @@ def test_list_change_keeps_allowed_flows():
         print(f"  apply: {applied.stdout.strip()}")
         check(f"{VIP}:9000/tcp: allow {ALLOW4}" in applied.stdout, f"apply did not change the list: {applied.stdout}")
         before = lab.stats()
-        after = call("send")
+        after = dict(zip(sources, conns.send()))
         print(f"  after narrowing to {ALLOW4}: {after}")
         check(after[CLIENT_IP] == first[CLIENT_IP],
               f"the still-allowed client's connection moved or broke: {first[CLIENT_IP]} -> {after[CLIENT_IP]}")
