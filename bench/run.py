@@ -14,7 +14,15 @@ after a warm-up pass; cycles per packet from its busy-poll TSC counter.
 testpmd runs `io` and `5tswap` on the same two ports with one forwarding
 core. Instructions per packet: this machine's VM exposes no hardware
 counters to `perf stat`, so callgrind counts them exactly in
-sluice-forwarder-replay-v3 (the forwarder alone, same code, x86-64-v3)."""
+sluice-forwarder-replay-v3 (the forwarder alone, same code, x86-64-v3).
+
+Peers (--parts peers): the systems a user would run instead, built by
+bench/peers/ and run on the same pcaps (1,000 and 1,000,000 established
+TCP flows) in interleaved rounds: DPDK l3fwd in exact-match mode on the
+same net_pcap -> net_null ports and core as sluice and testpmd io, and
+Katran's XDP balancer timed with BPF_PROG_TEST_RUN beside sluice's
+forwarder (sluice-forwarder-replay). Medians with min-max, ratios per
+round, load average per round."""
 import argparse
 import contextlib
 import json
@@ -34,6 +42,7 @@ DATAPLANE = os.path.join(BUILD, "dataplane", "sluice-dataplane")
 SLUICED = os.path.join(BUILD, "controlplane", "sluiced")
 SLUICECTL = os.path.join(BUILD, "controlplane", "sluicectl")
 REPLAY_V3 = os.path.join(BUILD, "bench", "sluice-forwarder-replay-v3")
+REPLAY = os.path.join(BUILD, "bench", "sluice-forwarder-replay")
 CORE_BENCH = os.path.join(BUILD, "bench", "sluice-core-bench")
 GEN_PCAPS = os.path.join(ROOT, "bench", "gen_pcaps.py")
 SLUICE_GEN = os.path.join(BUILD, "bench", "sluice-gen")
@@ -351,6 +360,106 @@ def core_bench():
     return out
 
 
+# The peers: the systems a user would run instead, on the same pcaps, ports
+# and core, in the same run (bench/peers/). Rounds are interleaved (every
+# system once per round, the order rotated each round) so that a noisy
+# neighbour on this VM moves every system alike; each figure is the median
+# over rounds with its min-max, and every round records the load average.
+PEER_SCENARIOS = [s for s in SCENARIOS if s[2] == "est-v4"]  # l3fwd-em and Katran see IPv4 TCP
+
+
+def load_peer(name):
+    """bench/peers/<name>.py, loaded by path (bench/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"peer_{name}", os.path.join(ROOT, "bench", "peers", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def forwarder_ns(pcap, mode):
+    """sluice's forwarder alone (no DPDK), the counterpart of Katran's
+    BPF_PROG_TEST_RUN figure: ns per packet over 20 passes of the file."""
+    r = subprocess.run(["taskset", "-c", "1", REPLAY, pcap, "--mode", mode, "--passes", "20"],
+                       capture_output=True, text=True, timeout=600)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("{")), None)
+    if r.returncode != 0 or not line:
+        raise RuntimeError(f"sluice-forwarder-replay failed ({r.returncode}):\n{r.stdout[-800:]}{r.stderr[-800:]}")
+    return json.loads(line)
+
+
+def spread(values):
+    """Median with min and max; None when nothing was measured."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    mid = len(v) // 2
+    return {"median": v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2, "min": v[0], "max": v[-1], "n": len(v)}
+
+
+def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
+    l3fwd, katran = load_peer("l3fwd"), load_peer("katran")
+    l3fwd_bin = l3fwd.build(log)
+    katran_obj = katran.build(log)
+    out = {"rounds": rounds, "seconds": seconds, "l3fwd": l3fwd_bin, "katran": katran_obj, "flows": {}}
+    for n in flow_counts:
+        pcap = os.path.join(pcaps, f"est-v4-{n}.pcap")
+        systems = [("testpmd-io", lambda: run_testpmd(tmp, pcap, "io", seconds)),
+                   ("l3fwd-em", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds))]
+        systems += [(f"sluice-{s[0]}", lambda s=s: run_sluice(tmp, pcap, s, seconds)) for s in PEER_SCENARIOS]
+        systems += [("katran", lambda: katran.run(katran_obj, pcap, n, tmp)),
+                    ("sluice-forwarder-ipip", lambda: forwarder_ns(pcap, "ipip"))]
+        per_round = []
+        for rnd in range(rounds):
+            k = rnd % len(systems)
+            order = systems[k:] + systems[:k]
+            entry = {"round": rnd, "loadavg_before": os.getloadavg()[0], "results": {}}
+            for name, fn in order:
+                entry["results"][name] = fn()
+                r = entry["results"][name]
+                figure = f"{r['mpps']:7.2f} Mpps" if "mpps" in r else f"{r['ns_per_packet']:7.1f} ns/packet"
+                log(f"peers {n:>8} flows round {rnd + 1}/{rounds} {name:<22} {figure}  "
+                    f"(load {os.getloadavg()[0]:.2f})")
+            entry["loadavg_after"] = os.getloadavg()[0]
+            res = entry["results"]
+            # Ratios within the round: sluice's Mpps over l3fwd-em's; and
+            # Katran's ns/packet over the forwarder's, so that for both
+            # ratios above 1 means sluice is faster.
+            entry["ratios"] = {f"{s[0]}/l3fwd-em": res[f"sluice-{s[0]}"]["mpps"] / res["l3fwd-em"]["mpps"]
+                               for s in PEER_SCENARIOS}
+            entry["ratios"]["ipip4/katran"] = res["katran"]["ns_per_packet"] / res["sluice-forwarder-ipip"]["ns_per_packet"]
+            per_round.append(entry)
+        summary = {}
+        for name, _ in systems:
+            key = "mpps" if "mpps" in per_round[0]["results"][name] else "ns_per_packet"
+            summary[name] = {key: spread(e["results"][name][key] for e in per_round)}
+        ratios = {r: spread(e["ratios"][r] for e in per_round) for r in per_round[0]["ratios"]}
+        out["flows"][str(n)] = {"rounds": per_round, "summary": summary, "ratios": ratios,
+                                "loadavg": [e["loadavg_before"] for e in per_round]}
+    return out
+
+
+def peer_table(peers):
+    """The README's peer table, in Markdown, from results.json's "peers"."""
+    def fmt(s, digits):
+        if not s:
+            return "-"
+        return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+    lines = ["| flows | system | Mpps (one lcore) | ns/packet | sluice/peer |", "|---:|---|---:|---:|---:|"]
+    for n, f in peers["flows"].items():
+        for name, s in f["summary"].items():
+            ratio = ""
+            if name.startswith("sluice-") and name != "sluice-forwarder-ipip":
+                ratio = fmt(f["ratios"].get(f"{name[len('sluice-'):]}/l3fwd-em"), 3) + " of l3fwd-em"
+            elif name == "sluice-forwarder-ipip":
+                ratio = fmt(f["ratios"].get("ipip4/katran"), 3) + " of Katran's speed"
+            lines.append(f"| {int(n):,} | {name} | {fmt(s.get('mpps'), 2)} | {fmt(s.get('ns_per_packet'), 1)} | "
+                         f"{ratio} |")
+        loads = ", ".join(f"{x:.2f}" for x in f["loadavg"])
+        lines.append(f"| {int(n):,} | load average before each round | {loads} | | |")
+    return "\n".join(lines)
+
+
 def pyplot():
     try:
         import matplotlib
@@ -405,13 +514,45 @@ def plot_latency(plt, results, outdir):
     return path
 
 
-PARTS = ("replay", "instructions", "memif", "control", "core")
+def plot_peers(plt, peers, outdir):
+    """Left: Mpps of each DPDK system per flow count; right: ns/packet of
+    Katran (BPF_PROG_TEST_RUN) and sluice's forwarder. Bars are medians,
+    whiskers min-max over the rounds."""
+    flows = list(peers["flows"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 1.4]})
+    for ax, key, names, label in ((ax1, "mpps", None, "Mpps, one lcore (net_pcap -> net_null)"),
+                                  (ax2, "ns_per_packet", None, "ns per packet (lower is better)")):
+        names = [nm for nm, s in peers["flows"][flows[0]]["summary"].items() if s.get(key)]
+        width = 0.8 / len(names)
+        for k, nm in enumerate(names):
+            med = [peers["flows"][f]["summary"][nm][key]["median"] for f in flows]
+            lo = [m - peers["flows"][f]["summary"][nm][key]["min"] for f, m in zip(flows, med)]
+            hi = [peers["flows"][f]["summary"][nm][key]["max"] - m for f, m in zip(flows, med)]
+            ax.bar([i + (k - (len(names) - 1) / 2) * width for i in range(len(flows))], med, width,
+                   yerr=[lo, hi], capsize=3, label=nm)
+        ax.set_xticks(range(len(flows)))
+        ax.set_xticklabels([f"{int(f):,} flows" for f in flows])
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax1.set_title("sluice beside testpmd io and DPDK l3fwd-em")
+    ax2.set_title("sluice's forwarder beside Katran (XDP)")
+    path = os.path.join(outdir, "peers.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+PARTS = ("replay", "instructions", "memif", "control", "core", "peers")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flows", type=int, nargs="+", default=[1000, 100000, 1000000])
     ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--peer-flows", type=int, nargs="+", default=[1000, 1000000],
+                    help="flow counts of the peers part (default: 1000 1000000)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the peers part (default: 3)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                     help="what to run; results of parts not run are kept from the existing results.json")
@@ -429,8 +570,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     pcaps = os.path.join(tmp, "pcaps")
     try:
-        if {"replay", "instructions", "control"} & set(args.parts):
-            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, args.flows)], check=True,
+        if {"replay", "instructions", "control", "peers"} & set(args.parts):
+            wanted = set(args.flows) | (set(args.peer_flows) if "peers" in args.parts else set())
+            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, sorted(wanted))], check=True,
                            stdout=subprocess.DEVNULL)
         if "replay" in args.parts:
             results["replay"] = []
@@ -470,6 +612,9 @@ def main():
         if "control" in args.parts:
             results["publish"] = publish_latency(tmp)
             log(f"sluicectl backend add -> dataplane on the new table: median {results['publish']['median_ms']:.1f} ms")
+        if "peers" in args.parts:
+            results["peers"] = run_peers(tmp, pcaps, args.peer_flows, args.seconds, args.rounds)
+            log(peer_table(results["peers"]))
         if "core" in args.parts:
             results["core_bench"] = core_bench()
             log(results["core_bench"])
@@ -479,6 +624,8 @@ def main():
             results["plots"].append(plot_replay(plt, results, args.out))
         if plt and results.get("memif"):
             results["plots"].append(plot_latency(plt, results, args.out))
+        if plt and results.get("peers"):
+            results["plots"].append(plot_peers(plt, results["peers"], args.out))
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
         log(f"wrote {path} and {', '.join(results['plots'])}")
