@@ -284,6 +284,7 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
         t0, in0, out0 = sample()
         time.sleep(seconds)
         t1, in1, out1 = sample()
+        load = os.getloadavg()[0]
         heap = sum(tel.query(f"/eal/heap_info,{h}").get("Heap_size", 0) for h in tel.query("/eal/heap_list"))
         if proc.p.poll() is not None:
             raise fail(f"exited with {proc.p.returncode} while measured")
@@ -317,6 +318,7 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
         "hash_entries": hash_entries,
         "hugepage_mib": heap / (1 << 20),
         "seconds": dt,
+        "loadavg_1m": load,  # at the end of the window (both cores are shared)
     }
     if proc.routes_added != rules:
         raise RuntimeError(f"l3fwd added {proc.routes_added} of {rules} rules:\n{proc.log_tail()}")
