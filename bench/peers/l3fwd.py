@@ -255,17 +255,21 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
             else:
                 time.sleep(0.2)
 
-        def sample():
-            # The ports are read one after the other: port 1 before and
-            # after port 0, the mean standing for port 1 at the moment
-            # port 0 was read (a one-sided read is off by the packets
-            # forwarded between the two reads, ~1e-4 of a window).
-            out_a = tel.query(f"/ethdev/stats,{OUT_PORT}")
-            t = time.monotonic()
-            inp = tel.query(f"/ethdev/stats,{IN_PORT}")
-            out_b = tel.query(f"/ethdev/stats,{OUT_PORT}")
-            out = {k: (out_a[k] + out_b[k]) / 2 for k in ("opackets", "oerrors")}
-            return t, inp, out
+        def sample(tries=1):
+            # The ports can only be read one after the other. Port 1 is
+            # read before and after port 0, so its count at the moment
+            # port 0 was read lies in [lo, hi]; of a few tries the one with
+            # the narrowest bracket is kept (the telemetry thread shares a
+            # core with everything else, and a read can take milliseconds).
+            best = None
+            for _ in range(tries):
+                lo = tel.query(f"/ethdev/stats,{OUT_PORT}")
+                t = time.monotonic()
+                inp = tel.query(f"/ethdev/stats,{IN_PORT}")
+                hi = tel.query(f"/ethdev/stats,{OUT_PORT}")
+                if best is None or hi["opackets"] - lo["opackets"] < best[3]["opackets"] - best[2]["opackets"]:
+                    best = (t, inp, lo, hi)
+            return best
 
         # Forwarding has begun once port 0 receives; warm up for two
         # passes over the file (every flow's bucket and key touched).
@@ -275,15 +279,15 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
                 raise fail(f"exited with {proc.p.returncode}")
             if time.time() > deadline + 60:
                 raise fail("port 0 received nothing" if first is None else "warm-up did not finish")
-            t, inp, _ = sample()
+            t, inp, _, _ = sample()
             if first is None and inp["ipackets"] > 0:
                 first = inp["ipackets"]
             if first is not None and inp["ipackets"] - first >= 2 * frames:
                 break
             time.sleep(0.1)
-        t0, in0, out0 = sample()
+        t0, in0, lo0, hi0 = sample(tries=5)
         time.sleep(seconds)
-        t1, in1, out1 = sample()
+        t1, in1, lo1, hi1 = sample(tries=5)
         load = os.getloadavg()[0]
         heap = sum(tel.query(f"/eal/heap_info,{h}").get("Heap_size", 0) for h in tel.query("/eal/heap_list"))
         if proc.p.poll() is not None:
@@ -298,18 +302,22 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
                 os.unlink(f)
     dt = t1 - t0
     rx = in1["ipackets"] - in0["ipackets"]
-    tx = out1["opackets"] - out0["opackets"]
+    # Port 1's Tx in the window of port 0's Rx: within [tx_min, tx_max].
+    tx_min = lo1["opackets"] - hi0["opackets"]
+    tx_max = hi1["opackets"] - lo0["opackets"]
+    tx = (tx_min + tx_max) // 2
     result = {
         "mpps": rx / dt / 1e6,
         "forwarded_mpps": tx / dt / 1e6,
         "rx_packets": rx,
-        "tx_packets": round(tx),
+        "tx_packets": tx,
+        "tx_packets_bounds": [tx_min, tx_max],
         "forwarded_share": tx / rx if rx else 0.0,
         # Lookup misses go back out of the input port (see the docstring).
         "returned_packets": in1["opackets"],
         "returned_share": (in1["opackets"] - in0["opackets"]) / rx if rx else 0.0,
         "rx_nombuf": in1["rx_nombuf"] - in0["rx_nombuf"],
-        "tx_errors": out1["oerrors"] - out0["oerrors"],
+        "tx_errors": hi1["oerrors"] - lo0["oerrors"],
         "rules": proc.routes_added,
         "rules_written": rules,
         "flows": len(flows),
@@ -325,9 +333,12 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
     if rx == 0:
         raise RuntimeError(f"l3fwd received nothing in the window:\n{proc.log_tail()}")
     if require_all_matched:
-        # The two ports' counters are read a few microseconds apart, so the
-        # window's shares carry an error of a few packets in millions.
-        if result["returned_packets"] != 0 or result["forwarded_share"] < 0.999 or result["tx_errors"]:
+        # Exact: no miss in the whole run (a miss is sent back out of port
+        # 0). Within the counters' bracket: no packet dropped, give or take
+        # l3fwd's Tx buffer (a burst of 32 per port, flushed every 100 us)
+        # and packets between Rx and Tx.
+        unforwarded = rx - tx_max
+        if result["returned_packets"] != 0 or unforwarded > 256 or result["tx_errors"]:
             raise RuntimeError(f"l3fwd: not every packet matched its rule: {json.dumps(result)}\n"
                                f"{proc.log_tail()}")
     return result
