@@ -405,7 +405,8 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
     for n in flow_counts:
         pcap = os.path.join(pcaps, f"est-v4-{n}.pcap")
         systems = [("testpmd-io", lambda: run_testpmd(tmp, pcap, "io", seconds)),
-                   ("l3fwd-em", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds))]
+                   ("l3fwd-em", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds, ports=eal_ports(pcap),
+                                                 mbuf_size=MBUF_SIZE))]
         systems += [(f"sluice-{s[0]}", lambda s=s: run_sluice(tmp, pcap, s, seconds)) for s in PEER_SCENARIOS]
         systems += [("katran", lambda: katran.run(katran_obj, pcap, n, tmp)),
                     ("sluice-forwarder-ipip", lambda: forwarder_ns(pcap, "ipip"))]
