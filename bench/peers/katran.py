@@ -109,6 +109,7 @@ def run(obj, pcap, flows, tmp, repeat=None, rounds=5, lru_size=None, skip_warmup
         cmd.append("--skip-warmup")
     pinned = _bpffs()
     log(f"katran: {flows} flows: {' '.join(cmd)}")
+    load = os.getloadavg()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(tmp, f"katran-{flows}.log"), "w") as f:
@@ -127,6 +128,7 @@ def run(obj, pcap, flows, tmp, repeat=None, rounds=5, lru_size=None, skip_warmup
         problems = _check_proof(r, flows)
     if problems:
         raise RuntimeError(f"katran, {flows} flows: refused: " + "; ".join(problems))
+    r["loadavg_before"] = list(load)
     return r
 
 
@@ -134,14 +136,18 @@ def replay_sluice(pcap, flows, passes=None, log=print):
     """sluice-forwarder-replay on the same pcap and CPU, IPv4 tunnel mode."""
     if not os.access(REPLAY, os.X_OK):
         raise RuntimeError(f"{REPLAY} is missing: ninja -C {BUILD} bench/sluice-forwarder-replay")
-    # About as many timed packets as Katran's runs: 1M per pass at most.
-    passes = passes or max(5, min(200, 5_000_000 // flows + 1))
+    # About 5M timed packets, as many as Katran's timed runs (the first
+    # pass only warms the table).
+    passes = passes or max(5, 5_000_000 // flows + 1)
     cmd = ["taskset", "-c", str(CPU), REPLAY, pcap, "--mode", "ipip", "--passes", str(passes)]
     log(f"sluice: {flows} flows: {' '.join(cmd)}")
+    load = os.getloadavg()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"sluice-forwarder-replay failed (exit {p.returncode}): {p.stdout}{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["loadavg_before"] = list(load)
+    return r
 
 
 def main():
