@@ -150,6 +150,39 @@ def replay_sluice(pcap, flows, passes=None, log=print):
     return r
 
 
+def selftest(log):
+    """The suite's check (meson test katran-peer): Katran builds from the
+    offline tarball, a short 1,000-flow run passes the counter proof, and a
+    run without the warm-up is refused for its LRU misses. Exit 77 (skip)
+    when neither the tarball nor the network gives Katran's source."""
+    try:
+        obj = build(log)
+    except RuntimeError as e:
+        if offline_tarball() is None:
+            log(f"SKIP: no {TARBALL} in ../shared/third_party and no clone: {e}")
+            return 77
+        raise
+    with tempfile.TemporaryDirectory(prefix="katran-selftest.") as tmp:
+        subprocess.run([sys.executable, GEN_PCAPS, tmp, "--flows", "1000"], check=True, stdout=subprocess.DEVNULL)
+        pcap = os.path.join(tmp, "est-v4-1000.pcap")
+        r = run(obj, pcap, 1000, tmp, repeat=20000, rounds=1, lru_size=4096, log=log)
+        if not (r["ok"] and r["runs"] == 40000 and r["warmup_lru_misses"] == 1000 and r["ns_per_packet"] > 0):
+            log(f"FAIL: unexpected result {r}")
+            return 1
+        try:
+            run(obj, pcap, 1000, tmp, repeat=20000, rounds=1, lru_size=4096, skip_warmup=True, log=log)
+        except RuntimeError as e:
+            if "1000 LRU misses" not in str(e):
+                log(f"FAIL: refused for another reason: {e}")
+                return 1
+            log(f"refused as it must be: {e}")
+        else:
+            log("FAIL: a run without warm-up passed the LRU-hit proof")
+            return 1
+    log(f"ok: {r['runs']} runs, all LRU hits returning XDP_TX; Katran {r['ns_per_packet']:.0f} ns/packet")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flows", type=int, nargs="+", default=[1000, 1000000])
@@ -160,8 +193,11 @@ def main():
     ap.add_argument("--skip-warmup", action="store_true", help="show the proof refusing LRU misses")
     ap.add_argument("--no-sluice", action="store_true", help="Katran only")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--selftest", action="store_true", help="the suite's short functional check (no timing)")
     args = ap.parse_args()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    if args.selftest:
+        return selftest(log)
     obj = build(log, args.katran_src, args.prefix)
     out = {"katran_commit": COMMIT, "katran_obj": obj, "cpu": CPU, "results": []}
     failed = False
