@@ -9,17 +9,18 @@
 #
 #   bench/peers/katran/build.sh [--katran-src TARBALL|DIR] [--prefix DIR]
 #
-# Source: a `git clone` of facebookincubator/katran checked out at the pinned
-# commit (default), or --katran-src: a checkout of that commit or the offline
-# tarball ../shared/third_party/katran-19f08fec82fb.tar.xz (its sha256 is
-# checked against SHA256SUMS beside it). The object is cached per commit in
-# --prefix (default /var/cache/sluice-bench/katran-<commit12>); the last line
-# printed is its path.
+# Source: facebookincubator/katran fetched at the pinned commit (default;
+# KATRAN_GIT=URL for a mirror), or --katran-src: a checkout of that commit
+# or the offline tarball ../shared/third_party/katran-19f08fec82fb.tar.xz
+# (its sha256 is checked against SHA256SUMS beside it). The object is
+# cached per commit in --prefix (default
+# /var/cache/sluice-bench/katran-<commit12>); the last line printed is its
+# path.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 commit=19f08fec82fb7b5fb14d935a80057bdc0897c8de
-upstream=https://github.com/facebookincubator/katran.git
+upstream=${KATRAN_GIT:-https://github.com/facebookincubator/katran.git}  # or a mirror
 third_party="$repo/../shared/third_party"
 src="" prefix=""
 while [ $# -gt 0 ]; do
@@ -54,11 +55,12 @@ if [ -z "$src" ]; then
   echo "katran: fetching $upstream at $commit" >&2
   git init --quiet "$work/src"
   # GitHub serves single commits by id; a full clone is the fallback.
+  offline="offline? build.sh --katran-src $third_party/katran-${commit:0:12}.tar.xz"
   if git -C "$work/src" fetch --quiet --depth 1 "$upstream" "$commit"; then
     git -C "$work/src" checkout --quiet FETCH_HEAD
   else
     rm -rf "$work/src"
-    git clone --quiet --no-checkout "$upstream" "$work/src"
+    git clone --quiet --no-checkout "$upstream" "$work/src" || { echo "build.sh: cannot clone $upstream ($offline)" >&2; exit 1; }
     git -C "$work/src" checkout --quiet "$commit"
   fi
   [ "$(git -C "$work/src" rev-parse HEAD)" = "$commit" ] ||
