@@ -19,14 +19,15 @@
 // Timing: katran_wrapper.bpf.c restores the pcap frame before every run and
 // tail-calls Katran; the same wrapper tail-calling a program that only
 // returns XDP_TX gives the wrapper's own cost, which is subtracted. Rounds
-// alternate the two. Prints one JSON object; exit 1 when the proof fails.
+// alternate the two. Prints one JSON object; exits 1 when the proof fails,
+// 2 when the run could not be made.
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdarg>
 #include <array>
 #include <chrono>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -110,6 +111,13 @@ constexpr std::array<uint8_t, 6> kLbMac{0x02, 0x5e, 0x00, 0x00, 0x00, 0x02};
 constexpr uint32_t kWarmBatch = 100'000;
 constexpr uint32_t kXdpTxVerdict = 3;  // XDP_TX
 
+// libbpf's own error numbers (LIBBPF_ERRNO__*) as well as errno values.
+std::string bpf_error(int err) {
+    char buf[128];
+    libbpf_strerror(err, buf, sizeof(buf));
+    return buf;
+}
+
 struct Fd {
     int fd = -1;
     explicit Fd(int f) : fd(f) {}
@@ -153,7 +161,7 @@ class Katran {
 public:
     Katran(const std::string& path, uint32_t lru_size) {
         obj_ = bpf_object__open_file(path.c_str(), nullptr);
-        if (!obj_) throw std::runtime_error(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+        if (!obj_) throw std::runtime_error(fmt::format("cannot open {}: {}", path, bpf_error(errno)));
         prog_ = bpf_object__find_program_by_name(obj_, "balancer_ingress");
         if (!prog_) throw std::runtime_error(fmt::format("{} has no balancer_ingress", path));
         // Only balancer_ingress is loaded (the object has no other program).
@@ -184,7 +192,7 @@ public:
         if (int err = bpf_map__set_inner_map_fd(lru_mapping, lrus_[0]->fd))
             throw std::runtime_error(fmt::format("cannot set lru_mapping's prototype: {}", std::strerror(-err)));
         if (int err = bpf_object__load(obj_))
-            throw std::runtime_error(fmt::format("cannot load {}: {}", path, std::strerror(-err)));
+            throw std::runtime_error(fmt::format("cannot load {}: {}", path, bpf_error(-err)));
         for (int c = 0; c < cpus_; ++c) update("lru_mapping", static_cast<uint32_t>(c), lrus_[c]->fd);
     }
     ~Katran() { bpf_object__close(obj_); }
@@ -268,13 +276,13 @@ struct Wrapper {
 
     Wrapper(const std::vector<katran_bench_frame>& frames, int ncpus) : cpus(ncpus) {
         skel = katran_wrapper_bpf__open();
-        if (!skel) throw std::runtime_error(fmt::format("cannot open the wrapper: {}", std::strerror(errno)));
+        if (!skel) throw std::runtime_error(fmt::format("cannot open the wrapper: {}", bpf_error(errno)));
         skel->rodata->n_flows = static_cast<uint32_t>(frames.size());
         skel->rodata->real_first = kFirstReal;
         skel->rodata->real_last = kFirstReal + kReals - 1;
         bpf_map__set_max_entries(skel->maps.frames, static_cast<uint32_t>(frames.size()));
         if (int err = katran_wrapper_bpf__load(skel))
-            throw std::runtime_error(fmt::format("cannot load the wrapper: {}", std::strerror(-err)));
+            throw std::runtime_error(fmt::format("cannot load the wrapper: {}", bpf_error(-err)));
         // Arrays take batched updates: 1M frames in a few calls.
         const int fd = bpf_map__fd(skel->maps.frames);
         std::vector<uint32_t> keys(frames.size());
