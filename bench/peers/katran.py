@@ -129,6 +129,11 @@ def run(obj, pcap, flows, tmp, repeat=None, rounds=5, lru_size=None, skip_warmup
     if problems:
         raise RuntimeError(f"katran, {flows} flows: refused: " + "; ".join(problems))
     r["loadavg_before"] = list(load)
+    try:  # build.sh records the commit beside the object
+        with open(os.path.join(os.path.dirname(obj), "COMMIT")) as f:
+            r["katran_commit"] = f.read().strip()
+    except OSError:
+        pass
     return r
 
 
