@@ -42,7 +42,6 @@ DATAPLANE = os.path.join(BUILD, "dataplane", "sluice-dataplane")
 SLUICED = os.path.join(BUILD, "controlplane", "sluiced")
 SLUICECTL = os.path.join(BUILD, "controlplane", "sluicectl")
 REPLAY_V3 = os.path.join(BUILD, "bench", "sluice-forwarder-replay-v3")
-REPLAY = os.path.join(BUILD, "bench", "sluice-forwarder-replay")
 CORE_BENCH = os.path.join(BUILD, "bench", "sluice-core-bench")
 GEN_PCAPS = os.path.join(ROOT, "bench", "gen_pcaps.py")
 SLUICE_GEN = os.path.join(BUILD, "bench", "sluice-gen")
@@ -377,17 +376,6 @@ def load_peer(name):
     return module
 
 
-def forwarder_ns(pcap, mode):
-    """sluice's forwarder alone (no DPDK), the counterpart of Katran's
-    BPF_PROG_TEST_RUN figure: ns per packet over 20 passes of the file."""
-    r = subprocess.run(["taskset", "-c", "1", REPLAY, pcap, "--mode", mode, "--passes", "20"],
-                       capture_output=True, text=True, timeout=600)
-    line = next((l for l in r.stdout.splitlines() if l.startswith("{")), None)
-    if r.returncode != 0 or not line:
-        raise RuntimeError(f"sluice-forwarder-replay failed ({r.returncode}):\n{r.stdout[-800:]}{r.stderr[-800:]}")
-    return json.loads(line)
-
-
 def spread(values):
     """Median with min and max; None when nothing was measured."""
     v = sorted(x for x in values if x is not None)
@@ -408,8 +396,8 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
                    ("l3fwd-em", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds, ports=eal_ports(pcap),
                                                  mbuf_size=MBUF_SIZE))]
         systems += [(f"sluice-{s[0]}", lambda s=s: run_sluice(tmp, pcap, s, seconds)) for s in PEER_SCENARIOS]
-        systems += [("katran", lambda: katran.run(katran_obj, pcap, n, tmp)),
-                    ("sluice-forwarder-ipip", lambda: forwarder_ns(pcap, "ipip"))]
+        systems += [("katran", lambda: katran.run(katran_obj, pcap, n, tmp, log=log)),
+                    ("sluice-forwarder-ipip", lambda: katran.replay_sluice(pcap, n, log=log))]
         per_round = []
         for rnd in range(rounds):
             k = rnd % len(systems)
