@@ -392,21 +392,23 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
     out = {"rounds": rounds, "seconds": seconds, "l3fwd": l3fwd_bin, "katran": katran_obj, "flows": {}}
     for n in flow_counts:
         pcap = os.path.join(pcaps, f"est-v4-{n}.pcap")
-        systems = [("testpmd-io", lambda: run_testpmd(tmp, pcap, "io", seconds)),
-                   ("l3fwd-em", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds, ports=eal_ports(pcap),
-                                                 mbuf_size=MBUF_SIZE))]
-        systems += [(f"sluice-{s[0]}", lambda s=s: run_sluice(tmp, pcap, s, seconds)) for s in PEER_SCENARIOS]
-        systems += [("katran", lambda: katran.run(katran_obj, pcap, n, tmp, log=log)),
-                    ("sluice-forwarder-ipip", lambda: katran.replay_sluice(pcap, n, log=log))]
+        # name, the figure compared, how to measure it once
+        systems = [("testpmd-io", "mpps", lambda: run_testpmd(tmp, pcap, "io", seconds)),
+                   ("l3fwd-em", "mpps", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds, ports=eal_ports(pcap),
+                                                         mbuf_size=MBUF_SIZE))]
+        systems += [(f"sluice-{s[0]}", "mpps", lambda s=s: run_sluice(tmp, pcap, s, seconds)) for s in PEER_SCENARIOS]
+        systems += [("katran", "ns_per_packet", lambda: katran.run(katran_obj, pcap, n, tmp, log=log)),
+                    ("sluice-forwarder-ipip", "ns_per_packet", lambda: katran.replay_sluice(pcap, n, log=log))]
+        metric = {name: key for name, key, _ in systems}
         per_round = []
         for rnd in range(rounds):
             k = rnd % len(systems)
             order = systems[k:] + systems[:k]
             entry = {"round": rnd, "loadavg_before": os.getloadavg()[0], "results": {}}
-            for name, fn in order:
+            for name, key, fn in order:
                 entry["results"][name] = fn()
                 r = entry["results"][name]
-                figure = f"{r['mpps']:7.2f} Mpps" if "mpps" in r else f"{r['ns_per_packet']:7.1f} ns/packet"
+                figure = f"{r['mpps']:7.2f} Mpps" if key == "mpps" else f"{r['ns_per_packet']:7.1f} ns/packet"
                 log(f"peers {n:>8} flows round {rnd + 1}/{rounds} {name:<22} {figure}  "
                     f"(load {os.getloadavg()[0]:.2f})")
             entry["loadavg_after"] = os.getloadavg()[0]
@@ -419,8 +421,7 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
             entry["ratios"]["ipip4/katran"] = res["katran"]["ns_per_packet"] / res["sluice-forwarder-ipip"]["ns_per_packet"]
             per_round.append(entry)
         summary = {}
-        for name, _ in systems:
-            key = "mpps" if "mpps" in per_round[0]["results"][name] else "ns_per_packet"
+        for name, key in metric.items():
             summary[name] = {key: spread(e["results"][name][key] for e in per_round)}
         ratios = {r: spread(e["ratios"][r] for e in per_round) for r in per_round[0]["ratios"]}
         out["flows"][str(n)] = {"rounds": per_round, "summary": summary, "ratios": ratios,
