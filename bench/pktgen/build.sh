@@ -77,7 +77,8 @@ if [ -x "$prefix/bin/pktgen" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wan
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sluice-pktgen-build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# A failed build leaves no prefix behind (an empty one would look half-made).
+trap 'rm -rf "$work"; rmdir "$prefix" 2>/dev/null || true' EXIT
 src="$work/src"
 
 if [ -z "$source" ]; then
