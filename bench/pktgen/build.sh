@@ -62,7 +62,7 @@ mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 stamp="$prefix/sluice-build.txt"
 want_stamp="pktgen $tag $commit
-patches $patch_hash ($(cd "$here/patches" && ls ./*.patch | LC_ALL=C sort | tr '\n' ' '))
+patches $patch_hash:$(for p in "${patches[@]}"; do printf ' %s' "$(basename "$p")"; done)
 dpdk $dpdk_version
 lua enabled"
 
