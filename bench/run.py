@@ -290,9 +290,9 @@ def run_memif(tmp, seconds, pktgen):
         pg = r.get("pktgen", {})
         if "forwarded_mpps" in pg:
             pl = pg["latency"]
-            pl_text = (f"latency avg {pl['avg_us']:.1f} us over {pl['probes']} probes (min {pl['min_us']:.1f}, max "
-                   f"{pl['max_us']:.1f})" if pl and pl["avg_us"] is not None else
-                   f"latency not measured: {pg.get('latency_note', 'no probe returned')}")
+            pl_text = (f"latency avg {pl['avg_us']:.1f} us over {pl['probes']} probes (min {pl['min_us']:.1f}, "
+                       f"max {pl['max_us']:.1f})" if pl and pl["avg_us"] is not None else
+                       f"latency not measured: {pg.get('latency_note', 'no probe returned')}")
             hit = pg.get("sluice")
             log(f"      Pktgen-DPDK in place of sluice-gen: offered {pg['offered_mpps']:.2f} Mpps, forwarded "
                 f"{pg['forwarded_mpps']:.2f} Mpps, {pl_text}" +
