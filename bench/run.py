@@ -329,11 +329,16 @@ def run_pktgen(tmp, sock, seconds, kind, ctl=None):
     sluice as the forwarder (ctl: its sluicectl), the dataplane's own
     counters say whether Pktgen's frames hit the VIP and went to backends."""
     out = os.path.join(tmp, "pktgen.json")
+    prefix = f"pg{os.getpid()}"
     argv = [PKTGEN_RUNNER, "--socket", sock, "--seconds", str(seconds), "--out", out, "--vip", PKTGEN_VIP,
-            "--dst-mac", PKTGEN_DST_MAC]
+            "--dst-mac", PKTGEN_DST_MAC, "--file-prefix", prefix]
     if kind == "ipip":
         argv += ["--no-latency", PKTGEN_NO_LATENCY]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    finally:
+        # A killed runner (timeout, SIGTERM) cannot remove it itself.
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
     if r.returncode == 2:
         return {"skipped": r.stdout.strip() or r.stderr.strip()}
     if r.returncode != 0 or not os.path.exists(out):

@@ -5,23 +5,26 @@
 #
 #   bench/pktgen/run_pktgen.sh --check [--pktgen PATH]
 #   bench/pktgen/run_pktgen.sh --socket PATH --vip IP:PORT --dst-mac MAC --out FILE.json
-#       [--seconds S] [--no-latency REASON] [--cpu N] [--pktgen PATH]
+#       [--seconds S] [--no-latency REASON] [--cpu N] [--pktgen PATH] [--file-prefix NAME]
 #
 # The binary: --pktgen PATH, else the build of bench/pktgen/build.sh (its
 # default prefix), else `pktgen` on PATH. It must have Lua (build.sh builds
 # it so); its Lua module Pktgen.lua is looked up beside it
 # (<prefix>/share/lua/5.3, where build.sh installs it) or in $PKTGEN_LUA_DIR.
 # Both of Pktgen's lcores run on CPU --cpu (default 0): the packet lcore,
-# and the main lcore, which runs this script and the stats/display timer
+# and the main lcore, which runs sluice.lua and the stats/display timer
 # thread and sleeps between their ticks (patch 0004), so the packet lcore
 # has that CPU to itself and the forwarder's CPU is left alone.
+#
+# --file-prefix: EAL's (default pktgen<pid>); its /var/run/dpdk directory is
+# removed on exit, and by a caller that had to kill this script.
 #
 # Exit 0: ran (or --check: usable); 2: no usable Pktgen (one line says why);
 # 1: it failed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 socket="" seconds=4 out="" check=0 pktgen="" vip="" dst_mac="" cpu=0 latency=1
-latency_note=""
+latency_note="" prefix="pktgen$$"
 while [ $# -gt 0 ]; do
   case "$1" in
     --check) check=1 ;;
@@ -32,8 +35,9 @@ while [ $# -gt 0 ]; do
     --dst-mac) dst_mac=$2; shift ;;
     --no-latency) latency=0; latency_note=$2; shift ;;
     --cpu) cpu=$2; shift ;;
+    --file-prefix) prefix=$2; shift ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "run_pktgen.sh: unknown argument '$1'" >&2; exit 1 ;;
   esac
   shift
@@ -42,13 +46,13 @@ done
 unusable() { echo "Pktgen-DPDK: $*"; exit 2; }
 
 if [ -z "$pktgen" ]; then
-  prefix=$("$here/build.sh" --print-prefix)
-  if [ -x "$prefix/bin/pktgen" ]; then
-    pktgen="$prefix/bin/pktgen"
+  build=$("$here/build.sh" --print-prefix)
+  if [ -x "$build/bin/pktgen" ]; then
+    pktgen="$build/bin/pktgen"
   elif command -v pktgen >/dev/null; then
     pktgen=$(command -v pktgen)
   else
-    unusable "not built (no $prefix/bin/pktgen, no 'pktgen' on PATH), so the memif scenarios ran" \
+    unusable "not built (no $build/bin/pktgen, no 'pktgen' on PATH), so the memif scenarios ran" \
              "with sluice-gen only; bench/pktgen/build.sh builds it"
   fi
 fi
@@ -67,7 +71,6 @@ lua_dir=${PKTGEN_LUA_DIR:-$(cd "$(dirname "$pktgen")/.." && pwd)/share/lua/5.3}
 [[ "$vip" =~ ^([0-9.]+):([0-9]+)$ ]] || { echo "run_pktgen.sh: --vip '$vip' is not IPv4:PORT" >&2; exit 1; }
 vip_ip=${BASH_REMATCH[1]} vip_port=${BASH_REMATCH[2]}
 
-prefix="pktgen$$"
 cleanup() { rm -rf "/var/run/dpdk/$prefix"; }
 trap cleanup EXIT
 rm -f "$out" "$out.error"
