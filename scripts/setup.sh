@@ -14,8 +14,9 @@ packages=(
   bpftool linux-libc-dev
   libfmt-dev catch2 libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libxxhash-dev
   prometheus-cpp-dev libcivetweb-dev
-  # bench/pktgen/build.sh: Pktgen-DPDK with its Lua scripting (git for the pinned clone, xz for the offline tarball)
-  liblua5.3-dev git xz-utils
+  # bench/pktgen/build.sh: Pktgen-DPDK with its Lua scripting (git for the pinned clone, xz for the
+  # offline tarball, patch for bench/pktgen/patches)
+  liblua5.3-dev git xz-utils patch
   # test and demo tools
   iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy python3-matplotlib python3-prometheus-client valgrind tcpdump procps psmisc
 )

@@ -106,6 +106,8 @@ elif [ -d "$source" ]; then
   if git -C "$source" rev-parse HEAD >/dev/null 2>&1; then
     head=$(git -C "$source" rev-parse HEAD)
     [ "$head" = "$commit" ] || die "$source is at commit $head, not the pinned $commit ($tag)"
+    [ -z "$(git -C "$source" status --porcelain --untracked-files=no)" ] ||
+      die "$source has local changes to pinned $tag; the local fixes belong in bench/pktgen/patches/"
   fi
   cp -a "$source/." "$src"
   rm -rf "$src/.git"
