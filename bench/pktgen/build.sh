@@ -6,11 +6,12 @@
 #   bench/pktgen/build.sh --print-prefix      # where the default build goes
 #
 # Source: a pinned `git clone` of github.com/pktgen/Pktgen-DPDK by default
-# (tag pktgen-23.03.0, checked to be commit 2d5f9cad...); --source takes the
-# same tree as a tarball (checked against the SHA256SUMS file beside it, e.g.
-# ../shared/third_party/pktgen-23.03.0.tar.xz) or as a directory (a git
-# checkout must be at the pinned commit). The given tree is never modified:
-# it is copied and patched in a temporary directory.
+# (tag pktgen-23.03.0, checked to be commit 2d5f9cad...; $SLUICE_PKTGEN_GIT_URL
+# names a mirror); --source takes the same tree as a tarball (checked against
+# the SHA256SUMS file beside it, e.g. ../shared/third_party/pktgen-23.03.0.tar.xz)
+# or as a directory (a git checkout must be at the pinned commit, unmodified).
+# The given tree is never modified: it is copied and patched in a temporary
+# directory.
 #
 # Prefix: by default /var/cache/sluice-bench/pktgen-<commit>-<patches hash>
 # ($SLUICE_BENCH_CACHE replaces /var/cache/sluice-bench), so a build is
@@ -27,7 +28,8 @@ repo=$(cd "$here/../.." && pwd)
 
 readonly tag=pktgen-23.03.0
 readonly commit=2d5f9cadf87cc71e3a01063e3412fbdeb53d7ea8
-readonly url=https://github.com/pktgen/Pktgen-DPDK.git
+# A mirror may stand in for GitHub; the commit is checked all the same.
+readonly url=${SLUICE_PKTGEN_GIT_URL:-https://github.com/pktgen/Pktgen-DPDK.git}
 
 source="" prefix="" jobs=2 print_prefix=0
 while [ $# -gt 0 ]; do
