@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
     --prefix) prefix=$2; shift ;;
     --jobs) jobs=$2; shift ;;
     --print-prefix) print_prefix=1 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1'" >&2; exit 1 ;;
   esac
   shift
