@@ -38,7 +38,7 @@ local vip_port = tonumber(env("SLUICE_VIP_PORT"))
 local dst_mac = env("SLUICE_DST_MAC")
 local latency = env("SLUICE_LATENCY", "1") == "1"
 local latency_note = env("SLUICE_LATENCY_NOTE", "latency probes disabled")
-local src_first, src_last, src_count = "198.19.0.1", "198.19.0.125", 125
+local src_first, src_last = "198.19.0.1", "198.19.0.125"
 local sport_first, sport_count = 1024, 8
 
 -- Wall clock with sub-second resolution (Lua's os.time has whole seconds).
@@ -61,8 +61,7 @@ local function json_string(v)
 end
 
 local function latency_raw()
-    local l = pktgen.pktStats(port)[tonumber(port)].latency
-    return l
+    return pktgen.pktStats(port)[tonumber(port)].latency
 end
 
 local function run()
