@@ -46,6 +46,11 @@ CORE_BENCH = os.path.join(BUILD, "bench", "sluice-core-bench")
 GEN_PCAPS = os.path.join(ROOT, "bench", "gen_pcaps.py")
 SLUICE_GEN = os.path.join(BUILD, "bench", "sluice-gen")
 PKTGEN_RUNNER = os.path.join(ROOT, "bench", "pktgen", "run_pktgen.sh")
+PKTGEN_BUILD = os.path.join(ROOT, "bench", "pktgen", "build.sh")
+# The offline copy of Pktgen-DPDK's tree (../shared/third_party beside the
+# checkout); build.sh clones upstream when it is absent.
+THIRD_PARTY = os.environ.get("SLUICE_THIRD_PARTY", os.path.join(os.path.dirname(ROOT), "shared", "third_party"))
+PKTGEN_TARBALL = os.path.join(THIRD_PARTY, "pktgen-23.03.0.tar.xz")
 MBUF_SIZE = 384  # 128 headroom + a 60-78 byte frame + up to 48 bytes of tunnel headers
 BACKENDS = 10
 
@@ -269,7 +274,7 @@ def memif_forwarder(tmp, sock, kind):
         with sluice_stack(tmp, "m", memif_vdev(sock, "server"), ["--conn-capacity", str(4 << 20)],
                           in_memory=False) as ctl:
             configure_vip(ctl, MEMIF_VIP[0], kind, MEMIF_VIP[1])
-            yield
+            yield ctl
     return sluice()
 
 
@@ -279,8 +284,11 @@ def run_memif(tmp, seconds, pktgen):
         sock = os.path.join(tmp, "memif.sock")
         with memif_forwarder(tmp, sock, kind):
             r = run_gen(tmp, sock, flows, rate, new_share, seconds)
-            if pktgen and rate == 0 and new_share == 0 and flows == 1000:
-                r["pktgen"] = run_pktgen(tmp, sock, seconds)
+        if pktgen and rate == 0 and new_share == 0 and flows == 1000:
+            # A forwarder of its own, cold like sluice-gen's: neither
+            # generator finds the other's flows in the table.
+            with memif_forwarder(tmp, sock, kind) as ctl:
+                r["pktgen"] = run_pktgen(tmp, sock, seconds, kind, ctl)
         r["name"] = name
         results.append(r)
         lat = r["latency_ns"]
@@ -289,25 +297,73 @@ def run_memif(tmp, seconds, pktgen):
             f"{lat['p50'] / 1e3:.1f}/{lat['p99'] / 1e3:.1f}/{lat['p999'] / 1e3:.1f} us")
         pg = r.get("pktgen", {})
         if "forwarded_mpps" in pg:
+            pl = pg["latency"]
+            pl_text = (f"latency avg {pl['avg_us']:.1f} us over {pl['probes']} probes (min {pl['min_us']:.1f}, "
+                       f"max {pl['max_us']:.1f})" if pl and pl["avg_us"] is not None else
+                       f"latency not measured: {pg.get('latency_note', 'no probe returned')}")
+            hit = pg.get("sluice")
             log(f"      Pktgen-DPDK in place of sluice-gen: offered {pg['offered_mpps']:.2f} Mpps, forwarded "
-                f"{pg['forwarded_mpps']:.2f} Mpps, latency {pg['latency']}")
+                f"{pg['forwarded_mpps']:.2f} Mpps, {pl_text}" +
+                (f"; sluice: {hit['vip_packets']} of Pktgen's {pg['sent_total']} frames hit the VIP, "
+                 f"{hit['to_backend']} to backends, {hit['drops_total']} dropped" if hit else ""))
         elif pg:
             log(f"      Pktgen-DPDK: {pg}")
     return results
 
 
-def run_pktgen(tmp, sock, seconds):
-    """The same scenario driven by Pktgen-DPDK when a `pktgen` binary is on
-    PATH (bench/pktgen/run_pktgen.sh says so when it is not)."""
+# The VIP and destination MAC Pktgen sends to: MEMIF_VIP and sluice-gen's
+# default --dst-mac.
+PKTGEN_VIP = MEMIF_VIP[0].split("/")[0]
+PKTGEN_DST_MAC = "02:00:00:00:00:01"
+PKTGEN_NO_LATENCY = ("Pktgen finds its timestamp at a fixed offset behind the UDP header of the frame it "
+                     "receives; the tunnel prepends an outer IPv4 header, so no probe is recognised and tunnel "
+                     "modes have no Pktgen latency (sluice-gen's trailer-stamped figures are above)")
+
+
+def pktgen_build():
+    """bench/pktgen/build.sh (cached: returns at once when the build for the
+    current patches exists), from the offline tarball when present; then
+    run_pktgen.sh --check. Returns None when usable, else why not."""
+    argv = [PKTGEN_BUILD] + (["--source", PKTGEN_TARBALL] if os.path.exists(PKTGEN_TARBALL) else [])
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        return f"Pktgen-DPDK: bench/pktgen/build.sh failed ({r.returncode}): {r.stderr.strip()[-600:]}"
+    r = subprocess.run([PKTGEN_RUNNER, "--check"], capture_output=True, text=True)
+    return None if r.returncode == 0 else (r.stdout + r.stderr).strip()
+
+
+def run_pktgen(tmp, sock, seconds, kind, ctl=None):
+    """The scenario driven by Pktgen-DPDK (bench/pktgen/run_pktgen.sh). With
+    sluice as the forwarder (ctl: its sluicectl), the dataplane's own
+    counters say whether Pktgen's frames hit the VIP and went to backends."""
     out = os.path.join(tmp, "pktgen.json")
-    r = subprocess.run([PKTGEN_RUNNER, "--socket", sock, "--seconds", str(seconds), "--out", out],
-                       capture_output=True, text=True, timeout=300)
+    prefix = f"pg{os.getpid()}"
+    argv = [PKTGEN_RUNNER, "--socket", sock, "--seconds", str(seconds), "--out", out, "--vip", PKTGEN_VIP,
+            "--dst-mac", PKTGEN_DST_MAC, "--file-prefix", prefix]
+    if kind == "ipip":
+        argv += ["--no-latency", PKTGEN_NO_LATENCY]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    finally:
+        # A killed runner (timeout, SIGTERM) cannot remove it itself.
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
     if r.returncode == 2:
         return {"skipped": r.stdout.strip() or r.stderr.strip()}
     if r.returncode != 0 or not os.path.exists(out):
         return {"failed": (r.stdout + r.stderr)[-1500:]}
     with open(out) as f:
-        return json.load(f)
+        res = json.load(f)
+    if ctl:
+        st = json.loads(subprocess.run(ctl + ["stats", "--json"], check=True, capture_output=True,
+                                       text=True).stdout)
+        c = st["counters"]
+        res["sluice"] = {"rx_packets": c["rx_packets"], "to_backend": c["to_backend"],
+                         "new_flows": c["new_flows"], "encapsulated": c["encapsulated"],
+                         "vip_packets": sum(v["packets"] for v in st["vips"]),
+                         "backends_used": sum(1 for v in st["vips"] for b in v["backends"] if b["packets"]),
+                         "drops_total": st["drops_total"],
+                         "drops": {k: v for k, v in st["drops"].items() if v}}
+    return res
 
 
 def instructions_per_packet(tmp, pcap, mode):
@@ -593,12 +649,12 @@ def main():
                     log(f"instructions/packet {scen[0]:<10} ({small} flows, callgrind): "
                         f"{ipp['instructions_per_packet']:.0f}")
         if "memif" in args.parts:
-            pktgen = shutil.which("pktgen") is not None
-            if not pktgen:
-                r = subprocess.run([PKTGEN_RUNNER, "--check"], capture_output=True, text=True)
-                results["pktgen"] = {"skipped": (r.stdout + r.stderr).strip()}
-                log(results["pktgen"]["skipped"])
-            results["memif"] = run_memif(tmp, args.seconds, pktgen)
+            why_not = pktgen_build()
+            results["pktgen"] = {"skipped": why_not} if why_not else {"binary": subprocess.run(
+                [PKTGEN_RUNNER, "--check"], capture_output=True, text=True).stdout.strip()}
+            if why_not:
+                log(why_not)
+            results["memif"] = run_memif(tmp, args.seconds, why_not is None)
         if "control" in args.parts:
             results["publish"] = publish_latency(tmp)
             log(f"sluicectl backend add -> dataplane on the new table: median {results['publish']['median_ms']:.1f} ms")
