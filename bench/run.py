@@ -36,6 +36,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import third_party  # noqa: E402  (bench/third_party.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
 DATAPLANE = os.path.join(BUILD, "dataplane", "sluice-dataplane")
@@ -47,10 +50,9 @@ GEN_PCAPS = os.path.join(ROOT, "bench", "gen_pcaps.py")
 SLUICE_GEN = os.path.join(BUILD, "bench", "sluice-gen")
 PKTGEN_RUNNER = os.path.join(ROOT, "bench", "pktgen", "run_pktgen.sh")
 PKTGEN_BUILD = os.path.join(ROOT, "bench", "pktgen", "build.sh")
-# The offline copy of Pktgen-DPDK's tree (../shared/third_party beside the
-# checkout); build.sh clones upstream when it is absent.
-THIRD_PARTY = os.environ.get("SLUICE_THIRD_PARTY", os.path.join(os.path.dirname(ROOT), "shared", "third_party"))
-PKTGEN_TARBALL = os.path.join(THIRD_PARTY, "pktgen-23.03.0.tar.xz")
+# The offline copy of Pktgen-DPDK's tree, None when absent (build.sh then
+# clones upstream).
+PKTGEN_TARBALL = third_party.tarball("pktgen-23.03.0.tar.xz")
 MBUF_SIZE = 384  # 128 headroom + a 60-78 byte frame + up to 48 bytes of tunnel headers
 BACKENDS = 10
 
@@ -324,7 +326,7 @@ def pktgen_build():
     """bench/pktgen/build.sh (cached: returns at once when the build for the
     current patches exists), from the offline tarball when present; then
     run_pktgen.sh --check. Returns None when usable, else why not."""
-    argv = [PKTGEN_BUILD] + (["--source", PKTGEN_TARBALL] if os.path.exists(PKTGEN_TARBALL) else [])
+    argv = [PKTGEN_BUILD] + (["--source", PKTGEN_TARBALL] if PKTGEN_TARBALL else [])
     r = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         return f"Pktgen-DPDK: bench/pktgen/build.sh failed ({r.returncode}): {r.stderr.strip()[-600:]}"

@@ -17,8 +17,8 @@ packages=(
   # bench/peers/l3fwd/build.sh: `apt-get source dpdk` (dpkg-source) and its patches
   dpkg-dev patch
   # bench/pktgen/build.sh: Pktgen-DPDK with its Lua scripting (git for the pinned clone, xz for the
-  # offline tarball, patch for bench/pktgen/patches)
-  liblua5.3-dev git xz-utils patch
+  # offline tarball; patch, listed above, for bench/pktgen/patches)
+  liblua5.3-dev git xz-utils
   # test and demo tools
   iproute2 iputils-ping ethtool curl netcat-openbsd iperf3 python3 python3-scapy python3-matplotlib python3-prometheus-client valgrind tcpdump procps psmisc
 )

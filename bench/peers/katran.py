@@ -23,6 +23,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import third_party  # noqa: E402  (bench/third_party.py)
 BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
 BUILD_SH = os.path.join(ROOT, "bench", "peers", "katran", "build.sh")
 KATRAN_BENCH = os.path.join(BUILD, "bench", "sluice-katran-bench")
@@ -35,20 +37,8 @@ BPFFS = "/sys/fs/bpf"
 
 
 def offline_tarball():
-    """../shared/third_party/katran-<commit>.tar.xz beside the checkout (or
-    beside the main checkout, for a git worktree), if present."""
-    roots = [ROOT]
-    try:
-        common = subprocess.run(["git", "-C", ROOT, "rev-parse", "--path-format=absolute", "--git-common-dir"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        roots.append(os.path.dirname(common))
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    for root in roots:
-        path = os.path.join(root, "..", "shared", "third_party", TARBALL)
-        if os.path.isfile(path):
-            return os.path.normpath(path)
-    return None
+    """../shared/third_party/katran-<commit>.tar.xz, if present."""
+    return third_party.tarball(TARBALL)
 
 
 def build(log=print, katran_src=None, prefix=None):

@@ -57,13 +57,13 @@ def check(cond, msg):
 def build():
     """Returns the build.sh output; exits 77 when there is no source."""
     argv = [bench.PKTGEN_BUILD]
-    if os.path.exists(bench.PKTGEN_TARBALL):
+    if bench.PKTGEN_TARBALL:
         argv += ["--source", bench.PKTGEN_TARBALL]
     t = time.time()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     if r.returncode == 3:
-        print(f"SKIP: no Pktgen-DPDK source: {bench.PKTGEN_TARBALL} is absent and the clone failed:\n"
-              f"{r.stderr.strip()}")
+        print("SKIP: no Pktgen-DPDK source: pktgen-23.03.0.tar.xz is not in ../shared/third_party "
+              f"(nor $SLUICE_THIRD_PARTY) and the clone failed:\n{r.stderr.strip()}")
         sys.exit(77)
     check(r.returncode == 0, f"bench/pktgen/build.sh failed ({r.returncode}):\n{r.stderr[-3000:]}")
     print(f"build.sh ({time.time() - t:.1f} s): {r.stderr.strip().splitlines()[-1]}")
