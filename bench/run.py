@@ -53,6 +53,7 @@ PKTGEN_BUILD = os.path.join(ROOT, "bench", "pktgen", "build.sh")
 # The offline copy of Pktgen-DPDK's tree, None when absent (build.sh then
 # clones upstream).
 PKTGEN_TARBALL = third_party.tarball("pktgen-23.03.0.tar.xz")
+GUE_PORT = 6080  # the outer UDP destination port of GUE VIPs (RFC 8086 leaves it to configuration)
 MBUF_SIZE = 384  # 128 headroom + a 60-78 byte frame + up to 48 bytes of tunnel headers
 BACKENDS = 10
 
@@ -144,7 +145,9 @@ def sluice_stack(tmp, tag, ports, dataplane_extra=(), in_memory=True):
 
 
 def configure_vip(ctl, vip, mode, pattern):
-    subprocess.run(ctl + ["vip", "add", vip, "--mode", mode, "--check", "none"], check=True, capture_output=True)
+    gue = ["--gue-port", str(GUE_PORT)] if mode == "gue" else []
+    subprocess.run(ctl + ["vip", "add", vip, "--mode", mode, "--check", "none", *gue], check=True,
+                   capture_output=True)
     for i in range(BACKENDS):
         subprocess.run(ctl + ["backend", "add", vip, pattern.format(100 + i), "--mac", f"02:00:00:00:01:{i:02x}"],
                        check=True, capture_output=True)
@@ -422,7 +425,9 @@ def core_bench():
 # system once per round, the order rotated each round) so that a noisy
 # neighbour on this VM moves every system alike; each figure is the median
 # over rounds with its min-max, and every round records the load average.
-PEER_SCENARIOS = [s for s in SCENARIOS if s[2] == "est-v4"]  # l3fwd-em and Katran see IPv4 TCP
+# l3fwd-em and Katran see IPv4 TCP: every sluice mode on it.
+PEER_SCENARIOS = [s for s in SCENARIOS if s[2] == "est-v4"] + [("gue4", "gue", "est-v4", "198.18.1.1:80/tcp",
+                                                                 "198.18.0.{}")]
 
 
 def load_peer(name):
