@@ -46,17 +46,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.dirname(HERE)
 BUILD_SH = os.path.join(HERE, "l3fwd", "build.sh")
 GEN_PCAPS = os.path.join(BENCH, "gen_pcaps.py")
-# As bench/run.py: 128 bytes of headroom and a 60-78 byte frame (plus room).
-MBUF_SIZE = 384
+sys.path.insert(0, BENCH)
+# The replay's own ports and mbuf size (bench/run.py), so l3fwd standalone
+# runs on what sluice and testpmd get.
+from run import MBUF_SIZE, eal_ports  # noqa: E402
 IN_PORT, OUT_PORT = 0, 1
 # l3fwd's --hash-entry-num cap (L3FWD_HASH_ENTRIES on 64-bit).
 MAX_HASH_ENTRIES = 4 << 20
-
-
-def eal_ports(pcap):
-    """The two ports exactly as bench/run.py's eal_ports() gives them to
-    sluice-dataplane and testpmd."""
-    return ["--no-pci", "--vdev", f"net_pcap0,rx_pcap={pcap},infinite_rx=1", "--vdev", "net_null0,no-rx=1"]
 
 
 def build(log=print, dpdk_src=None, prefix=None):
@@ -385,7 +381,6 @@ def main():
             entry = {"flows": n, "l3fwd_em": run(binary, pcap, tmp, args.seconds, args.core)}
             print(f"{n:>8} flows  l3fwd-em: {entry['l3fwd_em']['mpps']:7.2f} Mpps", file=sys.stderr)
             if args.testpmd:
-                sys.path.insert(0, BENCH)
                 import run as bench_run  # bench/run.py
                 entry["testpmd_io"] = bench_run.run_testpmd(tmp, pcap, "io", args.seconds)
                 print(f"{n:>8} flows  testpmd io: {entry['testpmd_io']['mpps']:7.2f} Mpps", file=sys.stderr)
