@@ -14,6 +14,10 @@ packages=(
   bpftool linux-libc-dev
   libfmt-dev catch2 libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libxxhash-dev
   prometheus-cpp-dev libcivetweb-dev
+  # the prober keeps the kernel from answering tunnel probes' SYN-ACKs (issue 13, point 5)
+  libnftables-dev nftables
+  # BGP: sluiced drives BIRD 2 through a generated include and its control socket
+  bird2
   # bench/peers/l3fwd/build.sh: `apt-get source dpdk` (dpkg-source) and its patches
   dpkg-dev patch
   # bench/pktgen/build.sh: Pktgen-DPDK with its Lua scripting (git for the pinned clone, xz for the
