@@ -16,6 +16,7 @@
 #include "definition.hpp"
 #include "neighbor.hpp"
 #include "sluice/drop_reason.hpp"
+#include "table_digest.hpp"
 
 namespace sluice {
 namespace {
@@ -256,6 +257,14 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
     if (cmd == "backend.list") return vip_json(model_.vip(vip_arg(args)))["backends"];
 
     if (cmd == "config.dump") return config_of(model_);
+    if (cmd == "table.digest") {
+        // The copy the dataplane reads. This thread is the only one that
+        // publishes, so the live copy cannot change while it is digested.
+        check_keys(args, "table digest", {"vip"});
+        const sluice_shm* s = shm_.get();
+        return table_digests_json(table_digests(s->config[shm_generation(s) & 1]),
+                                  args.contains("vip") ? std::optional(vip_arg(args)) : std::nullopt);
+    }
 
     Model next = model_;
     nlohmann::json result = nlohmann::json::object();

@@ -134,6 +134,10 @@ void print_human(const std::string& cmd, const json& r) {
                            b["new_flows"].get<uint64_t>(), b["active_flows"].get<uint64_t>());
         }
         fmt::print("health changes: {}\n", r["health_changes"].get<uint64_t>());
+    } else if (cmd == "table.digest") {
+        for (const auto& v : r["vips"])
+            fmt::print("{} {}\n", v["vip"].get<std::string>(), v["digest"].get<std::string>());
+        fmt::print("config {}\n", r["config"].get<std::string>());
     } else if (r.is_object() && r.contains("vip")) {
         print_vip(r);
     } else {
@@ -299,6 +303,18 @@ int main(int argc, char** argv) {
     auto* dump = app.add_subcommand("dump", "Print the running configuration as TOML (apply-able)");
     dump->add_flag("--json", req.as_json, "Print JSON instead of TOML");
     dump->callback([&] { req.cmd = "config.dump"; });
+
+    auto* tablec = app.add_subcommand("table", "Compare this node's Maglev tables with other nodes'");
+    tablec->require_subcommand(1);
+    auto* digest = tablec->add_subcommand(
+        "digest", "Digest of each VIP's Maglev table as the dataplane uses it, and of the whole "
+                  "configuration with the hash seed: nodes that agree print the same");
+    digest->add_option("--vip", vip, "Only this VIP (ADDRESS:PORT/PROTOCOL); the config digest still covers all");
+    json_flag(digest);
+    digest->callback([&] {
+        req.cmd = "table.digest";
+        if (!vip.empty()) req.args["vip"] = vip;
+    });
 
     app.footer(kExitCodes);
     try {
