@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
-#include <set>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -68,7 +67,7 @@ VipTableDigest digest_vip(const sluice_config& cfg, const sluice_vip& sv) {
     // cost more than the hashing (a 1M-slot table digests in a few ms).
     std::vector<uint8_t> buf;
     buf.reserve(kSlotBytes * 4096);
-    std::set<uint16_t> owners;
+    std::vector<bool> owner(SLUICE_MAX_BACKENDS);
     const uint16_t* table = cfg.maglev_pool + sv.table_offset;
     for (uint32_t i = 0; i < sv.table_size; ++i) {
         uint8_t rec[kSlotBytes] = {};
@@ -82,7 +81,7 @@ VipTableDigest digest_vip(const sluice_config& cfg, const sluice_vip& sv) {
             std::memcpy(rec + 1, b.addr, 16);
             rec[17] = uint8_t(b.port >> 8);
             rec[18] = uint8_t(b.port);
-            owners.insert(slot);
+            owner[slot] = true;
         }
         buf.insert(buf.end(), rec, rec + kSlotBytes);
         if (buf.size() + kSlotBytes > buf.capacity()) {
@@ -92,7 +91,7 @@ VipTableDigest digest_vip(const sluice_config& cfg, const sluice_vip& sv) {
     }
     h.add(buf.data(), buf.size());
     out.digest = h.finish();
-    out.backends_in_table = static_cast<uint32_t>(owners.size());
+    out.backends_in_table = static_cast<uint32_t>(std::count(owner.begin(), owner.end(), true));
     return out;
 }
 
