@@ -1,9 +1,14 @@
 #include "probe_filter.hpp"
 
+#include <linux/capability.h>
 #include <nftables/libnftables.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -29,12 +34,22 @@ std::string elements(const std::set<Endpoint>& targets, uint8_t family) {
 
 // nft reports an error as the message, the script line and a caret line:
 // only the messages, on one line.
-std::string error_lines(const char* buffer) {
+std::string error_lines(const char* buffer, int err) {
     std::istringstream in(buffer ? buffer : "");
     std::string line, out;
     while (std::getline(in, line))
         if (line.rfind("Error:", 0) == 0) out += (out.empty() ? "" : "; ") + line.substr(7);
-    return out.empty() ? "nftables failed without a message" : out;
+    if (!out.empty()) return out;
+    return err ? std::strerror(err) : "nftables failed without a message";
+}
+
+// libnftables prints a missing privilege straight to stderr ("Operation
+// not permitted (you must be root)"), on every attempt: asked first.
+bool has_net_admin() {
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    if (syscall(SYS_capget, &hdr, data) != 0) return true;  // cannot tell: nft will
+    return data[CAP_NET_ADMIN / 32].effective & (1u << (CAP_NET_ADMIN % 32));
 }
 
 std::optional<std::string> read_sysctl(const char* path) {
@@ -132,13 +147,19 @@ bool ProbeFilter::apply(const std::set<Endpoint>& targets) {
     std::string err;
     if (!ctx_) {
         err = "cannot create an nftables context (nft_ctx_new)";
+    } else if (!has_net_admin()) {
+        err = "no CAP_NET_ADMIN (Operation not permitted)";
     } else {
         // A table of unknown content (at start: a crashed sluiced's) or a
         // new one is built whole; one this process built only has its sets
         // changed. Either way one transaction: no packet sees half of it.
         const bool replace = !installed_ || installed_->empty();
         const std::string script = probe_filter_script(targets, replace);
-        if (nft_run_cmd_from_buffer(ctx_, script.c_str()) != 0) err = error_lines(nft_ctx_get_error_buffer(ctx_));
+        errno = 0;
+        if (nft_run_cmd_from_buffer(ctx_, script.c_str()) != 0) {
+            const int e = errno;
+            err = error_lines(nft_ctx_get_error_buffer(ctx_), e);
+        }
         (void)nft_ctx_get_output_buffer(ctx_);  // rewinds it
     }
     if (err.empty()) {
@@ -164,7 +185,7 @@ bool ProbeFilter::apply(const std::set<Endpoint>& targets) {
 }
 
 bool ProbeFilter::table_exists() {
-    if (!ctx_) return true;  // cannot tell: the next change finds out
+    if (!ctx_ || !has_net_admin()) return true;  // cannot tell: the next change finds out
     // Lists the names of the inet tables only: no set elements, however many.
     if (nft_run_cmd_from_buffer(ctx_, "list tables inet") != 0) {
         (void)nft_ctx_get_error_buffer(ctx_);  // rewinds it

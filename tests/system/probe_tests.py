@@ -25,17 +25,29 @@ TIMING = ["--check", "tunnel", "--check-interval-ms", "200", "--check-timeout-ms
           "--fall", "2"]
 QUIET_SECONDS = 5
 TABLE = "sluice_probe"
+PROBE_FILTER_RETRY_S = 5  # ProbeFilter::kRetry
 
 
 class ProbeLab(Lab):
     """The usual lab under this test's own prefix ("hprb")."""
 
-    def __init__(self, name, **kw):
+    def __init__(self, name, daemon_wrapper=(), **kw):
         super().__init__(name, **kw)
+        self.daemon_wrapper = list(daemon_wrapper)  # runs sluiced under it (setpriv)
         self.prefix = f"hprb{os.getpid() % 10000}{name[:3]}"
         self.shm = f"/dev/shm/sluice-{self.prefix}"
         hp = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
         self.conn_file = f"{hp}/sluice-conn-{self.prefix}"
+
+    def start_daemon(self):
+        if not self.daemon_wrapper:
+            return super().start_daemon()
+        plain = self.spawn
+        self.spawn = lambda name, host, argv: plain(name, host, self.daemon_wrapper + argv)
+        try:
+            return super().start_daemon()
+        finally:
+            del self.spawn
 
     def nft(self, *args, check_rc=True):
         r = subprocess.run(self.ns("lb") + ["nft", *args], capture_output=True, text=True, timeout=10)
@@ -170,6 +182,7 @@ def test_probe_quiet():
         # 6 backends x 5 probes/s: the kernel tried, the filter held them.
         check(dropped >= QUIET_SECONDS * 6 * 5 // 2, f"only {dropped} RSTs met the filter")
         check(max(syn_recv) <= 2, f"half-open probe connections pile up on be1: {syn_recv}")
+        check(lab.stats()["probe_filter_errors"] == 0, "nftables failures counted")
 
         # The control: empty the filter's sets behind sluiced's back (it only
         # checks that the table is there) and the same seconds leak.
@@ -248,9 +261,30 @@ def test_probe_lifecycle():
         check("cannot install" not in log and "cannot remove" not in log, f"nftables errors logged: {log[-2000:]}")
 
 
+def test_probe_without_nftables():
+    """Without nftables (here: sluiced without CAP_NET_ADMIN) tunnel checks
+    still run and pass; the failure is logged once, naming the error, and
+    counted."""
+    with ProbeLab("nonft", decap=True, port="af_packet",
+                  daemon_wrapper=["setpriv", "--bounding-set", "-net_admin", "--"]) as lab:
+        add_tunnel_vips(lab)
+        wait_for("every tunnel check passes", lambda: all_checks_pass(lab), 10)
+        time.sleep(PROBE_FILTER_RETRY_S + 1)  # one retry at least
+        check(lab.table() is None, "a table from a sluiced without CAP_NET_ADMIN")
+        check(all_checks_pass(lab), "tunnel checks stopped passing")
+        errors = lab.stats()["probe_filter_errors"]
+        log = open(os.path.join(lab.tmp, "sluiced.log")).read()
+        lines = [line for line in log.splitlines() if "nftables table inet" in line]
+        print(f"  {errors} failed attempts counted; logged: {lines}")
+        check(len(lines) == 1 and "Operation not permitted" in lines[0], f"nftables failure logged as {lines}")
+        check(errors >= 2, f"failures counted: {errors}")
+        check(lab.procs["sluiced"].poll() is None, "sluiced exited")
+
+
 TESTS = {
     "quiet": test_probe_quiet,
     "lifecycle": test_probe_lifecycle,
+    "no_nft": test_probe_without_nftables,
 }
 
 if __name__ == "__main__":
