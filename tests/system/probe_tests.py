@@ -211,10 +211,16 @@ def test_probe_lifecycle():
         time.sleep(0.5)
         check(lab.table() is None, "a table for a VIP without tunnel checks")
 
+        # An ephemeral range widened over the probes' ports: sluiced reserves them.
+        subprocess.run(lab.ns("lb") + ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535",
+                                       "net.ipv4.ip_local_reserved_ports=8080"], check=True, timeout=10)
         lab.ctl("vip", "add", VIP4, "--mode", "ipip", *TIMING)
         lab.ctl("backend", "add", VIP4, BACKEND_IPS[0])
         took = wait_for("table with the IPv4 VIP", lambda: lab.probed() == {f"{VIP4_ADDR} 80"}, 3)
         print(f"  table with the first tunnel-checked VIP after {took:.2f}s")
+        reserved = subprocess.run(lab.ns("lb") + ["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"],
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        check(reserved == "8080,61000-65535", f"ip_local_reserved_ports: {reserved!r}")
         lab.ctl("vip", "add", VIP6, "--mode", "gue", "--gue-port", str(GUE_PORT), *TIMING, "--check-port", "8080")
         lab.ctl("backend", "add", VIP6, BACKEND_IPS6[0])
         wait_for("the IPv6 VIP joins", lambda: lab.probed() == {f"{VIP4_ADDR} 80", f"{VIP6_ADDR} 8080"}, 3)
@@ -278,6 +284,11 @@ def test_probe_without_nftables():
         print(f"  {errors} failed attempts counted; logged: {lines}")
         check(len(lines) == 1 and "Operation not permitted" in lines[0], f"nftables failure logged as {lines}")
         check(errors >= 2, f"failures counted: {errors}")
+        r = subprocess.run(lab.ns("lb") + ["curl", "-s", "--max-time", "5", "http://127.0.0.1:9477/metrics"],
+                           capture_output=True, text=True, timeout=10)
+        exported = [line for line in r.stdout.splitlines() if line.startswith("sluice_probe_filter_errors_total ")]
+        check(len(exported) == 1 and float(exported[0].split()[1]) >= errors,
+              f"Prometheus export of the failures: {exported}")
         check(lab.procs["sluiced"].poll() is None, "sluiced exited")
 
 
