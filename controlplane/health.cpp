@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <optional>
 #include <random>
 #include <set>
@@ -270,7 +271,7 @@ void HealthChecker::record(State& st, bool ok, std::string reason) {
 
 void HealthChecker::run() {
     std::vector<Probe> probes;
-    std::vector<FinishedProbe> finished;
+    std::deque<FinishedProbe> finished;  // oldest first
     RawTcpSockets raw;
     // Built here, not in the constructor: libnftables runs on this thread
     // only, and the table goes when the thread ends (a clean exit).
@@ -294,9 +295,9 @@ void HealthChecker::run() {
         }
         for (const auto& p : probes)
             if (p.phase == Probe::Phase::kAwaitingTunnelAnswer) quiet.insert(p.target.probe);
-        std::erase_if(finished, [&](const FinishedProbe& f) { return now - f.at > kLateAnswerWindow; });
-        for (const auto& f : finished)
-            if (now - f.at < kFilterGrace) quiet.insert(f.target.probe);
+        while (!finished.empty() && now - finished.front().at > kLateAnswerWindow) finished.pop_front();
+        for (auto f = finished.rbegin(); f != finished.rend() && now - f->at < kFilterGrace; ++f)
+            quiet.insert(f->target.probe);
         filter.want(quiet, now);
         {
             // Start the probes that are due (one in flight per backend).
@@ -446,7 +447,7 @@ void HealthChecker::run() {
             Probe& p = probes[i];
             if (p.fd >= 0) close(p.fd);
             if (p.phase == Probe::Phase::kAwaitingTunnelAnswer) {
-                if (finished.size() >= kMaxFinishedProbes) finished.erase(finished.begin());
+                if (finished.size() >= kMaxFinishedProbes) finished.pop_front();
                 finished.push_back({p.tunnel, p.target, after});
             }
             auto st = states_.find(p.key);
