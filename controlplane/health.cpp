@@ -9,11 +9,14 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <optional>
 #include <random>
+#include <set>
 
 #include <fmt/format.h>
 
+#include "probe_filter.hpp"
 #include "sluice/tunnel_probe.hpp"
 
 namespace sluice {
@@ -35,6 +38,26 @@ struct Probe {
 };
 
 using Verdict = std::pair<bool, std::string>;
+
+// A tunnel probe that has finished. The backend may still send its SYN-ACK
+// (late, after our timeout) or send it again (our RST was lost): the filter
+// keeps the kernel from answering, so the prober answers it instead (in
+// run(), where the raw sockets are read), or the backend would hold a
+// half-open connection and retransmit for a minute.
+struct FinishedProbe {
+    TcpProbe tunnel;
+    CheckTarget target;
+    Clock::time_point at;
+};
+// Linux gives up on an unanswered SYN-ACK after about 63 s (tcp_synack_retries 5).
+constexpr auto kLateAnswerWindow = std::chrono::seconds(65);
+constexpr size_t kMaxFinishedProbes = 4096;
+// How long a VIP:port stays in the filter after its last probe ended when it
+// is no longer checked: a late SYN-ACK's RST would otherwise escape. Covers
+// the backend's first two retransmissions (1 s and 3 s); later ones, for a
+// VIP just removed, are let through rather than keeping the table behind the
+// configuration for a minute.
+constexpr auto kFilterGrace = std::chrono::seconds(4);
 
 int start_connect(const Endpoint& ep, std::string& err) {
     const int family = ep.addr.family == 4 ? AF_INET : AF_INET6;
@@ -121,6 +144,13 @@ bool send_encapsulated(const CheckTarget& t, const std::vector<uint8_t>& inner, 
     if (!ok) err = fmt::format("send to {}: {}", format_ip(t.backend.addr), std::strerror(errno));
     close(fd);
     return ok;
+}
+
+// The RST that ends the backend's half-open connection of a probe. Sent
+// blind: if it is lost, the backend's next SYN-ACK gets another.
+void send_reset(const CheckTarget& t, const TcpProbe& probe) {
+    std::string ignored;
+    send_encapsulated(t, build_probe_packet(probe, true), ignored);
 }
 
 // A raw TCP socket sees a copy of every TCP segment this node receives; the
@@ -241,18 +271,41 @@ void HealthChecker::record(State& st, bool ok, std::string reason) {
 
 void HealthChecker::run() {
     std::vector<Probe> probes;
+    std::deque<FinishedProbe> finished;  // oldest first
     RawTcpSockets raw;
-    // Probe source ports above Linux's default ephemeral range (32768-60999),
-    // so a probe never collides with a connection of this node.
+    // Built here, not in the constructor: libnftables runs on this thread
+    // only, and the table goes when the thread ends (a clean exit).
+    ProbeFilter filter;
+    // Probe source ports: kProbePortFirst-kProbePortLast, outside the
+    // kernel's ephemeral range (or reserved), so a probe never collides with
+    // a connection of this node and the filter only ever drops probes' RSTs.
     std::mt19937 rng{std::random_device{}()};
-    std::uniform_int_distribution<uint32_t> probe_port(61000, 65535);
+    std::uniform_int_distribution<uint32_t> probe_port(kProbePortFirst, kProbePortLast);
     while (!stop_) {
         const auto now = Clock::now();
+        // The filter first: every tunnel-checked VIP:port, and those whose
+        // probes are still in flight or just ended. Probes of VIP:ports added
+        // since (set_targets) wait for the next turn, so that no SYN leaves
+        // before the kernel's answer to its SYN-ACK is dropped.
+        std::set<Endpoint> quiet;
+        {
+            std::lock_guard lock(mu_);
+            for (const auto& [key, st] : states_)
+                if (st.target.check.type == HealthCheck::Type::kTunnel) quiet.insert(st.target.probe);
+        }
+        for (const auto& p : probes)
+            if (p.phase == Probe::Phase::kAwaitingTunnelAnswer) quiet.insert(p.target.probe);
+        while (!finished.empty() && now - finished.front().at > kLateAnswerWindow) finished.pop_front();
+        for (auto f = finished.rbegin(); f != finished.rend() && now - f->at < kFilterGrace; ++f)
+            quiet.insert(f->target.probe);
+        filter.want(quiet, now);
         {
             // Start the probes that are due (one in flight per backend).
             std::lock_guard lock(mu_);
             for (auto& [key, st] : states_) {
                 if (now < st.next_due) continue;
+                if (st.target.check.type == HealthCheck::Type::kTunnel && !quiet.contains(st.target.probe))
+                    continue;
                 bool busy = false;
                 for (const auto& p : probes) busy |= p.key == key;
                 if (busy) continue;
@@ -307,22 +360,39 @@ void HealthChecker::run() {
         for (const uint8_t family : {uint8_t{4}, uint8_t{6}}) {
             if (!(pfds[probes.size() + (family == 4 ? 0 : 1)].revents & POLLIN)) continue;
             raw.drain(family, [&](const IpAddress& from, const uint8_t* tcp, size_t len) {
+                // Every TCP segment this node receives passes here: only
+                // those to a probe port are looked at further.
+                if (len < 4) return;
+                const uint16_t dport = static_cast<uint16_t>(tcp[2] << 8 | tcp[3]);
+                if (dport < kProbePortFirst || dport > kProbePortLast) return;
                 for (size_t i = 0; i < probes.size(); ++i) {
                     Probe& p = probes[i];
                     if (p.phase != Probe::Phase::kAwaitingTunnelAnswer || verdicts[i]) continue;
                     const ProbeAnswer a = match_probe_answer(p.tunnel, from, tcp, len);
                     if (a == ProbeAnswer::kNotOurs) continue;
                     if (a == ProbeAnswer::kSynAck) {
-                        // Tear the backend's half-open connection down, through
-                        // the tunnel as well.
-                        std::string ignored;
-                        send_encapsulated(p.target, build_probe_packet(p.tunnel, true), ignored);
+                        // The backend now holds a half-open connection (SYN
+                        // received) and would retransmit its SYN-ACK for about
+                        // a minute: the kernel's RST, which used to end it, is
+                        // dropped (probe_filter.hpp) and would have gone to the
+                        // VIP, not to this backend, anyway. So the prober ends
+                        // it: a RST encapsulated to this backend as the SYN
+                        // was, which reaches the backend alone and never a
+                        // dataplane.
+                        send_reset(p.target, p.tunnel);
                         verdicts[i] = Verdict{true, "SYN-ACK through the tunnel"};
                     } else {
                         verdicts[i] = Verdict{false, fmt::format("RST through the tunnel: nothing listens on {}",
                                                                  format_endpoint(p.target.probe))};
                     }
+                    return;
                 }
+                // A late or repeated SYN-ACK of a finished probe: ended the same way.
+                for (const auto& f : finished)
+                    if (match_probe_answer(f.tunnel, from, tcp, len) == ProbeAnswer::kSynAck) {
+                        send_reset(f.target, f.tunnel);
+                        return;
+                    }
             });
         }
         for (size_t i = 0; i < probes.size(); ++i) {
@@ -376,6 +446,10 @@ void HealthChecker::run() {
             if (!verdicts[i]) continue;
             Probe& p = probes[i];
             if (p.fd >= 0) close(p.fd);
+            if (p.phase == Probe::Phase::kAwaitingTunnelAnswer) {
+                if (finished.size() >= kMaxFinishedProbes) finished.pop_front();
+                finished.push_back({p.tunnel, p.target, after});
+            }
             auto st = states_.find(p.key);
             if (st != states_.end()) record(st->second, verdicts[i]->first, verdicts[i]->second);
             probes.erase(probes.begin() + static_cast<long>(i));

@@ -4,7 +4,8 @@
 // interval, applies rise/fall counts, and hands state
 // changes to the main thread, which republishes the Maglev tables. Probes run
 // concurrently on non-blocking sockets, so a dead backend's timeout never
-// delays the others.
+// delays the others. Tunnel probes' answers are read on raw sockets, and the
+// thread keeps this node's kernel from answering them (probe_filter.hpp).
 #pragma once
 
 #include <atomic>

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "probe_filter.hpp"
 #include "sluice/drop_reason.hpp"
 #include "sluice/slot_stats.hpp"
 #include "xdp_maps.hpp"
@@ -67,6 +68,11 @@ std::vector<MetricFamily> families(const nlohmann::json& st) {
                   CounterKind::kCounter);
     health.add(num(st.at("health_changes")));
     out.push_back(std::move(health.f));
+    Family probe_filter("sluice_probe_filter_errors",
+                        "Failed updates of the nftables table that keeps tunnel probes' RSTs off the network",
+                        CounterKind::kCounter);
+    probe_filter.add(num(st.at("probe_filter_errors")));
+    out.push_back(std::move(probe_filter.f));
     Family generation("sluice_config_generation", "Configuration generation published to the dataplane",
                       CounterKind::kGauge);
     generation.add(num(st.at("generation")));
@@ -187,6 +193,7 @@ nlohmann::json stats_json(const sluice_shm& shm, const StatsView& view,
             {"drops_total", drop_total},
             {"xdp_steering", steer},
             {"health_changes", view.health_changes},
+            {"probe_filter_errors", probe_filter_errors()},
             {"generation", __atomic_load_n(&shm.header.generation, __ATOMIC_ACQUIRE)},
             {"workers", workers},
             {"vips", vips}};
