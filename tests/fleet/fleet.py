@@ -747,6 +747,17 @@ class FleetClient:
         return self._call("stop")
 
 
+def stray_rate(f, seconds=1.0):
+    """New flows per second the nodes count with no client traffic at all.
+    Issue 13 point 5: health checks through the tunnel must create none; until
+    the prober keeps its replies' RSTs off the VIPs, they come back through
+    the router as flows and the spread figures allow for them."""
+    before = f.counters()
+    time.sleep(seconds)
+    _, total = shares(before, f.counters())
+    return total / seconds
+
+
 def failures(results):
     return [r for r in results if r["error"] is not None]
 

@@ -11,21 +11,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fleet import (CLIENT_SOURCES4, CLIENT_SOURCES6, ECHO_PORT, VIP4, VIP6, Fleet,  # noqa: E402
-                   failures, prefix_of, shares)
+                   failures, prefix_of, shares, stray_rate)
 from sluice_env import check, run_tests  # noqa: E402
 
 MIN_SHARE = 0.15
-
-
-def stray_rate(f, seconds=1.0):
-    """New flows per second the nodes count with no client traffic at all.
-    Issue 13 point 5: health checks through the tunnel must create none; until
-    the prober keeps its replies' RSTs off the VIPs, they come back through
-    the router as flows and the spread figures allow for them."""
-    before = f.counters()
-    time.sleep(seconds)
-    _, total = shares(before, f.counters())
-    return total / seconds
 
 
 def spread(f, client, addr, n, sources, strays_per_s=0.0):
