@@ -62,6 +62,9 @@ CLIENT_SOURCES6 = [f"2001:db8:100::{i:x}" for i in range(0x10, 0x30)]
 VIP4 = "198.18.1.1"
 VIP6 = "2001:db8:1::1"
 CHECK = {"type": "tunnel", "interval_ms": 200, "timeout_ms": 150, "rise": 2, "fall": 2}
+# Who writes the nodes' BIRD include: "standin" (phase 1: fleet.py, see
+# standin_announce_include) or "sluiced" (its [bgp] configuration).
+ANNOUNCE = os.environ.get("SLUICE_FLEET_ANNOUNCE", "standin")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -185,15 +188,15 @@ class Fleet:
     /work/notes/bgp_contract.md).
     """
 
-    def __init__(self, nodes=3, backends=3, vips=None, announce="standin", heartbeat_timeout_ms=300,
-                 drain_wait_s=2, tag="", quiet=False):
+    def __init__(self, nodes=3, backends=3, vips=None, announce=ANNOUNCE, heartbeat_timeout_ms=300,
+                 drain_wait_s=2, services=True, tag=""):
         self.prefix = f"fl{os.getpid()}{tag}"
+        self.services = services  # start the backends' echo services with the fleet
         self.nbackends = backends
         self.vips = vips if vips is not None else default_vips(backends)
         self.announce = announce
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.drain_wait_s = drain_wait_s
-        self.quiet = quiet
         self.tmp = tempfile.mkdtemp(prefix=f"sluice-{self.prefix}-")
         self.router_ns, self.client_ns = f"{self.prefix}-rt", f"{self.prefix}-cl"
         self.backend_ns = [f"{self.prefix}-b{j}" for j in range(1, backends + 1)]
@@ -399,8 +402,17 @@ class Fleet:
         for j, ns in enumerate(self.backend_ns, 1):
             # After the addresses: sluice-decap takes the local ones at attach time.
             self.run(ns, [DECAP, "attach", "eth0", "--gue-port", str(GUE_PORT)], timeout=30)
-            self.start_service(j, ECHO_PORT)
-            self.start_service(j, SPARE_PORT)
+        if self.services:
+            self.start_services(ECHO_PORT)
+            self.start_services(SPARE_PORT)
+
+    def start_services(self, port):
+        for j in range(1, self.nbackends + 1):
+            self.start_service(j, port)
+
+    def stop_services(self, port):
+        for j in range(1, self.nbackends + 1):
+            self.stop_service(j, port)
 
     def start_service(self, j, port):
         name = f"be{j}-{port}"
@@ -597,6 +609,16 @@ template bgp nodes {{
             self.wait_healthy(v["address"], timeout=max(1, timeout - (time.time() - t)))
         return time.time() - t
 
+    def bgp_status(self, n):
+        return self.ctl(n, "bgp", "status", as_json=True)
+
+    def vip_announcement(self, n, vip):
+        """(announced, reason) of one VIP in node n's `sluicectl bgp status`."""
+        for v in self.bgp_status(n)["vips"]:
+            if v["vip"] == vip:
+                return v["announced"], v["reason"]
+        raise TestFailure(f"{n.name}: {vip} not in bgp status")
+
     def announce_all(self, nodes=None):
         """Phase 1 only: announces every VIP from `nodes` (default all) with the stand-in."""
         for n in nodes or self.nodes:
@@ -719,6 +741,39 @@ class RouteWatch:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class CounterSampler:
+    """Samples one node's dataplane counter every `period` seconds; `last_change`
+    is when it was last seen to grow (e.g. the last packet a draining node
+    received)."""
+
+    def __init__(self, fleet, node, name="rx_packets", period=0.05):
+        self.fleet, self.node, self.name, self.period = fleet, node, name, period
+        self.samples = []  # [(time, value)]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                v = self.fleet.stats(self.node)["counters"][self.name]
+            except (TestFailure, subprocess.TimeoutExpired, KeyError, ValueError):
+                return  # the node stopped
+            self.samples.append((time.time(), v))
+            self.stopping.wait(self.period)
+
+    def last_change(self):
+        last = None
+        for (t0, v0), (t1, v1) in zip(self.samples, self.samples[1:]):
+            if v1 != v0:
+                last = t1
+        return last
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(5)
 
 
 class FleetClient:

@@ -51,6 +51,9 @@ def main():
         address_family = socket.AF_INET6
         allow_reuse_address = True
         daemon_threads = True
+        # socketserver's default backlog of 5 drops SYNs (a 1 s retransmission
+        # each) when a test opens connections from several threads at once.
+        request_queue_size = 128
 
         def server_bind(self):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
