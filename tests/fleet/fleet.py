@@ -290,6 +290,27 @@ class Fleet:
         except ProcessLookupError:
             pass
 
+    def cpu_seconds(self, kind):
+        """CPU time (user + system) used so far by every running process whose
+        name ends with `kind` ("dataplane", "sluiced", "bird")."""
+        total = 0.0
+        for name, p in self.procs.items():
+            if name.endswith(kind) and p.poll() is None:
+                try:
+                    with open(f"/proc/{p.pid}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                except (FileNotFoundError, IndexError, ValueError):
+                    pass
+        return total
+
+    def idle_load(self, seconds=2.0):
+        """{kind: share of one core} of the idle fleet's processes over `seconds`."""
+        kinds = ("dataplane", "sluiced", "bird")
+        before = {k: self.cpu_seconds(k) for k in kinds}
+        time.sleep(seconds)
+        return {k: (self.cpu_seconds(k) - before[k]) / seconds for k in kinds}
+
     def log_path(self, name, node=None):
         return os.path.join(node.dir if node else self.tmp, f"{name}.log")
 

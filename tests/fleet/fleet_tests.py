@@ -103,6 +103,12 @@ def test_ecmp_spread():
             print(f"  n1 sessions: {[(s['neighbor'], s['state']) for s in st['sessions']]}")
             check(all(s["state"] == "Established" for s in st["sessions"]) and len(st["sessions"]) == 2,
                   f"n1's sessions: {st['sessions']}")
+        # Point 9: idle dataplanes back off (dataplane/main.cpp), so a fleet
+        # fits a small machine.
+        load = f.idle_load()
+        print(f"  idle fleet: dataplanes {100 * load['dataplane']:.1f}%, sluiced {100 * load['sluiced']:.1f}%, "
+              f"BIRD {100 * load['bird']:.1f}% of one core (all {len(f.nodes)} nodes together)")
+        check(load["dataplane"] < 0.10 * len(f.nodes), f"idle dataplanes use {100 * load['dataplane']:.0f}% of a core")
         strays = stray_rate(f)
         print(f"  health checks alone: {strays:.0f} new flows/s over all nodes (issue 13 point 5 wants 0)")
         client = f.client()
