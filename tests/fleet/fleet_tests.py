@@ -204,7 +204,7 @@ def test_node_lost():
               f"failed)")
         check(not failures(before), f"failures before the kill: {failures(before)[:3]}")
         check(len(after) >= 50 and not failures(after), f"after convergence: {failures(after)[:3]}")
-        spread(f, client, VIP6, 60, CLIENT_SOURCES6, nodes=rest)
+        spread(f, client, VIP6, 60, CLIENT_SOURCES6, stray_rate(f), nodes=rest)
 
 
 def test_drain():
