@@ -55,15 +55,12 @@ def main():
         f.wait_ready()
         n1 = f.nodes[0]
         show(f"sluicectl vip list   # on {n1.name}", f.ctl(n1, "vip", "list").stdout)
-        if f.announce == "standin":
-            f.announce_all()
         step("the router's route to each VIP: one next hop per node")
         for v in f.vips:
             p = prefix_of(v["address"])
             f.wait_route(p, f.nodes)
             show(f"ip route show {p}   # on the router", f.route_text(p))
-        if f.announce == "sluiced":
-            show(f"sluicectl bgp status   # on {n1.name}", f.ctl(n1, "bgp", "status").stdout)
+        show(f"sluicectl bgp status   # on {n1.name}", f.ctl(n1, "bgp", "status").stdout)
         step(f"{CONNECTIONS4} + {CONNECTIONS6} new TCP connections from the client's many addresses and ports; "
              "each sends a token the backend echoes")
         strays = stray_rate(f)

@@ -62,9 +62,6 @@ CLIENT_SOURCES6 = [f"2001:db8:100::{i:x}" for i in range(0x10, 0x30)]
 VIP4 = "198.18.1.1"
 VIP6 = "2001:db8:1::1"
 CHECK = {"type": "tunnel", "interval_ms": 200, "timeout_ms": 150, "rise": 2, "fall": 2}
-# Who writes the nodes' BIRD include: "standin" (phase 1: fleet.py, see
-# standin_announce_include) or "sluiced" (its [bgp] configuration).
-ANNOUNCE = os.environ.get("SLUICE_FLEET_ANNOUNCE", "standin")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -181,20 +178,18 @@ class Node:
 
 class Fleet:
     """with Fleet(nodes=3) as f: ... — a routed fleet, torn down on exit.
+    Each node's sluiced announces its VIPs through the node's BIRD ([bgp] in
+    its configuration, bgp_contract.md); the fleet only writes the BIRD
+    configuration an operator would (device protocol and the include).
+    services=False starts the backends without their echo services (their
+    health checks then fail until start_services())."""
 
-    announce="standin": fleet.py writes each node's BIRD include itself
-    (phase 1, until sluiced's [bgp] lands); "sluiced": sluiced owns it
-    through the [bgp] section of its configuration (the contract in
-    /work/notes/bgp_contract.md).
-    """
-
-    def __init__(self, nodes=3, backends=3, vips=None, announce=ANNOUNCE, heartbeat_timeout_ms=300,
+    def __init__(self, nodes=3, backends=3, vips=None, heartbeat_timeout_ms=300,
                  drain_wait_s=2, services=True, tag=""):
         self.prefix = f"fl{os.getpid()}{tag}"
         self.services = services  # start the backends' echo services with the fleet
         self.nbackends = backends
         self.vips = vips if vips is not None else default_vips(backends)
-        self.announce = announce
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.drain_wait_s = drain_wait_s
         self.tmp = tempfile.mkdtemp(prefix=f"sluice-{self.prefix}-")
@@ -283,6 +278,7 @@ class Fleet:
             return
         try:
             os.killpg(p.pid, sig)
+            os.killpg(p.pid, signal.SIGCONT)  # a stopped process would never see it
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
@@ -535,13 +531,14 @@ template bgp nodes {{
     def node_config(self, n):
         """The node's sluiced configuration: the same VIPs on every node."""
         config = {"node": {"tunnel_source4": n.tunnel_source4, "tunnel_source6": n.tunnel_source6}}
-        if self.announce == "sluiced":
-            config["bgp"] = {
-                "asn": NODE_ASN, "router_id": n.ip4, "heartbeat_timeout_ms": self.heartbeat_timeout_ms,
-                "bird_socket": n.bird_socket, "include": n.include, "drain_wait_s": self.drain_wait_s,
-                "neighbor": [{"address": router_ip4(n.i), "asn": ROUTER_ASN},
-                             {"address": router_ip6(n.i), "asn": ROUTER_ASN}],
-            }
+        # One session per family: the IPv4 neighbour carries the IPv4 VIPs,
+        # the IPv6 neighbour the IPv6 ones.
+        config["bgp"] = {
+            "asn": NODE_ASN, "router_id": n.ip4, "heartbeat_timeout_ms": self.heartbeat_timeout_ms,
+            "bird_socket": n.bird_socket, "include": n.include, "drain_wait_s": self.drain_wait_s,
+            "neighbor": [{"address": router_ip4(n.i), "asn": ROUTER_ASN},
+                         {"address": router_ip6(n.i), "asn": ROUTER_ASN}],
+        }
         vips = []
         for v in self.vips:
             v = dict(v)
@@ -562,8 +559,6 @@ template bgp nodes {{
             f.write(to_toml(self.node_config(n)))
         self.ctl(n, "apply", "-f", n.config)
         self.start_dataplane(n)
-        if self.announce == "standin":
-            standin_announce_include(self, n, [])
         with open(n.bird_conf, "w") as f:
             # What an operator writes (bgp_contract.md): the rest is sluiced's include.
             f.write(f'log stderr all;\nprotocol device {{ }}\ninclude "{n.include}";\n')
@@ -585,10 +580,11 @@ template bgp nodes {{
         for what in ("dataplane", "sluiced", "bird"):
             self.stop(n.proc(what), sig=sig)
 
-    def kill_dataplane(self, n):
+    def kill_dataplane(self, n, sig=signal.SIGKILL):
         p = self.procs[n.proc("dataplane")]
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=5)
+        os.killpg(p.pid, sig)
+        if sig == signal.SIGKILL:
+            p.wait(timeout=5)
 
     def ctl(self, n, *args, check_rc=True, as_json=False, timeout=30):
         argv = [SLUICECTL, "--socket", n.socket, *args] + (["--json"] if as_json else [])
@@ -640,55 +636,9 @@ template bgp nodes {{
                 return v["announced"], v["reason"]
         raise TestFailure(f"{n.name}: {vip} not in bgp status")
 
-    def announce_all(self, nodes=None):
-        """Phase 1 only: announces every VIP from `nodes` (default all) with the stand-in."""
-        for n in nodes or self.nodes:
-            standin_announce_include(self, n, [prefix_of(v["address"]) for v in self.vips])
-
     # --- traffic ---------------------------------------------------------
     def client(self):
         return FleetClient(self)
-
-
-# PHASE-1 STAND-IN, to be removed when sluiced writes the include itself
-# ([bgp] in its configuration, bgp_contract.md). It writes what the contract
-# says the include holds: router id, tables sluice4/sluice6, one static
-# protocol per family with the announced prefixes, one BGP session per
-# neighbour exporting only those, and soft-reconfigures a running BIRD.
-def standin_announce_include(fleet, n, prefixes):
-    v4 = [p for p in prefixes if ":" not in p]
-    v6 = [p for p in prefixes if ":" in p]
-    text = f"""# STAND-IN written by tests/fleet/fleet.py (phase 1), not by sluiced.
-router id {n.ip4};
-ipv4 table sluice4;
-ipv6 table sluice6;
-protocol static sluice_static4 {{
-  ipv4 {{ table sluice4; }};
-{''.join(f'  route {p} blackhole;{chr(10)}' for p in v4)}}}
-protocol static sluice_static6 {{
-  ipv6 {{ table sluice6; }};
-{''.join(f'  route {p} blackhole;{chr(10)}' for p in v6)}}}
-protocol bgp sluice_r4 {{
-  local {n.ip4} as {NODE_ASN};
-  neighbor {router_ip4(n.i)} as {ROUTER_ASN};
-  connect delay time 1; connect retry time 2; error wait time 1, 4;
-  ipv4 {{ table sluice4; import none; export all; }};
-}}
-protocol bgp sluice_r6 {{
-  local {n.ip6} as {NODE_ASN};
-  neighbor {router_ip6(n.i)} as {ROUTER_ASN};
-  connect delay time 1; connect retry time 2; error wait time 1, 4;
-  ipv6 {{ table sluice6; import none; export all; }};
-}}
-"""
-    tmp = n.include + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, n.include)
-    if os.path.exists(n.bird_socket):
-        out = fleet.birdc(n.bird_socket, "configure", "soft")
-        check("Reconfigured" in out or "Reconfiguration in progress" in out,
-              f"{n.name}: BIRD configure soft: {out.strip()}")
 
 
 class RouteWatch:

@@ -7,6 +7,7 @@ convergence it measured at the router.
 
 usage: fleet_tests.py [TEST ...]   (no argument: all)"""
 import os
+import signal
 import sys
 import time
 
@@ -66,43 +67,42 @@ def test_ecmp_spread():
     """A VIP is announced only once its backends are healthy; the router's
     route then has one next hop per node, for IPv4 over the IPv4 sessions and
     IPv6 over the IPv6 sessions, and new connections spread over all nodes."""
-    # With sluiced announcing, the backends start without their service: the
-    # tunnel checks fail, and nothing may be announced until they pass.
+    # The backends start without their service: the tunnel checks fail, and
+    # nothing may be announced until they pass.
     with Fleet(nodes=3, services=False) as f:
-        print(f"  fleet of {len(f.nodes)} nodes up in {f.timings['up']:.1f}s (announcements by {f.announce})")
+        print(f"  fleet of {len(f.nodes)} nodes up in {f.timings['up']:.1f}s")
         took = f.wait_sessions()
         print(f"  BGP sessions (IPv4 and IPv6, per node) established {took:.1f}s later")
         prefixes = [prefix_of(v["address"]) for v in f.vips]
         with f.watch(prefixes) as watch:
-            if f.announce == "sluiced":
-                f.wait_healthy(f.vips[0]["address"], want="down")
-                time.sleep(0.5)  # more failed checks: still nothing announced
-                for n in f.nodes:
-                    for v in f.vips:
-                        ann, reason = f.vip_announcement(n, v["address"])
-                        check(not ann, f"{n.name}: {v['address']} announced with every backend down ({reason})")
-                print(f"  backends down: {f.vip_announcement(f.nodes[0], f.vips[0]['address'])[1]}")
+            f.wait_healthy(f.vips[0]["address"], want="down")
+            time.sleep(0.5)  # more failed checks: still nothing announced
+            for n in f.nodes:
+                for v in f.vips:
+                    ann, reason = f.vip_announcement(n, v["address"])
+                    check(not ann, f"{n.name}: {v['address']} announced with every backend down ({reason})")
+            print(f"  backends down: {f.vip_announcement(f.nodes[0], f.vips[0]['address'])[1]}")
             t_up = time.time()
             f.start_services(ECHO_PORT)
             took = f.wait_ready()
             print(f"  steering maps in sync and all backends healthy on every node {took:.1f}s after the "
                   f"services started")
-            t_ready = time.time()
-            if f.announce == "standin":
-                f.announce_all()  # phase 1 stand-in
             for p in prefixes:
                 t = watch.when(p, lambda h, p=p: h == hops_of(f, f.nodes, p), after=t_up, timeout=10)
                 print(f"  {p}: at the router with every node {t - t_up:.2f}s after the services started "
-                      f"({t - t_ready:+.2f}s from the last node seeing them healthy)")
+                      f"(checks pass after {(CHECK['rise'] - 1) * CHECK['interval_ms'] / 1000:.1f}-"
+                      f"{CHECK['rise'] * CHECK['interval_ms'] / 1000:.1f}s)")
+                check(t - t_up >= (CHECK["rise"] - 1) * CHECK["interval_ms"] / 1000,
+                      f"{p} announced {t - t_up:.2f}s after the services started: before {CHECK['rise']} "
+                      f"passed checks")
                 print(f"  router: {f.route_text(p)}".replace("\n", "\n          "))
             for p in prefixes:
                 early = [(round(t - t_up, 3), h) for t, h in watch.history[p] if h and t < t_up]
                 check(not early, f"{p} was routed before its backends were healthy: {early}")
-        if f.announce == "sluiced":
-            st = f.bgp_status(f.nodes[0])
-            print(f"  n1 sessions: {[(s['neighbor'], s['state']) for s in st['sessions']]}")
-            check(all(s["state"] == "Established" for s in st["sessions"]) and len(st["sessions"]) == 2,
-                  f"n1's sessions: {st['sessions']}")
+        st = f.bgp_status(f.nodes[0])
+        print(f"  n1 sessions: {[(s['neighbor'], s['state']) for s in st['sessions']]}")
+        check(all(s["state"] == "Established" for s in st["sessions"]) and len(st["sessions"]) == 2,
+              f"n1's sessions: {st['sessions']}")
         # Point 9: idle dataplanes back off (dataplane/main.cpp), so a fleet
         # fits a small machine.
         load = f.idle_load()
@@ -125,7 +125,7 @@ def test_health_withdraw():
                                    "backend": [backend_ip4(j) for j in range(1, 4)]}]
     bound_down = (CHECK["fall"] * CHECK["interval_ms"] + CHECK["timeout_ms"]) / 1000
     bound_up = CHECK["rise"] * CHECK["interval_ms"] / 1000
-    with Fleet(nodes=2, vips=vips, announce="sluiced") as f:
+    with Fleet(nodes=2, vips=vips) as f:
         ps = prefix_of(spare)
         f.wait_sessions()
         f.wait_ready()
@@ -173,7 +173,7 @@ def test_node_lost():
     route within the heartbeat timeout + 1 s; new connections keep
     succeeding through the other nodes, none fails after convergence."""
     hb = 300
-    with Fleet(nodes=3, announce="sluiced", heartbeat_timeout_ms=hb) as f:
+    with Fleet(nodes=3, heartbeat_timeout_ms=hb) as f:
         f.wait_sessions()
         f.wait_ready()
         for p in (P4, P6):
@@ -206,12 +206,29 @@ def test_node_lost():
         check(len(after) >= 50 and not failures(after), f"after convergence: {failures(after)[:3]}")
         spread(f, client, VIP6, 60, CLIENT_SOURCES6, stray_rate(f), nodes=rest)
 
+        # A hung dataplane (SIGSTOP: its pid lives on, its heartbeat stops)
+        # leaves by the heartbeat timeout, and comes back when it beats again.
+        hung, only = f.nodes[2], [f.nodes[0]]
+        with f.watch([P4]) as watch:
+            t0 = time.time()
+            f.kill_dataplane(hung, signal.SIGSTOP)
+            th = watch.when(P4, lambda h: h == hops_of(f, only, P4), after=t0, timeout=hb / 1000 + 3)
+            ann, reason = f.vip_announcement(hung, f.vips[0]["address"])
+            t1 = time.time()
+            f.kill_dataplane(hung, signal.SIGCONT)
+            tb = watch.when(P4, lambda h: h == hops_of(f, [f.nodes[0], hung], P4), after=t1, timeout=3)
+        print(f"  {hung.name}'s dataplane SIGSTOPped: withdrawn after {th - t0:.2f}s ({reason}); SIGCONT: "
+              f"announced again after {tb - t1:.2f}s")
+        check(not ann, f"{hung.name} still announces with a stopped dataplane")
+        check(hb / 1000 - 0.05 <= th - t0 <= hb / 1000 + 1.0, f"hung dataplane withdrawn after {th - t0:.2f}s, "
+                                                                f"heartbeat timeout {hb} ms")
+
 
 def test_drain():
     """`sluicectl node drain --wait` withdraws the node's VIPs before it
     stops; while it drains and stops, no new connection fails."""
     wait_s = 2
-    with Fleet(nodes=3, announce="sluiced", drain_wait_s=wait_s) as f:
+    with Fleet(nodes=3, drain_wait_s=wait_s) as f:
         f.wait_sessions()
         f.wait_ready()
         for p in (P4, P6):
@@ -220,8 +237,8 @@ def test_drain():
         client = f.client()
         with f.watch([P4, P6]) as watch:
             client.start(VIP4, ECHO_PORT, STREAM_MS, CLIENT_SOURCES4)
-            time.sleep(1.0)
             sampler = CounterSampler(f, node, "rx_packets")
+            time.sleep(1.0)
             t0 = time.time()
             r = f.ctl(node, "node", "drain", "--wait", str(wait_s), timeout=wait_s + 20)
             t_drained = time.time()
@@ -233,15 +250,15 @@ def test_drain():
             t4 = watch.when(P4, lambda h: h == hops_of(f, rest, P4), after=t0, timeout=1)
             t6 = watch.when(P6, lambda h: h == hops_of(f, rest, P6), after=t0, timeout=1)
         last_packet = sampler.last_change()
+        check(last_packet is not None, f"{node.name} received nothing before the drain")
         print(f"  drain of {node.name} ({r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''}): "
-              f"withdrawn at the router after {t4 - t0:.2f}s (IPv4) / {t6 - t0:.2f}s (IPv6); last packet at "
-              f"{node.name} {last_packet - t0 if last_packet else float('nan'):.2f}s; drain returned after "
+              f"withdrawn at the router after {t4 - t0:.2f}s (IPv4) / {t6 - t0:.2f}s (IPv6); last packet seen at "
+              f"{node.name} {last_packet - t0:+.2f}s (50 ms samples); drain returned after "
               f"{t_drained - t0:.2f}s; node stopped {t_stopped - t0:.2f}s")
         check(max(t4, t6) < t_drained, "the router still routed to the node when the drain returned")
         check(max(t4, t6) - t0 <= 1.0, f"withdrawal took {max(t4, t6) - t0:.2f}s")
         check(t_drained - t0 >= wait_s, f"drain returned after {t_drained - t0:.2f}s, before its {wait_s}s wait")
-        check(last_packet is None or last_packet < t_drained, "the node still received traffic when the drain "
-                                                              "returned")
+        check(last_packet < t_drained, "the node still received traffic when the drain returned")
         bad = failures(res)
         print(f"  {len(res)} new connections while draining and stopping, {len(bad)} failed")
         check(len(res) >= 100 and not bad, f"failed while draining: {bad[:3]}")
