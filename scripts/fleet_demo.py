@@ -37,7 +37,7 @@ def traffic(f, client, addr, n, sources):
     print(f"  {n - len(bad)} of {n} connections to {addr} carried their data there and back ({took:.1f}s)")
     for name, (d, s) in sh.items():
         print(f"  {name}: {d:4d} new flows {'#' * round(40 * s):40s} {100 * s:5.1f}%")
-    return not bad and all(s > 0.15 for _, s in sh.values())
+    return not bad, sh
 
 
 def main():
@@ -67,8 +67,19 @@ def main():
         print(f"  (with no traffic at all, the nodes count {strays:.0f} new flows/s: the health checks' "
               "replies, issue 13 point 5)")
         client = f.client()
-        ok = traffic(f, client, VIP4, CONNECTIONS4, CLIENT_SOURCES4)
-        ok &= traffic(f, client, VIP6, CONNECTIONS6, CLIENT_SOURCES6)
+        ok4, sh4 = traffic(f, client, VIP4, CONNECTIONS4, CLIENT_SOURCES4)
+        ok6, sh6 = traffic(f, client, VIP6, CONNECTIONS6, CLIENT_SOURCES6)
+        ok = ok4 and ok6 and all(s > 0.15 for sh in (sh4, sh6) for _, s in sh.values())
+        n3 = f.nodes[2]
+        step(f"maintenance: drain {n3.name} (withdraws its VIPs, waits for the router, says when stopping is safe)")
+        show(f"sluicectl node drain --wait 1   # on {n3.name}", f.ctl(n3, "node", "drain", "--wait", "1").stdout)
+        p4 = prefix_of(f.vips[0]["address"])
+        show(f"ip route show {p4}   # on the router", f.route_text(p4))
+        okd, shd = traffic(f, client, VIP4, 100, CLIENT_SOURCES4)
+        ok = ok and okd and shd[n3.name][0] == 0
+        show(f"sluicectl node undrain   # on {n3.name}", f.ctl(n3, "node", "undrain").stdout)
+        f.wait_route(p4, f.nodes)
+        show(f"ip route show {p4}   # on the router", f.route_text(p4))
         step("each node's own counters")
         for n in f.nodes:
             c = f.stats(n)["counters"]
