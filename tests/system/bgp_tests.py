@@ -105,7 +105,7 @@ protocol bgp node6 {{
             check(time.time() < deadline, f"{which} BIRD did not open its socket")
             time.sleep(0.05)
 
-    def route(self, addr):
+    def rt_route(self, addr):
         """The router's kernel route to `addr` (empty: none)."""
         r = subprocess.run(self.ns("rt") + ["ip", "-6" if ":" in addr else "-4", "route", "show", addr],
                            capture_output=True, text=True, timeout=10)
@@ -116,7 +116,7 @@ protocol bgp node6 {{
         since = since or time.time()
         deadline = since + timeout
         while time.time() < deadline:
-            if bool(self.route(addr)) == present:
+            if bool(self.rt_route(addr)) == present:
                 return time.time() - since
             time.sleep(0.01)
         raise AssertionError(f"route to {addr} still {'absent' if present else 'present'} at the router after "
@@ -170,15 +170,15 @@ def test_announce_withdraw():
         for ip in BACKEND_IPS[:2]:
             lab.ctl("backend", "add", f"{VIP}:80/tcp", ip)
         time.sleep(2)
-        check(lab.route(VIP) == "", f"VIP announced before any backend was healthy: {lab.route(VIP)}")
+        check(lab.rt_route(VIP) == "", f"VIP announced before any backend was healthy: {lab.rt_route(VIP)}")
         st = vip_status(lab.bgp_status(), f"{VIP}:80/tcp")
         check(not st["announced"] and "min_healthy 1" in st["reason"], f"status: {st}")
         print(f"  with no healthy backend: withdrawn ({st['reason']})")
         t0 = time.time()
         lab.backend_servers(True, BACKEND_NAMES[:2])
         dt = lab.wait_route(VIP, True, 10, since=t0)
-        print(f"  backends up -> announced at the router in {dt * 1000:.0f} ms: {lab.route(VIP)}")
-        check(f"via {NODE_IP}" in lab.route(VIP), f"next hop is not the node: {lab.route(VIP)}")
+        print(f"  backends up -> announced at the router in {dt * 1000:.0f} ms: {lab.rt_route(VIP)}")
+        check(f"via {NODE_IP}" in lab.rt_route(VIP), f"next hop is not the node: {lab.rt_route(VIP)}")
         # MED and community arrived too (the router's BIRD shows them).
         r = subprocess.run(lab.ns("rt") + ["birdc", "-s", lab.router_ctl, "show", "route", "all", f"{VIP}/32"],
                            capture_output=True, text=True, timeout=10).stdout
@@ -203,8 +203,8 @@ def test_announce_withdraw():
         for ip in BACKEND_IPS6[:2]:
             lab.ctl("backend", "add", f"[{VIP6}]:80/tcp", ip)
         dt = lab.wait_route(VIP6, True, 10)
-        print(f"  IPv6 VIP announced over the IPv6 session: {lab.route(VIP6)}")
-        check(f"via {NODE_IP6}" in lab.route(VIP6) or "via fe80" in lab.route(VIP6), lab.route(VIP6))
+        print(f"  IPv6 VIP announced over the IPv6 session: {lab.rt_route(VIP6)}")
+        check(f"via {NODE_IP6}" in lab.rt_route(VIP6) or "via fe80" in lab.rt_route(VIP6), lab.rt_route(VIP6))
 
         # Dataplane stopped (SIGSTOP: the pid lives, the heartbeat stops).
         dp = lab.procs["dataplane"]
@@ -225,8 +225,8 @@ def test_announce_withdraw():
         # Drain: withdrawn before the command says stopping breaks nothing.
         r = lab.ctl("node", "drain", "--wait", "1")
         check("stopping this node now breaks nothing" in r.stdout, f"drain output: {r.stdout}")
-        check(lab.route(VIP) == "" and lab.route(VIP6) == "",
-              f"drain said done but the router still routes: {lab.route(VIP)} / {lab.route(VIP6)}")
+        check(lab.rt_route(VIP) == "" and lab.rt_route(VIP6) == "",
+              f"drain said done but the router still routes: {lab.rt_route(VIP)} / {lab.rt_route(VIP6)}")
         st = lab.bgp_status()
         check(st["draining"] and all(v["reason"] == "draining" for v in st["vips"]), f"status: {st['vips']}")
         print(f"  node drain: withdrawn before it returned; {r.stdout.strip().splitlines()[-1]}")
@@ -234,7 +234,7 @@ def test_announce_withdraw():
         lab.stop("sluiced")
         lab.start_daemon()
         time.sleep(1)
-        check(lab.route(VIP) == "", "a restarted sluiced forgot the drain")
+        check(lab.rt_route(VIP) == "", "a restarted sluiced forgot the drain")
         check(lab.bgp_status()["draining"], "drain flag lost across the restart")
         lab.ctl("node", "undrain")
         dt = lab.wait_route(VIP, True, 5)
@@ -252,6 +252,10 @@ def test_announce_withdraw():
         check("bgp: withdraw 198.18.1.1/32 (dataplane down:" in log, "dataplane withdrawal not logged")
         lab.procs.pop("dataplane", None)
         dp.wait(timeout=10)
+        # A killed AF_XDP dataplane leaves its steering program attached.
+        for mode in ("xdp", "xdpgeneric", "xdpdrv"):
+            subprocess.run(lab.ns("lb") + ["ip", "link", "set", "dev", "eth0", mode, "off"], capture_output=True,
+                           timeout=10)
         lab.start_dataplane()
         dt = lab.wait_route(VIP, True, 10)
         print(f"  dataplane restarted -> announced in {dt * 1000:.0f} ms")
