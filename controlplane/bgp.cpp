@@ -308,11 +308,13 @@ void BgpAnnouncer::evaluate(const Model& m, const DataplaneLiveness& dp, const s
     draining_ = m.draining();
     decisions_.clear();
     std::map<Prefix, std::vector<std::string>> on_reasons, off_reasons;
+    std::map<Prefix, unsigned> sharing;  // VIPs per prefix: their reasons name them when several
+    for (const VipInput& v : vips) ++sharing[v.prefix];
     for (const VipInput& v : vips) {
         const AnnounceDecision d = decide_announcement(v.input);
         decisions_.emplace_back(v, d);
         (d.announced ? on_reasons : off_reasons)[v.prefix].push_back(
-            vips.size() > 1 ? fmt::format("{}: {}", format_vip_id(v.id), d.reason) : d.reason);
+            sharing[v.prefix] > 1 ? fmt::format("{}: {}", format_vip_id(v.id), d.reason) : d.reason);
     }
     std::map<Prefix, bool> next;
     for (const auto& [p, r] : off_reasons) next[p] = false;
