@@ -248,6 +248,9 @@ class Fleet:
                     if f.startswith(f"{n.file_prefix}map_"):
                         _unlink(os.path.join(d, f))
         shutil.rmtree(self.tmp, ignore_errors=True)
+        left = [ns for ns in self.all_namespaces() if os.path.exists(f"/run/netns/{ns}")]
+        if left:
+            print(f"fleet: namespaces left behind: {left}", file=sys.stderr)
 
     def all_namespaces(self):
         return [self.client_ns, self.router_ns] + [n.ns for n in self.nodes] + self.backend_ns

@@ -99,6 +99,13 @@ def test_ecmp_spread():
             for p in prefixes:
                 early = [(round(t - t_up, 3), h) for t, h in watch.history[p] if h and t < t_up]
                 check(not early, f"{p} was routed before its backends were healthy: {early}")
+        # Each family over its own session: the router learned the IPv4 VIP
+        # only over the IPv4 sessions and the IPv6 VIP only over the IPv6 ones.
+        for n in f.nodes:
+            got4 = f.birdc(f.router_socket, "show", "route", "protocol", n.name)
+            got6 = f.birdc(f.router_socket, "show", "route", "protocol", n.name + "v6")
+            check(P4.split("/")[0] in got4 and VIP6 not in got4, f"router, session {n.name}: {got4}")
+            check(VIP6 in got6 and P4.split("/")[0] not in got6, f"router, session {n.name}v6: {got6}")
         st = f.bgp_status(f.nodes[0])
         print(f"  n1 sessions: {[(s['neighbor'], s['state']) for s in st['sessions']]}")
         check(all(s["state"] == "Established" for s in st["sessions"]) and len(st["sessions"]) == 2,
