@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -113,7 +114,9 @@ json config_of(const Model& m) {
     if (m.tunnel_source(6).len) node["tunnel_source6"] = format_prefix(m.tunnel_source(6));
     json vips = json::array();
     for (const auto& [id, v] : m.vips()) vips.push_back(vip_definition_json(v));
-    return {{"node", node}, {"vip", vips}};
+    json out = {{"node", node}, {"vip", vips}};
+    if (m.bgp().enabled()) out["bgp"] = bgp_definition_json(m.bgp());
+    return out;
 }
 
 Model apply_config(const Model& current, const json& desired,
@@ -137,13 +140,18 @@ Model apply_config(const Model& current, const json& desired,
     };
 
     json node = json::object(), vips = json::array();
+    std::optional<BgpConfig> want_bgp;
     if (!attempt("configuration", [&] {
-            check_keys(desired, "configuration", {"node", "vip"});
+            check_keys(desired, "configuration", {"node", "vip", "bgp"});
             node = desired.value("node", json::object());
             check_keys(node, "node", {"tunnel_source4", "tunnel_source6"});
             vips = list(desired, "vip", "[[vip]]");
         }))
         throw std::invalid_argument(fmt::format("the configuration is refused, nothing changed:\n{}", join(errors)));
+    attempt("bgp", [&] { want_bgp = desired.contains("bgp") ? parse_bgp_definition(desired["bgp"]) : BgpConfig{}; });
+    // The VIPs are checked against the new neighbours and the neighbours
+    // against the new VIPs: BGP off while the VIPs change, then set.
+    next.set_bgp(BgpConfig{});
     for (uint8_t family : {uint8_t{4}, uint8_t{6}}) {
         const std::string key = fmt::format("tunnel_source{}", family);
         attempt("node." + key, [&] {
@@ -216,6 +224,12 @@ Model apply_config(const Model& current, const json& desired,
                                           want.empty() ? "every source" : fmt::format("{}", fmt::join(shown, ", ")),
                                           want.size() > 4 ? fmt::format(" and {} more", want.size() - 4) : ""));
         });
+        attempt(w.where, [&] {
+            if (!next.vips().count(id) || next.vip(id).announce == w.def.options.announce) return;
+            const Announce before = next.vip(id).announce;
+            next.set_announce(id, w.def.options.announce);
+            if (!(next.vip(id).announce == before)) changes.push_back(fmt::format("{}: announce settings", format_vip_id(id)));
+        });
         if (!next.vips().count(id)) continue;
         json backends = json::array();
         if (!attempt(w.where, [&] { backends = list(*w.spec, "backend", "[[vip.backend]]"); })) continue;
@@ -252,6 +266,15 @@ Model apply_config(const Model& current, const json& desired,
                 next.remove_backend(id, b.endpoint);
                 changes.push_back(fmt::format("{}: remove backend {}", format_vip_id(id), format_endpoint(b.endpoint)));
             }
+    }
+    if (want_bgp) {
+        attempt("bgp", [&] {
+            next.set_bgp(*want_bgp);
+            if (!(next.bgp() == current.bgp()))
+                changes.push_back(want_bgp->enabled() ? fmt::format("bgp: asn {} router id {}, {} neighbour(s)", want_bgp->asn,
+                                                                    format_ip(want_bgp->router_id), want_bgp->neighbors.size())
+                                                      : std::string("bgp: off"));
+        });
     }
     if (!errors.empty()) {
         changes.clear();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -45,7 +46,10 @@ MacAddress resolve_backend_mac(const IpAddress& addr) {
 }  // namespace
 
 Daemon::Daemon(const DaemonOptions& opt, Model initial)
-    : opt_(opt), model_(std::move(initial)), shm_(ShmSegment::open_or_create(opt.shm_path)) {
+    : opt_(opt),
+      model_(std::move(initial)),
+      shm_(ShmSegment::open_or_create(opt.shm_path)),
+      bgp_(BgpAnnouncer::Paths{opt.bird_socket, opt.bird_include}) {
     shm_.lock_writer();
     if (!opt_.resolve_mac) opt_.resolve_mac = resolve_backend_mac;
     __atomic_store_n(&shm_->header.daemon_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
@@ -168,6 +172,97 @@ void Daemon::commit(Model next) {
     refresh_stats_view();
     health_.set_targets(check_targets(model_));
     tick();
+    bgp_tick(true);
+}
+
+void Daemon::commit_unpublished(Model next) {
+    save(next);
+    model_ = std::move(next);
+    refresh_stats_view();
+    bgp_tick(true);
+}
+
+void Daemon::bgp_tick(bool force) {
+    if (!model_.bgp().enabled() && !force) return;
+    const auto results = health_.last_results();
+    std::set<std::pair<VipId, Endpoint>> verified;
+    std::vector<BgpAnnouncer::VipInput> inputs;
+    for (const auto& [id, v] : model_.vips()) {
+        BgpAnnouncer::VipInput in{id, announced_prefix(v), {}};
+        in.input.draining = model_.draining();
+        in.input.min_healthy = v.announce.min_healthy;
+        for (const Backend& b : v.backends) {
+            if (b.weight == 0) continue;  // drained backends serve no new flows
+            ++in.input.backends;
+            if (v.health.type == HealthCheck::Type::kNone) {
+                ++in.input.healthy;
+                continue;
+            }
+            const auto key = std::make_pair(id, b.endpoint);
+            const auto r = results.find(key);
+            if (verified_.count(key) || (r != results.end() && r->second.rfind("ok", 0) == 0)) verified.insert(key);
+            if (!verified.count(key)) {
+                ++in.input.awaiting;
+                continue;
+            }
+            if (b.healthy) ++in.input.healthy;
+        }
+        inputs.push_back(std::move(in));
+    }
+    verified_ = std::move(verified);
+    const uint32_t pid = __atomic_load_n(&shm_->header.dataplane_pid, __ATOMIC_ACQUIRE);
+    const DataplaneLiveness dp = dataplane_liveness(*shm_.get(), monotonic_coarse_ms(),
+                                                    model_.bgp().heartbeat_timeout_ms, process_alive(pid));
+    for (auto& in : inputs) {
+        in.input.dataplane_alive = dp.alive;
+        in.input.dataplane_reason = dp.reason;
+    }
+    bgp_.evaluate(model_, dp, inputs, force);
+}
+
+nlohmann::json Daemon::bgp_dispatch(const std::string& cmd, const nlohmann::json& args) {
+    if (cmd == "bgp.status") return bgp_.status(model_);
+    Model next = model_;
+    nlohmann::json current = model_.bgp().enabled() ? bgp_definition_json(model_.bgp()) : nlohmann::json::object();
+    if (cmd == "bgp.set") {
+        check_keys(args, "bgp set", {"asn", "router_id", "heartbeat_timeout_ms", "bird_socket", "include", "drain_wait_s"});
+        for (const auto& [k, v] : args.items()) current[k] = v;
+        next.set_bgp(parse_bgp_definition(current));
+    } else if (cmd == "bgp.clear") {
+        check_keys(args, "bgp clear", {});
+        next.set_bgp(BgpConfig{});
+    } else if (cmd == "bgp.neighbor.add") {
+        if (!model_.bgp().enabled()) throw std::invalid_argument("BGP is not configured: bgp set --asn ... --router-id ... first");
+        check_keys(args, "bgp neighbor add", {"address", "asn", "password", "bfd"});
+        current["neighbor"].push_back(args);
+        next.set_bgp(parse_bgp_definition(current));
+    } else if (cmd == "bgp.neighbor.remove") {
+        check_keys(args, "bgp neighbor remove", {"address"});
+        const IpAddress a = parse_ip(arg(args, "address"));
+        BgpConfig b = model_.bgp();
+        const auto it = std::find_if(b.neighbors.begin(), b.neighbors.end(), [&](const BgpNeighbor& n) { return n.address == a; });
+        if (it == b.neighbors.end()) throw std::invalid_argument(fmt::format("no BGP neighbour {}", format_ip(a)));
+        b.neighbors.erase(it);
+        next.set_bgp(b);
+    } else if (cmd == "node.drain" || cmd == "node.undrain") {
+        check_keys(args, cmd == "node.drain" ? "node drain" : "node undrain", {});
+        const std::vector<std::string> before = bgp_.announced_prefixes();
+        next.set_draining(cmd == "node.drain");
+        commit_unpublished(std::move(next));
+        nlohmann::json r = {{"draining", model_.draining()},
+                            {"bgp_enabled", model_.bgp().enabled()},
+                            {"drain_wait_s", model_.bgp().drain_wait_s},
+                            {"bird_configured", bgp_.bird_current()},
+                            {"bird_error", bgp_.bird_error()},
+                            {"announced", bgp_.announced_prefixes()}};
+        if (cmd == "node.drain") r["withdrawn"] = before;
+        return r;
+    } else {
+        throw std::invalid_argument(fmt::format("unknown command '{}'", cmd));
+    }
+    commit_unpublished(std::move(next));
+    return {{"bgp", model_.bgp().enabled() ? bgp_definition_json(model_.bgp()) : nlohmann::json(nullptr)},
+            {"published_generation", shm_generation(shm_.get())}};
 }
 
 nlohmann::json Daemon::vip_json(const Vip& v) const {
@@ -190,6 +285,14 @@ nlohmann::json Daemon::vip_json(const Vip& v) const {
                         {"backends", backends}};
     if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
     if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
+    j["min_healthy"] = v.announce.min_healthy;
+    if (v.announce.med) j["med"] = *v.announce.med;
+    if (v.announce.prefix) j["announce_prefix"] = format_prefix(*v.announce.prefix);
+    if (!v.announce.communities.empty()) {
+        nlohmann::json c = nlohmann::json::array();
+        for (const Community& x : v.announce.communities) c.push_back(format_community(x));
+        j["communities"] = c;
+    }
     return j;
 }
 
@@ -211,7 +314,9 @@ nlohmann::json Daemon::status() const {
             {"health_changes", health_changes_},
             {"tunnel_source4", model_.tunnel_source(4).len ? format_prefix(model_.tunnel_source(4)) : ""},
             {"xdp_maps", xdp_maps_ ? xdp_maps_->state() : "not used"},
-            {"tunnel_source6", model_.tunnel_source(6).len ? format_prefix(model_.tunnel_source(6)) : ""}};
+            {"tunnel_source6", model_.tunnel_source(6).len ? format_prefix(model_.tunnel_source(6)) : ""},
+            {"bgp", model_.bgp().enabled()},
+            {"draining", model_.draining()}};
 }
 
 nlohmann::json Daemon::stats() const {
@@ -265,6 +370,7 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         return table_digests_json(table_digests(s->config[shm_generation(s) & 1]),
                                   args.contains("vip") ? std::optional(vip_arg(args)) : std::nullopt);
     }
+    if (cmd.rfind("bgp.", 0) == 0 || cmd.rfind("node.", 0) == 0) return bgp_dispatch(cmd, args);
 
     Model next = model_;
     nlohmann::json result = nlohmann::json::object();

@@ -9,10 +9,12 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "bgp.hpp"
 #include "health.hpp"
 #include "metrics.hpp"
 #include "model.hpp"
@@ -29,6 +31,9 @@ struct DaemonOptions {
     // A backend's MAC when the request gives none; empty: the node's
     // neighbour table (tests and the fuzzer give their own).
     std::function<MacAddress(const IpAddress&)> resolve_mac;
+    // sluiced --bird-socket / --bird-include: override [bgp] bird_socket / include.
+    std::string bird_socket{};
+    std::string bird_include{};
 };
 
 class Daemon {
@@ -68,11 +73,20 @@ public:
     void apply_health_changes();
     int health_wake_fd() const { return health_.wake_fd(); }
 
+    // BGP announcements (every 100 ms): health verdicts, the dataplane's
+    // heartbeat and the drain flag decide what BIRD announces.
+    void bgp_tick(bool force = false);
+
     static Model load_state(const std::string& path, std::optional<uint64_t> seed);
 
 private:
     nlohmann::json dispatch(const std::string& cmd, const nlohmann::json& args);
     void commit(Model next);
+    // A change that leaves the dataplane's configuration as it is (BGP
+    // settings, drain): saved, not published, so it works while the
+    // dataplane is stopped.
+    void commit_unpublished(Model next);
+    nlohmann::json bgp_dispatch(const std::string& cmd, const nlohmann::json& args);
     void publish(const Model& m);
     void save(const Model& m) const;
 
@@ -84,6 +98,11 @@ private:
     ShmSegment shm_;
     std::optional<XdpMaps> xdp_maps_;
     HealthChecker health_;
+    BgpAnnouncer bgp_;
+    // Backends whose check has passed at least once since this sluiced
+    // started: a VIP is not announced on the strength of health flags that
+    // merely start out "up".
+    std::set<std::pair<VipId, Endpoint>> verified_;
     uint64_t health_changes_ = 0;
     void refresh_stats_view();
     mutable std::mutex stats_view_mutex_;

@@ -90,9 +90,89 @@ HealthCheck parse_check_definition(const json& j, const VipId& id, uint8_t mode)
     return h;
 }
 
+namespace {
+
+// Text that lands inside a double-quoted BIRD string: no quote, backslash or
+// control character can end it early or start another statement.
+std::string bird_string(const json& v, std::string_view field) {
+    std::string s = json_string(v, field);
+    for (unsigned char c : s)
+        if (c == '"' || c == '\\' || c < 0x20 || c == 0x7f)
+            invalid(fmt::format("{} {} holds a quote, backslash or control character", field, shown(v)));
+    return s;
+}
+
+std::string bird_path(const json& v, std::string_view field) {
+    std::string s = bird_string(v, field);
+    if (s.empty() || s[0] != '/') invalid(fmt::format("{} {} is not an absolute path", field, shown(v)));
+    return s;
+}
+
+}  // namespace
+
+BgpConfig parse_bgp_definition(const json& j) {
+    check_keys(j, "bgp", {"asn", "router_id", "heartbeat_timeout_ms", "bird_socket", "include", "drain_wait_s",
+                          "neighbor"});
+    BgpConfig b;
+    if (!j.contains("asn")) invalid("bgp: asn is missing (the local AS number, 1..4294967295)");
+    b.asn = narrow<uint32_t>(j, "asn", kAsnRange, 0);
+    if (!j.contains("router_id")) invalid("bgp: router_id is missing (an IPv4 address)");
+    {
+        const std::string text = json_string(j.at("router_id"), "router_id");
+        IpAddress a;
+        try {
+            a = parse_ip(text);
+        } catch (const std::invalid_argument&) {
+            invalid(fmt::format("router_id \"{}\" is not an IPv4 address", text));
+        }
+        if (a.family != 4) invalid(fmt::format("router_id \"{}\" is not an IPv4 address", text));
+        b.router_id = a;
+    }
+    b.heartbeat_timeout_ms = narrow<uint32_t>(j, "heartbeat_timeout_ms", kHeartbeatTimeoutRange, b.heartbeat_timeout_ms);
+    b.drain_wait_s = narrow<uint32_t>(j, "drain_wait_s", kDrainWaitRange, b.drain_wait_s);
+    if (j.contains("bird_socket")) b.bird_socket = bird_path(j.at("bird_socket"), "bird_socket");
+    if (j.contains("include")) b.include = bird_path(j.at("include"), "include");
+    const json list = j.value("neighbor", json::array());
+    if (!list.is_array()) invalid(fmt::format("neighbor must be a list of [[bgp.neighbor]] tables, not {}", shown(list)));
+    for (size_t i = 0; i < list.size(); ++i) {
+        const json& n = list[i];
+        try {
+            check_keys(n, "neighbor", {"address", "asn", "password", "bfd"});
+            BgpNeighbor nb;
+            if (!n.contains("address")) invalid("address is missing");
+            nb.address = parse_ip(json_string(n.at("address"), "address"));
+            if (!n.contains("asn")) invalid("asn is missing");
+            nb.asn = narrow<uint32_t>(n, "asn", kAsnRange, 0);
+            if (n.contains("password")) nb.password = bird_string(n.at("password"), "password");
+            if (n.contains("bfd")) nb.bfd = json_bool(n.at("bfd"), "bfd");
+            b.neighbors.push_back(nb);
+        } catch (const std::invalid_argument& e) {
+            invalid(fmt::format("neighbor[{}]: {}", i, e.what()));
+        }
+    }
+    return b;
+}
+
+json bgp_definition_json(const BgpConfig& b) {
+    json neighbors = json::array();
+    for (const BgpNeighbor& n : b.neighbors) {
+        json jn = {{"address", format_ip(n.address)}, {"asn", n.asn}, {"bfd", n.bfd}};
+        if (!n.password.empty()) jn["password"] = n.password;
+        neighbors.push_back(jn);
+    }
+    return {{"asn", b.asn},
+            {"router_id", format_ip(b.router_id)},
+            {"heartbeat_timeout_ms", b.heartbeat_timeout_ms},
+            {"bird_socket", b.bird_socket},
+            {"include", b.include},
+            {"drain_wait_s", b.drain_wait_s},
+            {"neighbor", neighbors}};
+}
+
 VipDefinition parse_vip_definition(const json& j, std::initializer_list<std::string_view> extra_keys) {
     std::vector<std::string_view> known = {"address", "mode", "hash", "table_size", "gue_port",
-                                           "echo_reply", "check", "backend", "allow"};
+                                           "echo_reply", "check", "backend", "allow",
+                                           "communities", "med", "min_healthy", "announce_prefix"};
     known.insert(known.end(), extra_keys.begin(), extra_keys.end());
     refuse_unknown_keys(j, "VIP", known);
     if (!j.contains("address")) invalid("address is missing (ADDRESS:PORT/PROTOCOL)");
@@ -106,6 +186,26 @@ VipDefinition parse_vip_definition(const json& j, std::initializer_list<std::str
     if (j.contains("echo_reply")) o.echo_reply = json_bool(j.at("echo_reply"), "echo_reply");
     o.health = parse_check_definition(j.value("check", json::object()), d.id, o.mode);
     if (j.contains("allow")) o.allow = parse_allow_list(j.at("allow"));
+    if (j.contains("communities")) {
+        const json& c = j.at("communities");
+        if (!c.is_array()) invalid(fmt::format("communities must be a list such as [\"65001:100\"], not {}", shown(c)));
+        for (const json& e : c) {
+            try {
+                o.announce.communities.push_back(parse_community(json_string(e, "community")));
+            } catch (const std::invalid_argument& x) {
+                invalid(fmt::format("communities: {}", x.what()));
+            }
+        }
+    }
+    if (j.contains("med")) o.announce.med = static_cast<uint32_t>(json_int(j.at("med"), "med", kMedRange));
+    o.announce.min_healthy = narrow<uint32_t>(j, "min_healthy", kMinHealthyRange, o.announce.min_healthy);
+    if (j.contains("announce_prefix")) {
+        try {
+            o.announce.prefix = parse_prefix(json_string(j.at("announce_prefix"), "announce_prefix"));
+        } catch (const std::invalid_argument& x) {
+            invalid(fmt::format("announce_prefix: {}", x.what()));
+        }
+    }
     return d;
 }
 
@@ -137,6 +237,14 @@ json vip_definition_json(const Vip& v) {
               {"backend", backends}};
     if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
     if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
+    j["min_healthy"] = v.announce.min_healthy;
+    if (!v.announce.communities.empty()) {
+        json c = json::array();
+        for (const Community& x : v.announce.communities) c.push_back(format_community(x));
+        j["communities"] = c;
+    }
+    if (v.announce.med) j["med"] = *v.announce.med;
+    if (v.announce.prefix) j["announce_prefix"] = format_prefix(*v.announce.prefix);
     return j;
 }
 

@@ -8,6 +8,9 @@
 //   VIP      address mode hash table_size gue_port echo_reply allow[...] check{...} backend[...]
 //   check    type interval_ms timeout_ms rise fall port http_path http_status http_body
 //   backend  address weight mac
+//   VIP (BGP) communities[...] med min_healthy announce_prefix
+//   bgp      asn router_id heartbeat_timeout_ms bird_socket include drain_wait_s neighbor[...]
+//   neighbor address asn password bfd
 // Every number is range-checked as the integer it was given (int64 or
 // uint64) before it is narrowed: `weight 4294967346 is out of range 0..10000`.
 #pragma once
@@ -39,6 +42,11 @@ inline constexpr IntRange kCheckIntervalRange{100, 3'600'000};
 inline constexpr IntRange kCheckTimeoutRange{10, 3'600'000};  // and at most the interval
 inline constexpr IntRange kRiseFallRange{1, 100};
 inline constexpr IntRange kHttpStatusRange{100, 599};
+inline constexpr IntRange kAsnRange{1, UINT32_MAX};
+inline constexpr IntRange kMedRange{0, UINT32_MAX};
+inline constexpr IntRange kMinHealthyRange{0, 1000};
+inline constexpr IntRange kHeartbeatTimeoutRange{20, 60'000};
+inline constexpr IntRange kDrainWaitRange{0, 3600};
 
 // `value` as an integer within `r`; std::invalid_argument naming `field` and
 // the value as given otherwise (also for non-integers: 1.5, "80", true).
@@ -68,6 +76,10 @@ VipDefinition parse_vip_definition(const nlohmann::json& j,
 BackendDefinition parse_backend_definition(const nlohmann::json& j,
                                            std::initializer_list<std::string_view> extra_keys = {});
 HealthCheck parse_check_definition(const nlohmann::json& j, const VipId& id, uint8_t mode);
+// The [bgp] table (state file, apply, sluicectl bgp set / neighbor add).
+// Model::set_bgp then checks it against the node and the VIPs.
+BgpConfig parse_bgp_definition(const nlohmann::json& j);
+nlohmann::json bgp_definition_json(const BgpConfig& b);
 
 // The inverse: what `dump` prints and the state file stores; parsing it
 // gives the same VIP back.

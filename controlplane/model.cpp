@@ -156,6 +156,24 @@ nlohmann::json allow_list_json(const std::vector<Prefix>& allow) {
     return j;
 }
 
+Community parse_community(std::string_view text) {
+    const auto colon = text.find(':');
+    auto part = [&](std::string_view d, uint16_t& out) {
+        unsigned v = 0;
+        auto [end, ec] = std::from_chars(d.data(), d.data() + d.size(), v);
+        if (d.empty() || ec != std::errc{} || end != d.data() + d.size() || v > 65535) return false;
+        out = static_cast<uint16_t>(v);
+        return true;
+    };
+    Community c;
+    if (colon == std::string_view::npos || !part(text.substr(0, colon), c.asn) ||
+        !part(text.substr(colon + 1), c.value))
+        invalid(fmt::format("community '{}' is not ASN:VALUE with both in 0..65535 (RFC 1997)", text));
+    return c;
+}
+
+std::string format_community(const Community& c) { return fmt::format("{}:{}", c.asn, c.value); }
+
 uint8_t parse_mode(std::string_view text) {
     if (text == "nat") return SLUICE_MODE_NAT;
     if (text == "dsr") return SLUICE_MODE_DSR;
@@ -330,6 +348,7 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
     }
     v.health = hc;
     v.allow = checked_allow(id, opt.allow);
+    v.announce = checked_announce(id, opt.announce);
     v.slot = free_vip_slot();
     v.uid = next_uid_++;
     return vips_.emplace(id, std::move(v)).first->second;
@@ -349,6 +368,9 @@ void Model::check_vip_address(const VipId& id) const {
     if (std::find(node.broadcast.begin(), node.broadcast.end(), a) != node.broadcast.end())
         invalid(fmt::format("VIP {}: {} is a broadcast address of this node's networks",
                             format_vip_id(id), format_ip(a)));
+    for (const BgpNeighbor& n : bgp_.neighbors)
+        if (n.address == a)
+            invalid(fmt::format("VIP {}: {} is a BGP neighbour of this node", format_vip_id(id), format_ip(a)));
     // An every-port VIP and a port VIP on one address and protocol would
     // compete for the same packets: refused on every path (README).
     for (const auto& [other, v] : vips_)
@@ -483,6 +505,61 @@ std::vector<Prefix> Model::checked_allow(const VipId& id, const std::vector<Pref
     return sorted;
 }
 
+Announce Model::checked_announce(const VipId& id, const Announce& a) const {
+    Announce out = a;
+    if (a.min_healthy > 1000)
+        invalid(fmt::format("VIP {}: min_healthy {} is out of range 0..1000", format_vip_id(id), a.min_healthy));
+    std::sort(out.communities.begin(), out.communities.end());
+    if (auto d = std::adjacent_find(out.communities.begin(), out.communities.end()); d != out.communities.end())
+        invalid(fmt::format("VIP {}: community {} is listed twice", format_vip_id(id), format_community(*d)));
+    if (a.prefix) {
+        const Prefix& p = *a.prefix;
+        const IpAddress& addr = id.endpoint.addr;
+        if (p.addr.family != addr.family)
+            invalid(fmt::format("VIP {}: announce_prefix {} is IPv{}, the VIP IPv{}", format_vip_id(id),
+                                format_prefix(p), p.addr.family, addr.family));
+        if (!(network_of(p) == p))
+            invalid(fmt::format("VIP {}: announce_prefix {} has host bits set; did you mean {}?", format_vip_id(id),
+                                format_prefix(p), format_prefix(network_of(p))));
+        if (!(network_of(Prefix{addr, p.len}) == p))
+            invalid(fmt::format("VIP {}: announce_prefix {} does not cover {}", format_vip_id(id), format_prefix(p),
+                                format_ip(addr)));
+    }
+    return out;
+}
+
+void Model::set_announce(const VipId& vip_id, const Announce& announce) {
+    vip(vip_id);
+    Announce checked = checked_announce(vip_id, announce);
+    mutable_vip(vip_id).announce = std::move(checked);
+}
+
+void Model::set_bgp(const BgpConfig& bgp) {
+    if (!bgp.enabled()) {
+        bgp_ = BgpConfig{};
+        return;
+    }
+    if (bgp.router_id.family != 4)
+        invalid(fmt::format("router_id {} is not an IPv4 address", format_ip(bgp.router_id)));
+    const NodeAddresses node = node_addresses_ ? node_addresses_() : NodeAddresses{};
+    std::vector<IpAddress> seen;
+    for (const BgpNeighbor& n : bgp.neighbors) {
+        const std::string a = format_ip(n.address);
+        if (auto why = unusable_address(n.address))
+            invalid(fmt::format("neighbor {}: {} is {}, not a BGP neighbour", a, a, *why));
+        if (std::find(node.local.begin(), node.local.end(), n.address) != node.local.end())
+            invalid(fmt::format("neighbor {}: {} is an address of this node, not a neighbour", a, a));
+        for (const auto& [id, v] : vips_)
+            if (id.endpoint.addr == n.address)
+                invalid(fmt::format("neighbor {}: {} is the address of VIP {}", a, a, format_vip_id(id)));
+        if (std::find(seen.begin(), seen.end(), n.address) != seen.end())
+            invalid(fmt::format("neighbor {}: listed twice", a));
+        seen.push_back(n.address);
+        if (n.asn == 0) invalid(fmt::format("neighbor {}: asn 0 is out of range 1..4294967295", a));
+    }
+    bgp_ = bgp;
+}
+
 void Model::set_allow(const VipId& vip_id, const std::vector<Prefix>& allow) {
     vip(vip_id);  // names a VIP that does not exist
     std::vector<Prefix> checked = checked_allow(vip_id, allow);
@@ -585,8 +662,10 @@ nlohmann::json Model::to_json() const {
     nlohmann::json tunnel = nlohmann::json::object();
     if (tunnel4_.len) tunnel["ipv4"] = format_prefix(tunnel4_);
     if (tunnel6_.len) tunnel["ipv6"] = format_prefix(tunnel6_);
-    return {{"format", 2},           {"hash_seed", hash_seed_}, {"next_uid", next_uid_},
-            {"tunnel_source", tunnel}, {"vips", vips}};
+    nlohmann::json out = {{"format", 2},           {"hash_seed", hash_seed_}, {"next_uid", next_uid_},
+                          {"tunnel_source", tunnel}, {"vips", vips}, {"draining", draining_}};
+    if (bgp_.enabled()) out["bgp"] = bgp_definition_json(bgp_);
+    return out;
 }
 
 namespace {
@@ -655,6 +734,15 @@ Model Model::from_json(const nlohmann::json& j, NodeAddressSource node_addresses
         v.cached_table.clear();
     }
     m.next_uid_ = static_cast<uint32_t>(json_int(j.at("next_uid"), "next_uid", {1, UINT32_MAX}));
+    // After the VIPs: a neighbour is checked against them.
+    if (j.contains("bgp")) {
+        try {
+            m.set_bgp(parse_bgp_definition(j.at("bgp")));
+        } catch (const std::invalid_argument& e) {
+            invalid(fmt::format("bgp: {}", e.what()));
+        }
+    }
+    if (j.contains("draining")) m.draining_ = json_bool(j.at("draining"), "draining");
     // Slots must still be distinct and in range after the restore.
     std::vector<bool> vip_used(SLUICE_MAX_VIPS), be_used(SLUICE_MAX_BACKENDS);
     for (const auto& [id, v] : m.vips_) {

@@ -89,6 +89,27 @@ std::string format_prefix(const Prefix& p);
 std::vector<Prefix> parse_allow_list(const nlohmann::json& j);
 nlohmann::json allow_list_json(const std::vector<Prefix>& allow);
 
+// A standard BGP community (RFC 1997), written ASN:VALUE, each 0..65535.
+struct Community {
+    uint16_t asn = 0;
+    uint16_t value = 0;
+    auto operator<=>(const Community&) const = default;
+};
+Community parse_community(std::string_view text);  // "65001:100"
+std::string format_community(const Community& c);
+
+// How a VIP is announced over BGP (controlplane/bgp.hpp decides when).
+struct Announce {
+    std::vector<Community> communities;  // sorted, no duplicates
+    std::optional<uint32_t> med;          // BGP MULTI_EXIT_DISC; none: not sent
+    // Healthy backends needed to announce; 0: announced whatever the
+    // backends' health (the dataplane and drain conditions still apply).
+    uint32_t min_healthy = 1;
+    // A covering prefix announced instead of the VIP's /32 or /128.
+    std::optional<Prefix> prefix;
+    bool operator==(const Announce&) const = default;
+};
+
 struct VipOptions {
     uint8_t mode = SLUICE_MODE_DSR;
     uint8_t hash_fields = SLUICE_HASH_5TUPLE;
@@ -100,6 +121,7 @@ struct VipOptions {
     // least one of the VIP's family, host bits zero, no duplicates); empty:
     // every source.
     std::vector<Prefix> allow{};
+    Announce announce{};
 };
 
 struct Vip {
@@ -111,6 +133,7 @@ struct Vip {
     bool echo_reply = true;
     HealthCheck health;
     std::vector<Prefix> allow;  // sorted; empty: every source may use the VIP
+    Announce announce;
     uint32_t uid = 0;
     uint16_t slot = 0;
     std::vector<Backend> backends;
@@ -128,6 +151,29 @@ struct Vip {
     const std::vector<uint16_t>& table() const;
 
     mutable std::vector<uint16_t> cached_table;  // rebuilt when empty
+};
+
+// The BGP side of the node ([bgp] in the configuration; controlplane/bgp.hpp
+// turns it into BIRD configuration).
+struct BgpNeighbor {
+    IpAddress address;  // IPv4 neighbours carry IPv4 VIPs, IPv6 ones IPv6 VIPs
+    uint32_t asn = 0;
+    std::string password;  // empty: none (TCP MD5, RFC 2385)
+    bool bfd = false;
+    bool operator==(const BgpNeighbor&) const = default;
+};
+
+struct BgpConfig {
+    uint32_t asn = 0;  // 0: no [bgp] table, sluiced leaves BGP alone
+    IpAddress router_id{4, {}};
+    uint32_t heartbeat_timeout_ms = 300;
+    std::string bird_socket = "/run/sluice/bird.ctl";
+    std::string include = "/run/sluice/bird-sluice.conf";
+    uint32_t drain_wait_s = 5;
+    std::vector<BgpNeighbor> neighbors;
+
+    bool enabled() const { return asn != 0; }
+    bool operator==(const BgpConfig&) const = default;
 };
 
 // This node's own addresses, read from the kernel each time a VIP is added
@@ -167,6 +213,17 @@ public:
     // Replaces the source allow-list (empty: every source) in place: flows of
     // sources the new list still admits keep their backend.
     void set_allow(const VipId& vip, const std::vector<Prefix>& allow);
+    // Per-VIP BGP announcement settings (communities, MED, min_healthy,
+    // covering prefix), in place.
+    void set_announce(const VipId& vip, const Announce& announce);
+    // The [bgp] table: checked against the node's addresses and the VIPs
+    // (a neighbour is neither). A config with asn 0 turns BGP off.
+    void set_bgp(const BgpConfig& bgp);
+    const BgpConfig& bgp() const { return bgp_; }
+    // Node drain (sluicectl node drain): every VIP withdrawn. Operational
+    // state, not configuration: saved in the state file, not in dump.
+    void set_draining(bool d) { draining_ = d; }
+    bool draining() const { return draining_; }
     // Health-check verdicts; returns false when nothing changed.
     bool set_healthy(const VipId& vip, const Endpoint& endpoint, bool healthy);
 
@@ -192,6 +249,7 @@ private:
     std::vector<Prefix> checked_allow(const VipId& id, const std::vector<Prefix>& allow) const;
 
     void check_vip_address(const VipId& id) const;
+    Announce checked_announce(const VipId& id, const Announce& a) const;
 
     uint64_t hash_seed_;
     NodeAddressSource node_addresses_;
@@ -199,6 +257,8 @@ private:
     Prefix tunnel4_{IpAddress{4, {}}, 0};
     Prefix tunnel6_{IpAddress{6, {}}, 0};
     std::map<VipId, Vip> vips_;
+    BgpConfig bgp_;
+    bool draining_ = false;
 };
 
 }  // namespace sluice

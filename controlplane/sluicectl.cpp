@@ -11,7 +11,9 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -138,11 +140,66 @@ void print_human(const std::string& cmd, const json& r) {
         for (const auto& v : r["vips"])
             fmt::print("{} {}\n", v["vip"].get<std::string>(), v["digest"].get<std::string>());
         fmt::print("config {}\n", r["config"].get<std::string>());
+    } else if (cmd == "bgp.status") {
+        if (!r["enabled"].get<bool>()) {
+            fmt::print("BGP: not configured (bgp set --asn N --router-id A)\n");
+            return;
+        }
+        fmt::print("BGP: asn {}  router id {}  {}\n", r["asn"].get<uint32_t>(), r["router_id"].get<std::string>(),
+                   r["draining"].get<bool>() ? "DRAINING" : "not draining");
+        fmt::print("dataplane: {} ({}; timeout {} ms)\n", r["dataplane_alive"].get<bool>() ? "alive" : "DOWN",
+                   r["dataplane"].get<std::string>(), r["heartbeat_timeout_ms"].get<uint32_t>());
+        fmt::print("BIRD: socket {}  include {}  {}\n", r["bird_socket"].get<std::string>(),
+                   r["include"].get<std::string>(),
+                   r["bird_error"].get<std::string>().empty()
+                       ? (r["bird_configured"].get<bool>() ? "configured" : "not yet configured")
+                       : "ERROR: " + r["bird_error"].get<std::string>());
+        if (r.contains("bird_query_error")) fmt::print("BIRD not answering: {}\n", r["bird_query_error"].get<std::string>());
+        fmt::print("sessions:\n");
+        if (r["sessions"].empty()) fmt::print("  none configured\n");
+        for (const auto& s : r["sessions"])
+            fmt::print("  {:<28} as {:<10} {:<12} {}\n", s["neighbor"].get<std::string>(), s["asn"].get<uint32_t>(),
+                       s["state"].get<std::string>(), s["info"].get<std::string>());
+        fmt::print("VIPs:\n");
+        for (const auto& v : r["vips"])
+            fmt::print("  {:<28} {:<22} {:<9} {}\n", v["vip"].get<std::string>(), v["prefix"].get<std::string>(),
+                       v["announced"].get<bool>() ? "announced" : "withdrawn", v["reason"].get<std::string>());
+    } else if (cmd == "node.undrain") {
+        fmt::print("undrained: announcing again where the conditions hold ({} prefix(es) announced now)\n",
+                   r["announced"].size());
     } else if (r.is_object() && r.contains("vip")) {
         print_vip(r);
     } else {
         fmt::print("ok (generation {})\n", r.value("published_generation", uint64_t{0}));
     }
+}
+
+// After sluiced withdrew everything: wait for the routers, then say so.
+int finish_drain(const json& r, std::optional<unsigned> wait_arg, bool as_json) {
+    const bool bgp = r["bgp_enabled"].get<bool>();
+    const bool confirmed = !bgp || r["bird_configured"].get<bool>();
+    const unsigned wait = wait_arg ? *wait_arg : r["drain_wait_s"].get<unsigned>();
+    std::vector<std::string> withdrawn = r["withdrawn"].get<std::vector<std::string>>();
+    if (!as_json) {
+        if (!bgp) fmt::print("draining (BGP is not configured: nothing to withdraw)\n");
+        else fmt::print("draining: withdrew {} prefix(es){}{}\n", withdrawn.size(), withdrawn.empty() ? "" : ": ",
+                        fmt::join(withdrawn, " "));
+        if (!confirmed)
+            fmt::print(stderr, "sluicectl: BIRD has not taken the withdrawal: {}\n", r["bird_error"].get<std::string>());
+        else if (wait)
+            fmt::print("waiting {} s for the routers to move traffic away\n", wait);
+        std::fflush(stdout);
+    }
+    if (confirmed && wait) std::this_thread::sleep_for(std::chrono::seconds(wait));
+    if (as_json) {
+        json out = r;
+        out["waited_s"] = confirmed ? wait : 0;
+        out["safe_to_stop"] = confirmed;
+        std::cout << out.dump(2) << "\n";
+    } else if (confirmed) {
+        fmt::print("drained: stopping this node now breaks nothing\n");
+    }
+    return confirmed ? 0 : kExitRefused;
 }
 
 }  // namespace
@@ -222,13 +279,25 @@ int main(int argc, char** argv) {
                         "long lists are best kept in a file for apply); others are dropped as "
                         "source_not_allowed. Default: every source")
         ->delimiter(',');
+    std::vector<std::string> communities;
+    vip_add->add_option("--community", communities,
+                        "BGP standard community ASN:VALUE (each 0-65535) sent with the VIP's prefix "
+                        "(comma-separated, repeatable)")
+        ->delimiter(',');
+    option(vip_add, opts, "--med", "med", "BGP MED sent with the VIP's prefix, 0-4294967295 (default: none)");
+    option(vip_add, opts, "--min-healthy", "min_healthy",
+           "Healthy backends needed to announce the VIP over BGP, 0-1000 (default 1; 0: whatever their health)");
+    option(vip_add, opts, "--announce-prefix", "announce_prefix",
+           "Announce this covering prefix (e.g. 198.18.1.0/24) instead of the VIP's /32 or /128");
     option(vip_add, opts, "--table-size", "table_size",
            "Maglev table size, a prime from: 251 509 1021 2039 4093 8191 16381 32749 65537 "
            "(the default) 131071 262139 524287 655373 1048573");
     vip_add->callback([&] {
         req.cmd = "vip.add";
         req.args = {{"address", vip}};
-        for (const auto& [k, v] : opts) req.args[k] = k == "mode" || k == "hash" ? json(v) : typed(v);
+        for (const auto& [k, v] : opts)
+            req.args[k] = k == "mode" || k == "hash" || k == "announce_prefix" ? json(v) : typed(v);
+        if (!communities.empty()) req.args["communities"] = communities;
         if (no_echo) req.args["echo_reply"] = false;
         if (!check_opts.empty()) {
             json check = json::object();
@@ -293,6 +362,65 @@ int main(int argc, char** argv) {
         req.cmd = "backend.list";
         req.args = {{"vip", vip}};
     });
+
+    auto* bgpc = app.add_subcommand("bgp", "BGP announcements through BIRD: status, settings, neighbours");
+    bgpc->require_subcommand(1);
+    auto* bgp_status = bgpc->add_subcommand(
+        "status", "Each BGP session's state from BIRD and, per VIP, announced or withdrawn and why");
+    json_flag(bgp_status);
+    bgp_status->callback([&] { req.cmd = "bgp.status"; });
+    std::map<std::string, std::string> bgp_opts;
+    auto* bgp_set = bgpc->add_subcommand(
+        "set", "Set the [bgp] settings given (the others keep their values; the first set needs --asn and --router-id)");
+    option(bgp_set, bgp_opts, "--asn", "asn", "This node's AS number, 1-4294967295");
+    option(bgp_set, bgp_opts, "--router-id", "router_id", "BGP router id, an IPv4 address");
+    option(bgp_set, bgp_opts, "--heartbeat-timeout-ms", "heartbeat_timeout_ms",
+           "Withdraw every VIP when a dataplane worker has not beaten for this long, 20-60000 (default 300)");
+    option(bgp_set, bgp_opts, "--bird-socket", "bird_socket", "BIRD's control socket (default /run/sluice/bird.ctl)");
+    option(bgp_set, bgp_opts, "--include", "include",
+           "The file sluiced writes and BIRD's configuration includes (default /run/sluice/bird-sluice.conf)");
+    option(bgp_set, bgp_opts, "--drain-wait-s", "drain_wait_s",
+           "node drain: seconds the routers get to move traffic away, 0-3600 (default 5)");
+    bgp_set->callback([&] {
+        req.cmd = "bgp.set";
+        for (const auto& [k, v] : bgp_opts)
+            req.args[k] = k == "router_id" || k == "bird_socket" || k == "include" ? json(v) : typed(v);
+    });
+    auto* bgp_clear = bgpc->add_subcommand("clear", "Remove the [bgp] settings: sluiced stops managing BIRD");
+    bgp_clear->callback([&] { req.cmd = "bgp.clear"; });
+    auto* nbc = bgpc->add_subcommand("neighbor", "Add or remove a BGP neighbour");
+    nbc->require_subcommand(1);
+    auto* nb_add = nbc->add_subcommand("add", "Add a neighbour (IPv4 ones carry IPv4 VIPs, IPv6 ones IPv6 VIPs)");
+    nb_add->add_option("address", address, "The neighbour's address")->required();
+    std::string nb_asn, nb_password;
+    bool nb_bfd = false;
+    nb_add->add_option("--asn", nb_asn, "The neighbour's AS number, 1-4294967295")->required();
+    nb_add->add_option("--password", nb_password, "TCP MD5 password of the session (default: none)");
+    nb_add->add_flag("--bfd", nb_bfd, "Run BFD on the session");
+    nb_add->callback([&] {
+        req.cmd = "bgp.neighbor.add";
+        req.args = {{"address", address}, {"asn", typed(nb_asn)}};
+        if (!nb_password.empty()) req.args["password"] = nb_password;
+        if (nb_bfd) req.args["bfd"] = true;
+    });
+    auto* nb_rm = nbc->add_subcommand("remove", "Remove a neighbour (its session ends)");
+    nb_rm->add_option("address", address, "The neighbour's address")->required();
+    nb_rm->callback([&] { req = {"bgp.neighbor.remove", {{"address", address}}}; });
+
+    auto* nodec = app.add_subcommand("node", "Drain the node for maintenance, or undrain it");
+    nodec->require_subcommand(1);
+    std::optional<unsigned> drain_wait;
+    auto* drain = nodec->add_subcommand(
+        "drain", "Withdraw every VIP from BGP, wait until the routers have moved traffic away "
+                 "(bgp drain_wait_s, or --wait), then say that stopping the node breaks nothing. "
+                 "The node stays drained (also across restarts) until node undrain");
+    drain->add_option("--wait", drain_wait, "Seconds to wait after the withdrawal, 0-3600 (default: bgp drain_wait_s)")
+        ->check(CLI::Range(0u, 3600u));
+    json_flag(drain);
+    drain->callback([&] { req.cmd = "node.drain"; });
+    auto* undrain = nodec->add_subcommand("undrain", "Announce the VIPs again where their conditions hold");
+    json_flag(undrain);
+    undrain->callback([&] { req.cmd = "node.undrain"; });
 
     std::string config_path;
     auto* apply = app.add_subcommand(
@@ -365,6 +493,7 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "sluicectl: error: {}\n", response.value("error", "unknown error"));
         return response.value("code", "") == "permission" ? kExitUnreachable : kExitRefused;
     }
+    if (req.cmd == "node.drain") return finish_drain(response["result"], drain_wait, req.as_json);
     if (req.as_json)
         std::cout << response["result"].dump(2) << "\n";
     else if (req.cmd == "config.dump")

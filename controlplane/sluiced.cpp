@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -79,6 +80,10 @@ int main(int argc, char** argv) {
                    "Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: off; 0-65535)")
         ->check(CLI::Range(0, 65535))
         ->capture_default_str();
+    app.add_option("--bird-socket", opt.bird_socket,
+                   "BIRD's control socket, overriding [bgp] bird_socket of the configuration");
+    app.add_option("--bird-include", opt.bird_include,
+                   "The BIRD include sluiced writes, overriding [bgp] include of the configuration");
     CLI11_PARSE(app, argc, argv);
     opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
 
@@ -89,6 +94,9 @@ int main(int argc, char** argv) {
         sluice::Daemon daemon(opt, sluice::Daemon::load_state(opt.state_path, seed));
         if (tunnel4 || tunnel6) daemon.set_tunnel_sources(tunnel4, tunnel6);
         daemon.publish_current();
+        // The include is rebuilt from the state file at once: every VIP
+        // starts withdrawn until its first health verdict.
+        daemon.bgp_tick(true);
         sluice::ControlServer control(socket_path,
                                       [&](const std::string& line) { return daemon.handle_line(line); });
         struct sigaction sa{};
@@ -107,16 +115,30 @@ int main(int argc, char** argv) {
                    socket_path);
         std::fflush(stdout);
         auto next_tick = std::chrono::steady_clock::now();
+        auto next_bgp = next_tick;
+        // BGP conditions are re-read this often: a failing one reaches BIRD
+        // within about this plus BIRD's reconfiguration (the bound is 1 s).
+        constexpr auto kBgpPeriod = std::chrono::milliseconds(100);
         while (!g_stop) {
-            if (std::chrono::steady_clock::now() >= next_tick) {
+            auto now = std::chrono::steady_clock::now();
+            if (now >= next_tick) {
                 daemon.tick();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
+            if (now >= next_bgp) {
+                daemon.bgp_tick();
+                next_bgp = now + kBgpPeriod;
+            }
             std::vector<pollfd> p = {{daemon.health_wake_fd(), POLLIN, 0}};
             control.add_pollfds(p);
-            const int r = poll(p.data(), p.size(), 200);
+            const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::min(next_tick, next_bgp) - std::chrono::steady_clock::now());
+            const int r = poll(p.data(), p.size(), static_cast<int>(std::clamp<int64_t>(wait.count(), 0, 200)));
             if (r < 0) continue;
-            if (p[0].revents & POLLIN) daemon.apply_health_changes();
+            if (p[0].revents & POLLIN) {
+                daemon.apply_health_changes();
+                daemon.bgp_tick();  // a backend down reaches BIRD now, not at the next period
+            }
             control.on_poll(p.data() + 1, p.size() - 1);
             std::fflush(stdout);
         }

@@ -42,6 +42,7 @@
 #include "sluice/conn_table.hpp"
 #include "sluice/flow_census.hpp"
 #include "sluice/forwarder.hpp"
+#include "sluice/liveness.hpp"
 #include "sluice/shm.hpp"
 #include "sluice/slot_stats.hpp"
 
@@ -62,6 +63,9 @@ constexpr unsigned kMbufCache = 256;
 // the kernel threads that carry veth traffic.
 constexpr unsigned kIdlePollsBeforeSleep = 256;
 constexpr unsigned kMaxIdleSleepUs = 1000;
+// Workers beat once per iteration; the smallest heartbeat timeout sluiced
+// accepts is 20 ms (heartbeat_timeout_ms), which an idle sleep must not eat.
+static_assert(kMaxIdleSleepUs * 10 <= 20'000, "idle back-off too long for the heartbeat timeout");
 // Handoff rings between workers (see Steering in forwarder.hpp): one
 // single-producer single-consumer ring per ordered pair of workers.
 constexpr unsigned kHandoffRingSize = 2048;
@@ -208,12 +212,9 @@ void* open_conn_table(const std::string& path, size_t capacity, bool& reused) {
 
 // CLOCK_MONOTONIC_COARSE through the vDSO: no system call, and unlike a TSC
 // divided by a calibrated frequency it reads the same across a restart, so
-// expiry times kept in the table stay meaningful.
-uint32_t monotonic_ms() {
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return static_cast<uint32_t>(static_cast<uint64_t>(ts.tv_sec) * 1000u + static_cast<uint64_t>(ts.tv_nsec) / 1'000'000u);
-}
+// expiry times kept in the table stay meaningful. The same reading is the
+// worker's heartbeat (sluice/liveness.hpp).
+uint32_t monotonic_ms() { return static_cast<uint32_t>(monotonic_coarse_ms()); }
 
 void free_unsent(rte_mbuf** pkts, uint16_t sent, uint16_t n, sluice_lcore_stats& st) {
     if (SLUICE_UNLIKELY(sent < n)) {
@@ -348,7 +349,11 @@ int worker_loop(Worker& w) {
 
     while (!g_quit.load(std::memory_order_relaxed)) {
         const uint64_t start = rte_rdtsc();
-        const uint32_t now_ms = monotonic_ms();
+        const uint64_t now64_ms = monotonic_coarse_ms();
+        const uint32_t now_ms = static_cast<uint32_t>(now64_ms);
+        // Idle or busy, every iteration beats: the idle back-off sleeps at
+        // most kMaxIdleSleepUs, far inside any heartbeat timeout (20 ms+).
+        reader.heartbeat(now64_ms);
         const sluice_config& cfg = reader.acquire();
         slot_stats.follow(
             cfg, st, [&](size_t s) { census.forget_vip(s); }, [&](size_t s) { census.forget_backend(s); });
@@ -608,6 +613,9 @@ int main(int argc, char** argv) {
     clock_gettime(CLOCK_REALTIME, &ts);
     hdr.dataplane_start_ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
     hdr.lcore_count = nb_workers;
+    // A previous dataplane's last beats must not make this one look alive
+    // before its own workers run.
+    for (auto& l : (*shm)->lcore_state) __atomic_store_n(&l.heartbeat_ms, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&hdr.dataplane_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
 
     g_shm = shm->get();

@@ -34,7 +34,7 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 5u
+#define SLUICE_ABI_VERSION 6u /* 6: lcore_state.heartbeat_ms */
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
@@ -227,7 +227,11 @@ struct sluice_config {
 struct sluice_lcore_state {
 	__u64 quiescent_generation;
 	__u64 online; /* 1 while a worker runs on this slot */
-	__u64 reserved[6];
+	/* CLOCK_MONOTONIC(_COARSE) milliseconds, stored (relaxed) by the worker
+	 * once per loop iteration, idle or busy: sluiced withdraws the node's
+	 * BGP announcements when a worker stops beating (sluice/liveness.hpp). */
+	__u64 heartbeat_ms;
+	__u64 reserved[5];
 };
 
 struct sluice_lcore_stats {
@@ -345,6 +349,8 @@ SLUICE_STATIC_ASSERT(sizeof(struct sluice_backend) == 64, "sluice_backend is one
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_shm_header) == 512, "header size is ABI");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_lcore_state) == SLUICE_CACHE_LINE,
 		     "lcore state must not share a cache line");
+SLUICE_STATIC_ASSERT(__builtin_offsetof(struct sluice_lcore_state, heartbeat_ms) == 16,
+		     "heartbeat_ms offset is ABI");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_lcore_stats) % SLUICE_CACHE_LINE == 0,
 		     "lcore stats must not share a cache line");
 SLUICE_STATIC_ASSERT(SLUICE_DROP_REASON_COUNT <= SLUICE_COUNTER_SLOTS, "too many drop reasons");

@@ -3,7 +3,10 @@
 and on each line-service port answers every received line with its name, so
 clients can tell which backend holds a long-lived connection.
 
-usage: backend_server.py NAME --http PORT [--http PORT ...] [--lines PORT ...]
+On each echo port it answers every received line with its name and the line,
+so a client checks that its own data went both ways.
+
+usage: backend_server.py NAME --http PORT [--http PORT ...] [--lines PORT ...] [--echo PORT ...]
 """
 import argparse
 import http.server
@@ -17,6 +20,7 @@ def main():
     ap.add_argument("name")
     ap.add_argument("--http", type=int, action="append", default=[])
     ap.add_argument("--lines", type=int, action="append", default=[])
+    ap.add_argument("--echo", type=int, action="append", default=[])
     args = ap.parse_args()
     body = (args.name + "\n").encode()
 
@@ -36,11 +40,20 @@ def main():
                 self.wfile.write(body)
                 self.wfile.flush()
 
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                self.wfile.write(args.name.encode() + b" " + line)
+                self.wfile.flush()
+
     class Server(socketserver.ThreadingTCPServer):
         # One dual-stack socket per port: IPv6 and IPv4 (as mapped addresses).
         address_family = socket.AF_INET6
         allow_reuse_address = True
         daemon_threads = True
+        # socketserver's default backlog of 5 drops SYNs (a 1 s retransmission
+        # each) when a test opens connections from several threads at once.
+        request_queue_size = 128
 
         def server_bind(self):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -48,9 +61,10 @@ def main():
 
     servers = [Server(("::", p), Http) for p in args.http]
     servers += [Server(("::", p), Lines) for p in args.lines]
+    servers += [Server(("::", p), Echo) for p in args.echo]
     for s in servers[1:]:
         threading.Thread(target=s.serve_forever, daemon=True).start()
-    print(f"{args.name}: serving http {args.http} lines {args.lines}", flush=True)
+    print(f"{args.name}: serving http {args.http} lines {args.lines} echo {args.echo}", flush=True)
     servers[0].serve_forever()
 
 

@@ -130,6 +130,32 @@ def test_exit_codes():
         rc("vip", "add", "198.18.1.2:80/tcp", "--mode", "gue", "--gue-port", "71616", want=1,
            says="gue_port 71616 is out of range 1..65535")
         rc("vip", "add", "198.18.1.2:80/tcp", "--rise", "300", want=1, says="rise 300 is out of range 1..100")
+        # BGP settings and the VIPs' announcement fields (issue 13).
+        rc("bgp", "neighbor", "add", "198.18.40.1", "--asn", "65000", want=1, says="BGP is not configured")
+        rc("bgp", "set", "--asn", "0", "--router-id", "198.18.40.2", want=1, says="asn 0 is out of range 1..4294967295")
+        rc("bgp", "set", "--asn", "4294967296", "--router-id", "198.18.40.2", want=1,
+           says="asn 4294967296 is out of range 1..4294967295")
+        rc("bgp", "set", "--asn", "65001", "--router-id", "2001:db8::1", want=1,
+           says='router_id "2001:db8::1" is not an IPv4 address')
+        rc("bgp", "set", "--asn", "65001", "--router-id", "198.18.40.2", "--heartbeat-timeout-ms", "60001", want=1,
+           says="heartbeat_timeout_ms 60001 is out of range 20..60000")
+        # Paths of this test's own: never the machine's /run/sluice.
+        rc("bgp", "set", "--asn", "65001", "--router-id", "198.18.40.2", "--include", f"{d.tmp}/bird-sluice.conf",
+           "--bird-socket", f"{d.tmp}/bird.ctl", want=0)
+        rc("bgp", "neighbor", "add", "198.18.40.1", "--asn", "65000", want=0)
+        rc("bgp", "neighbor", "add", "198.18.40.1", "--asn", "65000", want=1, says="listed twice")
+        rc("bgp", "neighbor", "add", "198.18.1.1", "--asn", "65000", want=1,
+           says="198.18.1.1 is the address of VIP 198.18.1.1:80/tcp")
+        rc("vip", "add", "198.18.40.1:80/tcp", want=1, says="198.18.40.1 is a BGP neighbour of this node")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--community", "65536:1", want=1, says="community '65536:1'")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--med", "4294967296", want=1,
+           says="med 4294967296 is out of range 0..4294967295")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--min-healthy", "1001", want=1,
+           says="min_healthy 1001 is out of range 0..1000")
+        rc("vip", "add", "198.18.1.2:80/tcp", "--announce-prefix", "198.18.2.0/24", want=1,
+           says="announce_prefix 198.18.2.0/24 does not cover 198.18.1.2")
+        rc("node", "drain", "--wait", "3601", want=2)
+        rc("bgp", "clear", want=0)
         # A 0xff byte (surrogateescape carries it into argv as is).
         rc("vip", "add", "198.18.1.2:80/tcp\udcff", want=1, says="not valid UTF-8")
         # --help tells the truth about all of it.
@@ -173,6 +199,16 @@ def test_refusals_name_the_value_and_change_nothing():
 
 
 def test_dump_of_every_kind_reapplies():
+    # Both daemons write the BIRD include named in the configuration.
+    include = f"/tmp/sluice-ctl-dmp-{os.getpid()}-bird.conf"
+    try:
+        dump_of_every_kind_reapplies(include)
+    finally:
+        if os.path.exists(include):
+            os.unlink(include)
+
+
+def dump_of_every_kind_reapplies(include):
     with Daemon("dmp") as d:
         cmds = [
             ["vip", "add", "198.18.1.1:80/tcp", "--mode", "nat"],
@@ -181,6 +217,12 @@ def test_dump_of_every_kind_reapplies():
             ["vip", "add", "198.18.1.4:443/tcp", "--mode", "gue", "--gue-port", "6080", "--check", "none"],
             ["backend", "add", "198.18.1.1:80/tcp", "198.18.0.11:8080", "--mac", MAC, "--weight", "0"],
             ["backend", "add", "198.18.1.3/gre", "198.18.0.12", "--mac", MAC],
+            ["vip", "add", "198.18.1.5:80/tcp", "--community", "65001:1,65001:2", "--med", "3", "--min-healthy", "0",
+             "--announce-prefix", "198.18.1.0/24"],
+            ["bgp", "set", "--asn", "65001", "--router-id", "198.18.40.2", "--drain-wait-s", "0",
+             "--include", include, "--bird-socket", include + ".ctl"],
+            ["bgp", "neighbor", "add", "198.18.40.1", "--asn", "65000", "--bfd", "--password", "pw"],
+            ["bgp", "neighbor", "add", "2001:db8:40::1", "--asn", "65000"],
         ]
         for c in cmds:
             r = d.ctl(*c)

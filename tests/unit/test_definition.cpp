@@ -45,6 +45,9 @@ const NumericField kFields[] = {
     {"fall", kRiseFallRange, [](json x) { return check_vip("fall", std::move(x)); }},
     {"port", kPortRange, [](json x) { return check_vip("port", std::move(x)); }},
     {"http_status", kHttpStatusRange, [](json x) { return check_vip("http_status", std::move(x)); }},
+    {"med", kMedRange, [](json x) { return json{{"address", "198.18.1.1:80/tcp"}, {"med", std::move(x)}}; }},
+    {"min_healthy", kMinHealthyRange,
+     [](json x) { return json{{"address", "198.18.1.1:80/tcp"}, {"min_healthy", std::move(x)}}; }},
     {"weight", kWeightRange, [](json x) {
          return json{{"address", "198.18.1.1:80/tcp"},
                      {"backend", {{{"address", "198.18.0.11"}, {"weight", std::move(x)}, {"mac", "02:00:00:00:00:11"}}}}};
@@ -257,4 +260,134 @@ TEST_CASE("A format-1 state file (before the shared definitions) still loads") {
     const json v2 = m.to_json();
     CHECK(v2["format"] == 2);
     CHECK(Model::from_json(v2, no_addresses).to_json() == v2);
+}
+
+namespace {
+
+const json kBgp = {{"asn", 65001}, {"router_id", "198.18.40.2"},
+                   {"neighbor", {{{"address", "198.18.40.1"}, {"asn", 65000}}}}};
+
+NodeAddresses bgp_node() { return {{parse_ip("198.18.40.2"), parse_ip("2001:db8:40::2")}, {}}; }
+
+// The refusal of a configuration through apply and through the state file
+// (both must say `says`); apply must leave the model as it was.
+void refused_everywhere(const json& config, const std::string& says) {
+    INFO(config.dump());
+    Model m(1, bgp_node);
+    m.add_vip(parse_vip_id("198.18.41.9:80/tcp"), VipOptions{});
+    const json before = m.to_json();
+    std::vector<std::string> changes;
+    CHECK_THROWS_WITH(apply_config(m, config, resolve, changes), Catch::Contains(says));
+    CHECK(m.to_json() == before);
+    json state = {{"format", 2}, {"hash_seed", 1}, {"next_uid", 100}, {"vips", json::array()}};
+    uint32_t uid = 1;
+    for (json v : config.value("vip", json::array())) {
+        v["uid"] = uid++;
+        v["slot"] = uid;
+        state["vips"].push_back(v);
+    }
+    if (config.contains("bgp")) state["bgp"] = config["bgp"];
+    CHECK_THROWS_WITH(Model::from_json(state, bgp_node), Catch::Contains(says));
+}
+
+json with_bgp(const char* key, json value) {
+    json b = kBgp;
+    b[key] = std::move(value);
+    return json{{"bgp", b}};
+}
+
+json with_neighbor(json n) {
+    json b = kBgp;
+    b["neighbor"].push_back(std::move(n));
+    return json{{"bgp", b}};
+}
+
+json vip_with(const char* key, json value, const char* address = "198.18.1.1:80/tcp") {
+    json v = {{"address", address}};
+    v[key] = std::move(value);
+    return json{{"vip", {v}}};
+}
+
+}  // namespace
+
+TEST_CASE("BGP settings and per-VIP announcement fields are refused by name on every path") {
+    refused_everywhere(with_bgp("asn", 0), "asn 0 is out of range 1..4294967295");
+    refused_everywhere(with_bgp("asn", uint64_t{1} << 32), "asn 4294967296 is out of range 1..4294967295");
+    refused_everywhere(with_bgp("router_id", "2001:db8::1"), "router_id \"2001:db8::1\" is not an IPv4 address");
+    refused_everywhere(with_bgp("router_id", "router"), "router_id \"router\" is not an IPv4 address");
+    refused_everywhere(with_bgp("heartbeat_timeout_ms", 19), "heartbeat_timeout_ms 19 is out of range 20..60000");
+    refused_everywhere(with_bgp("heartbeat_timeout_ms", 60001), "heartbeat_timeout_ms 60001 is out of range 20..60000");
+    refused_everywhere(with_bgp("drain_wait_s", 3601), "drain_wait_s 3601 is out of range 0..3600");
+    refused_everywhere(with_bgp("include", "relative.conf"), "include \"relative.conf\" is not an absolute path");
+    refused_everywhere(with_bgp("bird_socket", "/run/x\"; protocol"), "bird_socket");
+    refused_everywhere(with_bgp("colour", 1), "bgp: unknown key 'colour'");
+    refused_everywhere(with_neighbor({{"address", "198.18.40.1"}, {"asn", 65000}}), "neighbor 198.18.40.1: listed twice");
+    refused_everywhere(with_neighbor({{"address", "198.18.40.2"}, {"asn", 65000}}),
+                       "198.18.40.2 is an address of this node");
+    refused_everywhere(with_neighbor({{"address", "2001:db8:40::2"}, {"asn", 65000}}),
+                       "2001:db8:40::2 is an address of this node");
+    refused_everywhere(with_neighbor({{"address", "198.18.40.3"}, {"asn", 0}}), "asn 0 is out of range 1..4294967295");
+    refused_everywhere(with_neighbor({{"address", "198.18.40.3"}, {"asn", 1}, {"password", "a\"b"}}),
+                       "password \"a\\\"b\" holds a quote");
+    refused_everywhere(with_neighbor({{"address", "127.0.0.1"}, {"asn", 1}}), "loopback");
+    {
+        // A neighbour on a VIP's address, both ways round.
+        json c = with_neighbor({{"address", "198.18.41.1"}, {"asn", 65000}});
+        c["vip"] = {{{"address", "198.18.41.1:80/tcp"}}};
+        refused_everywhere(c, "198.18.41.1 is the address of VIP 198.18.41.1:80/tcp");
+        Model m(1, bgp_node);
+        m.set_bgp(parse_bgp_definition(c["bgp"]));
+        CHECK_THROWS_WITH(m.add_vip(parse_vip_id("198.18.41.1:443/tcp"), VipOptions{}),
+                          Catch::Contains("198.18.41.1 is a BGP neighbour of this node"));
+    }
+    refused_everywhere(vip_with("communities", {"65536:1"}), "community '65536:1' is not ASN:VALUE");
+    refused_everywhere(vip_with("communities", {"65001"}), "community '65001' is not ASN:VALUE");
+    refused_everywhere(vip_with("communities", {"65001:1", "65001:1"}), "community 65001:1 is listed twice");
+    refused_everywhere(vip_with("med", uint64_t{1} << 32), "med 4294967296 is out of range 0..4294967295");
+    refused_everywhere(vip_with("min_healthy", 1001), "min_healthy 1001 is out of range 0..1000");
+    refused_everywhere(vip_with("announce_prefix", "198.18.2.0/24"), "announce_prefix 198.18.2.0/24 does not cover 198.18.1.1");
+    refused_everywhere(vip_with("announce_prefix", "2001:db8::/32"), "announce_prefix 2001:db8::/32 is IPv6, the VIP IPv4");
+    refused_everywhere(vip_with("announce_prefix", "198.18.1.1/24"), "has host bits set; did you mean 198.18.1.0/24?");
+    refused_everywhere(vip_with("announce_prefix", "198.18.1.0/33"), "announce_prefix: '198.18.1.0/33' has a bad prefix length");
+}
+
+TEST_CASE("BGP settings, per-VIP fields and the drain flag survive dump/apply and the state file") {
+    json config = {{"bgp", {{"asn", 4200000000u}, {"router_id", "198.18.40.2"}, {"heartbeat_timeout_ms", 250},
+                            {"drain_wait_s", 7}, {"bird_socket", "/run/b.ctl"}, {"include", "/run/b.conf"},
+                            {"neighbor", {{{"address", "198.18.40.1"}, {"asn", 65000}, {"password", "pw"}, {"bfd", true}},
+                                          {{"address", "2001:db8:40::1"}, {"asn", 65000}, {"bfd", false}}}}}},
+                   {"node", json::object()},
+                   {"vip", {{{"address", "198.18.1.1:80/tcp"}, {"communities", {"65001:2", "65001:1"}}, {"med", 10},
+                             {"min_healthy", 2}, {"announce_prefix", "198.18.1.0/24"}}}}};
+    Model m(1, bgp_node);
+    std::vector<std::string> changes;
+    Model applied = apply_config(m, config, resolve, changes);
+    CHECK(applied.bgp().asn == 4200000000u);
+    CHECK(applied.bgp().neighbors.size() == 2);
+    const Vip& v = applied.vip(parse_vip_id("198.18.1.1:80/tcp"));
+    CHECK(v.announce.min_healthy == 2);
+    CHECK(v.announce.med == 10u);
+    CHECK(format_community(v.announce.communities[0]) == "65001:1");
+    // dump re-applies to no change at all.
+    const json dumped = config_of(applied);
+    CHECK(dumped["bgp"]["neighbor"][0]["password"] == "pw");
+    changes.clear();
+    Model again = apply_config(applied, dumped, resolve, changes);
+    CHECK(changes.empty());
+    // TOML round trip of the dump.
+    changes.clear();
+    apply_config(applied, config_from_toml(config_to_toml(dumped)), resolve, changes);
+    CHECK(changes.empty());
+    // The state file keeps all of it, and the drain flag.
+    applied.set_draining(true);
+    const Model restored = Model::from_json(applied.to_json(), bgp_node);
+    CHECK(restored.bgp() == applied.bgp());
+    CHECK(restored.draining());
+    CHECK(restored.vip(v.id).announce == v.announce);
+    // Dropping [bgp] from the file turns BGP off.
+    json off = dumped;
+    off.erase("bgp");
+    changes.clear();
+    CHECK_FALSE(apply_config(applied, off, resolve, changes).bgp().enabled());
+    CHECK(changes == std::vector<std::string>{"bgp: off"});
 }

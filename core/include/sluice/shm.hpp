@@ -96,6 +96,11 @@ public:
     SLUICE_ALWAYS_INLINE void quiescent() {
         __atomic_store_n(&state_->quiescent_generation, current_, __ATOMIC_RELEASE);
     }
+    // Once per loop iteration (sluice/liveness.hpp): a plain store, so the
+    // hot path pays one write to a line only this lcore writes.
+    SLUICE_ALWAYS_INLINE void heartbeat(uint64_t now_ms) {
+        __atomic_store_n(&state_->heartbeat_ms, now_ms, __ATOMIC_RELAXED);
+    }
     sluice_lcore_stats& stats() const { return shm_->lcore_stats[slot_]; }
 
 private:
