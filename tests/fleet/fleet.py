@@ -776,15 +776,16 @@ class FleetClient:
         return self._call("stop")
 
 
-def stray_rate(f, seconds=1.0):
-    """New flows per second the nodes count with no client traffic at all.
-    Issue 13 point 5: health checks through the tunnel must create none; until
-    the prober keeps its replies' RSTs off the VIPs, they come back through
-    the router as flows and the spread figures allow for them."""
+def quiet_flows(f, seconds=3.0):
+    """New flows the nodes count over `seconds` with no client traffic at all.
+    Issue 13 point 5: health checks through the tunnel must create none. The
+    node's kernel would answer each probe's SYN-ACK with a RST to the VIP, which
+    the router sends back into a dataplane as a new flow; sluiced's nftables
+    table (controlplane/probe_filter.hpp) drops those RSTs."""
     before = f.counters()
     time.sleep(seconds)
     _, total = shares(before, f.counters())
-    return total / seconds
+    return total
 
 
 def failures(results):
