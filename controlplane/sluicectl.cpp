@@ -382,7 +382,7 @@ int main(int argc, char** argv) {
         for (const auto& [k, v] : bgp_opts)
             req.args[k] = k == "router_id" || k == "bird_socket" || k == "include" ? json(v) : typed(v);
     });
-    auto* bgp_clear = bgpc->add_subcommand("clear", "Remove the [bgp] settings: sluiced stops managing BIRD");
+    auto* bgp_clear = bgpc->add_subcommand("clear", "Remove the [bgp] settings: sluiced empties its BIRD include (every VIP withdrawn, its sessions removed) and stops managing BIRD");
     bgp_clear->callback([&] { req.cmd = "bgp.clear"; });
     auto* nbc = bgpc->add_subcommand("neighbor", "Add or remove a BGP neighbour");
     nbc->require_subcommand(1);

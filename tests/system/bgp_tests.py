@@ -324,6 +324,11 @@ def test_bird_errors_reported():
             f.write(text)
         r = lab.ctl("apply", "-f", path)
         check("0 change(s)" in r.stdout, f"dump does not re-apply unchanged: {r.stdout}")
+        # bgp clear empties the include: nothing stays announced unmanaged.
+        lab.ctl("bgp", "clear")
+        text = open(lab.include).read()
+        check("protocol bgp" not in text and "route " not in text, f"include after bgp clear: {text}")
+        check(not lab.bgp_status()["enabled"], "bgp status still enabled after clear")
 
 
 TESTS = {
