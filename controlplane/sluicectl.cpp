@@ -92,6 +92,8 @@ void print_human(const std::string& cmd, const json& r) {
         fmt::print("shared memory {}  state {}\n", r["shm"].get<std::string>(),
                    r["state"].get<std::string>());
         fmt::print("XDP steering maps: {}\n", r["xdp_maps"].get<std::string>());
+        fmt::print("BGP: {}{}\n", r.value("bgp", false) ? "configured (sluicectl bgp status)" : "not configured",
+                   r.value("draining", false) ? "; node DRAINING (sluicectl node undrain)" : "");
     } else if (cmd == "vip.list") {
         if (r.empty()) fmt::print("no VIPs\n");
         for (const auto& v : r) print_vip(v);

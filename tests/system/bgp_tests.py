@@ -295,6 +295,12 @@ def test_bird_errors_reported():
         print(f"  bad BIRD configuration: {st['bird_error']}")
         r = lab.ctl("bgp", "status")
         check("ERROR: BIRD refused" in r.stdout, r.stdout)
+        # A drain BIRD has not taken never claims the node is safe to stop.
+        r = lab.ctl("node", "drain", "--wait", "0", "--json", check_rc=False)
+        out = json.loads(r.stdout)
+        check(r.returncode == 1 and out["safe_to_stop"] is False and "BIRD refused" in out["bird_error"],
+              f"drain with a refusing BIRD: {r.returncode} {r.stdout} {r.stderr}")
+        lab.ctl("node", "undrain")
         # Refusals name the field and the value and change nothing.
         before = lab.ctl("dump", "--json").stdout
         for args, says in [
