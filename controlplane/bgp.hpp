@@ -141,6 +141,7 @@ private:
     bool draining_ = false;
     std::string written_;      // the include text last written
     std::string written_path_;
+    std::string last_socket_;  // where BIRD was last told
     bool pending_ = false;     // written, BIRD not yet reconfigured with it
     std::string bird_error_;   // empty: the last exchange with BIRD succeeded
     std::chrono::steady_clock::time_point next_try_{};

@@ -92,6 +92,8 @@ void print_human(const std::string& cmd, const json& r) {
         fmt::print("shared memory {}  state {}\n", r["shm"].get<std::string>(),
                    r["state"].get<std::string>());
         fmt::print("XDP steering maps: {}\n", r["xdp_maps"].get<std::string>());
+        fmt::print("BGP: {}{}\n", r.value("bgp", false) ? "configured (sluicectl bgp status)" : "not configured",
+                   r.value("draining", false) ? "; node DRAINING (sluicectl node undrain)" : "");
     } else if (cmd == "vip.list") {
         if (r.empty()) fmt::print("no VIPs\n");
         for (const auto& v : r) print_vip(v);
@@ -386,7 +388,7 @@ int main(int argc, char** argv) {
         for (const auto& [k, v] : bgp_opts)
             req.args[k] = k == "router_id" || k == "bird_socket" || k == "include" ? json(v) : typed(v);
     });
-    auto* bgp_clear = bgpc->add_subcommand("clear", "Remove the [bgp] settings: sluiced stops managing BIRD");
+    auto* bgp_clear = bgpc->add_subcommand("clear", "Remove the [bgp] settings: sluiced empties its BIRD include (every VIP withdrawn, its sessions removed) and stops managing BIRD");
     bgp_clear->callback([&] { req.cmd = "bgp.clear"; });
     auto* nbc = bgpc->add_subcommand("neighbor", "Add or remove a BGP neighbour");
     nbc->require_subcommand(1);

@@ -295,6 +295,12 @@ def test_bird_errors_reported():
         print(f"  bad BIRD configuration: {st['bird_error']}")
         r = lab.ctl("bgp", "status")
         check("ERROR: BIRD refused" in r.stdout, r.stdout)
+        # A drain BIRD has not taken never claims the node is safe to stop.
+        r = lab.ctl("node", "drain", "--wait", "0", "--json", check_rc=False)
+        out = json.loads(r.stdout)
+        check(r.returncode == 1 and out["safe_to_stop"] is False and "BIRD refused" in out["bird_error"],
+              f"drain with a refusing BIRD: {r.returncode} {r.stdout} {r.stderr}")
+        lab.ctl("node", "undrain")
         # Refusals name the field and the value and change nothing.
         before = lab.ctl("dump", "--json").stdout
         for args, says in [
@@ -324,6 +330,11 @@ def test_bird_errors_reported():
             f.write(text)
         r = lab.ctl("apply", "-f", path)
         check("0 change(s)" in r.stdout, f"dump does not re-apply unchanged: {r.stdout}")
+        # bgp clear empties the include: nothing stays announced unmanaged.
+        lab.ctl("bgp", "clear")
+        text = open(lab.include).read()
+        check("protocol bgp" not in text and "route " not in text, f"include after bgp clear: {text}")
+        check(not lab.bgp_status()["enabled"], "bgp status still enabled after clear")
 
 
 TESTS = {

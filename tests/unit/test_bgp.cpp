@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "bgp.hpp"
 #include "config_file.hpp"
@@ -183,5 +184,57 @@ TEST_CASE("The include is replaced atomically, and only when its text changes") 
     std::getline(in, got);
     CHECK(got == "b");
     CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("The announcer: a shared prefix stays while any VIP qualifies; the include follows; clear empties it") {
+    const std::string dir = std::filesystem::temp_directory_path() / ("sluice-bgp-ann-" + std::to_string(getpid()));
+    const std::string include = dir + "/inc.conf";
+    Model m(1, node);
+    m.add_vip(parse_vip_id("198.18.41.1:80/tcp"), VipOptions{});
+    m.add_vip(parse_vip_id("198.18.41.1:443/tcp"), VipOptions{});
+    BgpConfig b;
+    b.asn = 65001;
+    b.router_id = parse_ip("198.18.40.2");
+    b.include = include;
+    b.bird_socket = dir + "/no-bird.ctl";  // nobody listens: the error is kept, the file still written
+    m.set_bgp(b);
+    BgpAnnouncer a;
+    DataplaneLiveness alive{true, "1 worker(s) beating", 0};
+    const Prefix p = parse_prefix("198.18.41.1/32");
+    auto inputs = [&](uint32_t healthy80, uint32_t healthy443, bool dp_alive = true) {
+        AnnounceInput x = healthy_input(healthy80, 2), y = healthy_input(healthy443, 2);
+        x.dataplane_alive = y.dataplane_alive = dp_alive;
+        return std::vector<BgpAnnouncer::VipInput>{{parse_vip_id("198.18.41.1:80/tcp"), p, x},
+                                                   {parse_vip_id("198.18.41.1:443/tcp"), p, y}};
+    };
+    auto file = [&] {
+        std::ifstream in(include);
+        std::stringstream s;
+        s << in.rdbuf();
+        return s.str();
+    };
+    a.evaluate(m, alive, inputs(2, 0));
+    CHECK(a.announced_prefixes() == std::vector<std::string>{"198.18.41.1/32"});
+    CHECK_THAT(file(), Catch::Contains("route 198.18.41.1/32 blackhole;"));
+    CHECK_FALSE(a.bird_current());
+    CHECK_THAT(a.bird_error(), Catch::Contains("BIRD unreachable"));
+    a.evaluate(m, alive, inputs(0, 0));
+    CHECK(a.announced_prefixes().empty());
+    CHECK_THAT(file(), !Catch::Contains("route 198.18.41.1/32"));
+    a.evaluate(m, alive, inputs(0, 1));
+    CHECK(a.announced_prefixes().size() == 1);
+    const auto st = a.status(m);
+    CHECK(st["vips"][0]["announced"] == true);
+    CHECK_THAT(st["vips"][0]["reason"].get<std::string>(), Catch::Contains("stays announced for another VIP"));
+    CHECK(st["bird_reachable"] == false);
+    // The dataplane going down withdraws everything.
+    a.evaluate(m, DataplaneLiveness{false, "no heartbeat for 400 ms (worker 0)", 400}, inputs(2, 2, false));
+    CHECK(a.announced_prefixes().empty());
+    // [bgp] cleared: the include no longer holds sessions or routes.
+    a.evaluate(m, alive, inputs(2, 2));
+    m.set_bgp(BgpConfig{});
+    a.evaluate(m, alive, {});
+    CHECK_THAT(file(), !Catch::Contains("protocol bgp") && !Catch::Contains("route "));
     std::filesystem::remove_all(dir);
 }
