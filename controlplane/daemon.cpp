@@ -184,8 +184,7 @@ void Daemon::commit_unpublished(Model next) {
 
 void Daemon::bgp_tick(bool force) {
     if (!model_.bgp().enabled() && !force) return;
-    const auto results = health_.last_results();
-    std::set<std::pair<VipId, Endpoint>> verified;
+    const auto passed = health_.passed();
     std::vector<BgpAnnouncer::VipInput> inputs;
     for (const auto& [id, v] : model_.vips()) {
         BgpAnnouncer::VipInput in{id, announced_prefix(v), {}};
@@ -198,10 +197,7 @@ void Daemon::bgp_tick(bool force) {
                 ++in.input.healthy;
                 continue;
             }
-            const auto key = std::make_pair(id, b.endpoint);
-            const auto r = results.find(key);
-            if (verified_.count(key) || (r != results.end() && r->second.rfind("ok", 0) == 0)) verified.insert(key);
-            if (!verified.count(key)) {
+            if (!passed.count(std::make_pair(id, b.endpoint))) {
                 ++in.input.awaiting;
                 continue;
             }
@@ -209,7 +205,6 @@ void Daemon::bgp_tick(bool force) {
         }
         inputs.push_back(std::move(in));
     }
-    verified_ = std::move(verified);
     const uint32_t pid = __atomic_load_n(&shm_->header.dataplane_pid, __ATOMIC_ACQUIRE);
     const DataplaneLiveness dp = dataplane_liveness(*shm_.get(), monotonic_coarse_ms(),
                                                     model_.bgp().heartbeat_timeout_ms, process_alive(pid));

@@ -99,10 +99,6 @@ private:
     std::optional<XdpMaps> xdp_maps_;
     HealthChecker health_;
     BgpAnnouncer bgp_;
-    // Backends whose check has passed at least once since this sluiced
-    // started: a VIP is not announced on the strength of health flags that
-    // merely start out "up".
-    std::set<std::pair<VipId, Endpoint>> verified_;
     uint64_t health_changes_ = 0;
     void refresh_stats_view();
     mutable std::mutex stats_view_mutex_;

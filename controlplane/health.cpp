@@ -250,8 +250,17 @@ std::map<std::pair<VipId, Endpoint>, std::string> HealthChecker::last_results() 
     return out;
 }
 
+std::set<std::pair<VipId, Endpoint>> HealthChecker::passed() const {
+    std::lock_guard lock(mu_);
+    std::set<std::pair<VipId, Endpoint>> out;
+    for (const auto& [k, st] : states_)
+        if (st.passed) out.insert(k);
+    return out;
+}
+
 void HealthChecker::record(State& st, bool ok, std::string reason) {
     st.last = fmt::format("{}: {}", ok ? "ok" : "failed", reason);
+    st.passed = st.passed || ok;
     if (ok) {
         st.fail_streak = 0;
         ++st.ok_streak;

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -54,6 +55,11 @@ public:
     int wake_fd() const { return wake_fd_; }
     // Last probe result per backend, for status output.
     std::map<std::pair<VipId, Endpoint>, std::string> last_results() const;
+    // Backends whose probe has passed at least once since they became a
+    // target. Targets start healthy (as the model does), so "healthy" alone
+    // cannot tell a checked backend from one not probed yet; BGP announces a
+    // VIP only on backends in this set.
+    std::set<std::pair<VipId, Endpoint>> passed() const;
 
 private:
     struct State {
@@ -62,6 +68,7 @@ private:
         unsigned ok_streak = 0, fail_streak = 0;
         std::chrono::steady_clock::time_point next_due{};
         std::string last;
+        bool passed = false;  // a probe has passed since this became a target
     };
     void run();
     void record(State& st, bool ok, std::string reason);

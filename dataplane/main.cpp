@@ -26,6 +26,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/if_link.h>
 #include <fmt/format.h>
 #include <rte_cycles.h>
 #include <rte_eal.h>
@@ -126,6 +129,43 @@ std::string port_name(uint16_t port) {
     char name[RTE_ETH_NAME_MAX_LEN];
     if (rte_eth_dev_get_name_by_port(port, name) != 0) return fmt::format("port{}", port);
     return name;
+}
+
+// A dataplane that died without its exit path (SIGKILL, a crash) leaves its
+// steering program attached: the kernel keeps an XDP program on the interface
+// until someone detaches it, and net_af_xdp attaches ours with
+// XDP_FLAGS_UPDATE_IF_NOEXIST, so a restart (systemd's Restart=on-failure)
+// would fail with EBUSY and the node would stay withdrawn. Called only once
+// no live dataplane holds the shared memory, so a steering program (known by
+// its name, bpf/xdp_steer.bpf.c) on an af_xdp port can only be a dead one's.
+// Any other XDP program is left alone: the queue set-up then names the port.
+void detach_stale_steering(uint16_t port) {
+    constexpr const char* kSteerProgram = "sluice_steer";
+    rte_eth_dev_info info{};
+    if (rte_eth_dev_info_get(port, &info) != 0 || info.driver_name == nullptr ||
+        std::strcmp(info.driver_name, "net_af_xdp") != 0 || info.if_index == 0)
+        return;
+    LIBBPF_OPTS(bpf_xdp_query_opts, attached);
+    if (bpf_xdp_query(static_cast<int>(info.if_index), 0, &attached) != 0) return;
+    const std::pair<uint32_t, uint32_t> modes[] = {{attached.drv_prog_id, XDP_FLAGS_DRV_MODE},
+                                                   {attached.skb_prog_id, XDP_FLAGS_SKB_MODE}};
+    for (const auto& [id, mode] : modes) {
+        if (id == 0) continue;
+        const int fd = bpf_prog_get_fd_by_id(id);
+        if (fd < 0) continue;
+        bpf_prog_info prog{};
+        uint32_t len = sizeof prog;
+        const bool ours = bpf_obj_get_info_by_fd(fd, &prog, &len) == 0 && std::strcmp(prog.name, kSteerProgram) == 0;
+        close(fd);
+        if (!ours) continue;
+        const int r = bpf_xdp_detach(static_cast<int>(info.if_index), mode, nullptr);
+        if (r == 0)
+            fmt::print(stderr, "sluice-dataplane: port {}: detached steering program id {} left by a dataplane "
+                               "that did not exit cleanly\n", port_name(port), id);
+        else
+            fmt::print(stderr, "sluice-dataplane: port {}: cannot detach the stale steering program id {}: {}\n",
+                       port_name(port), id, std::strerror(-r));
+    }
 }
 
 void setup_port(uint16_t port, uint16_t queues, rte_mempool* pool, bool promiscuous) {
@@ -566,7 +606,10 @@ int main(int argc, char** argv) {
                                                 opt.mbuf_data_room, rte_socket_id());
     if (!pool) die(fmt::format("cannot create a pool of {} mbufs: {}", nb_mbufs, rte_strerror(rte_errno)));
 
-    for (uint16_t p : ids) setup_port(p, ports.queues, pool, !opt.no_promiscuous);
+    for (uint16_t p : ids) {
+        detach_stale_steering(p);  // after the live-dataplane check above
+        setup_port(p, ports.queues, pool, !opt.no_promiscuous);
+    }
     if (opt.mtu == 0 && rte_eth_dev_get_mtu(ports.backend, &opt.mtu) != 0) opt.mtu = RTE_ETHER_MTU;
 
     std::vector<Worker> workers(nb_workers);
