@@ -46,7 +46,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
 from sluice_env import (BACKEND_SERVER, DATAPLANE, DECAP, GUE_PORT, ROOT, SLUICECTL, SLUICED,  # noqa: E402
-                        STEER_PROG, SYS_PYTHON, TestFailure, check)
+                        STEER_PROG, SYS_PYTHON, TestFailure, check, wait_for_log)
 
 FLEET_CLIENT = os.path.join(ROOT, "tests", "fleet", "fleet_client.py")
 BIRD = "/usr/sbin/bird"
@@ -314,17 +314,7 @@ class Fleet:
         return os.path.join(node.dir if node else self.tmp, f"{name}.log")
 
     def wait_log(self, name, text, timeout=20, node=None):
-        path = self.log_path(name, node)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            with open(path, errors="replace") as fh:
-                if text in fh.read():
-                    return
-            p = self.procs.get(name)
-            if p is not None and p.poll() is not None:
-                raise TestFailure(f"{name} exited with {p.returncode}:\n{open(path).read()[-3000:]}")
-            time.sleep(0.05)
-        raise TestFailure(f"{name} did not print '{text}' within {timeout}s:\n{open(path).read()[-3000:]}")
+        wait_for_log(self.log_path(name, node), text, timeout, name, lambda: self.procs.get(name), poll=0.05)
 
     def run(self, ns, argv, timeout=20, check_rc=True):
         r = subprocess.run(["ip", "netns", "exec", ns] + argv, capture_output=True, text=True, timeout=timeout)

@@ -42,6 +42,21 @@ def check(cond, msg):
         raise TestFailure(msg)
 
 
+def wait_for_log(path, text, timeout, name, proc, poll=0.1):
+    """Waits until the log at `path` holds `text`; fails at once, with the
+    log's tail, if `proc()` (the process writing it, or None) has exited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(path, errors="replace") as fh:
+            if text in fh.read():
+                return
+        p = proc()
+        if p is not None and p.poll() is not None:
+            raise TestFailure(f"{name} exited with {p.returncode}:\n{open(path).read()[-3000:]}")
+        time.sleep(poll)
+    raise TestFailure(f"{name} did not print '{text}' within {timeout}s:\n{open(path).read()[-3000:]}")
+
+
 def _raise_on_term(signum, frame):
     raise SystemExit(f"terminated by signal {signum}")
 
@@ -148,17 +163,7 @@ class Lab:
             pass
 
     def wait_log(self, name, text, timeout=30):
-        path = os.path.join(self.tmp, f"{name}.log")
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            with open(path, errors="replace") as fh:
-                if text in fh.read():
-                    return
-            p = self.procs.get(name)
-            if p is not None and p.poll() is not None:
-                raise TestFailure(f"{name} exited with {p.returncode}:\n{open(path).read()[-3000:]}")
-            time.sleep(0.1)
-        raise TestFailure(f"{name} did not print '{text}' within {timeout}s:\n{open(path).read()[-3000:]}")
+        wait_for_log(os.path.join(self.tmp, f"{name}.log"), text, timeout, name, lambda: self.procs.get(name))
 
     def start_daemon(self):
         args = [SLUICED, "--socket", self.socket, "--shm", self.shm, "--state", self.state,

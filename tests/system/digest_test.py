@@ -35,25 +35,12 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("SLUICE_BUILD", os.path.join(ROOT, "build"))
-SLUICED = os.path.join(BUILD, "controlplane", "sluiced")
-SLUICECTL = os.path.join(BUILD, "controlplane", "sluicectl")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+from sluice_env import SLUICECTL, SLUICED, TestFailure as Failure, _raise_on_term, check  # noqa: E402
+
 SEED = "0x5eed0013"
 TEST_SECONDS = 120
 
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def _raise_on_term(signum, frame):
-    raise SystemExit(f"terminated by signal {signum}")
 
 
 def _die_with_parent():
