@@ -8,6 +8,7 @@ shared-memory segment.
 usage: ctl_tests.py [TEST ...]   (no argument: all)"""
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -310,6 +311,64 @@ def test_second_daemon_on_one_segment_is_refused():
         check(first.ctl("status").returncode == 0, "the first daemon stopped answering")
 
 
+UNIT = os.path.join(os.path.dirname(os.path.dirname(SLUICED)), "systemd", "sluice-dataplane.service")
+
+
+def unit_commands(path):
+    """The unit's ExecStop= and ExecStartPost= shell scripts, as /bin/sh gets
+    them from systemd: the leading '-' dropped, '$$' turned into '$'."""
+    cmds = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("=")
+            if key in ("ExecStop", "ExecStartPost"):
+                argv = shlex.split(value.lstrip("-").replace("$$", "$"))
+                check(argv[:2] == ["/bin/sh", "-c"], f"{key} is not a /bin/sh -c script: {value}")
+                cmds[key] = argv[2]
+    check(set(cmds) == {"ExecStop", "ExecStartPost"}, f"{path} lacks ExecStop/ExecStartPost: {cmds}")
+    return cmds
+
+
+def test_dataplane_unit_drains_and_undoes_only_its_own_drain():
+    """The dataplane unit's ExecStop drains the node and its ExecStartPost
+    undrains it, but a node an operator drained stays drained across a
+    dataplane restart (Restart=on-failure runs ExecStop too). Runs the
+    installed unit's own commands against a real sluiced."""
+    cmds = unit_commands(UNIT)
+    with Daemon("unit") as d:
+        mark = os.path.join(d.tmp, "unit-drained")
+        env = dict(os.environ, SLUICECTL=SLUICECTL, SLUICE_SOCKET=d.socket, SLUICE_UNIT_DRAIN_MARK=mark)
+        r = d.ctl("bgp", "set", "--asn", "65001", "--router-id", "198.18.40.2", "--drain-wait-s", "0",
+                  "--bird-socket", os.path.join(d.tmp, "bird.ctl"), "--include", os.path.join(d.tmp, "bird.conf"))
+        check(r.returncode == 0, f"bgp set: {r.stderr}")
+
+        def run(key):
+            return subprocess.run(["/bin/sh", "-c", cmds[key]], env=env, capture_output=True, text=True, timeout=30)
+
+        def draining():
+            r = d.ctl("status", "--json")
+            check(r.returncode == 0, f"status: {r.stderr}")
+            return json.loads(r.stdout)["draining"]
+
+        # A planned stop and start: drained by the unit, undrained by it.
+        run("ExecStop")
+        check(draining() and os.path.exists(mark), f"ExecStop: draining {draining()}, mark {os.path.exists(mark)}")
+        r = run("ExecStartPost")
+        check(not draining() and not os.path.exists(mark),
+              f"ExecStartPost: draining {draining()}, mark {os.path.exists(mark)}: {r.stdout} {r.stderr}")
+        # An operator's drain, then the dataplane stops and starts (or crashes
+        # and is restarted): the node must stay drained.
+        check(d.ctl("node", "drain").returncode in (0, 1), "operator's drain")
+        run("ExecStop")
+        check(draining() and not os.path.exists(mark), "ExecStop marked an operator's drain as the unit's")
+        run("ExecStartPost")
+        check(draining(), "a dataplane restart undid the operator's drain")
+        # Starting with no mark (first boot) changes nothing either way.
+        check(d.ctl("node", "undrain").returncode == 0, "operator's undrain")
+        run("ExecStartPost")
+        check(not draining(), "ExecStartPost without a mark drained the node")
+
+
 TESTS = {
     "exit_codes": test_exit_codes,
     "refusals": test_refusals_name_the_value_and_change_nothing,
@@ -317,6 +376,7 @@ TESTS = {
     "hostile_clients": test_hostile_clients_get_one_line_answers,
     "permission": test_user_without_permission_is_told_every_time,
     "one_writer": test_second_daemon_on_one_segment_is_refused,
+    "systemd_units": test_dataplane_unit_drains_and_undoes_only_its_own_drain,
 }
 
 if __name__ == "__main__":
