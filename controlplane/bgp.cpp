@@ -147,9 +147,21 @@ bool write_file_if_changed(const std::string& path, const std::string& text) {
     const std::filesystem::path dir = std::filesystem::path(path).parent_path();
     if (!dir.empty()) std::filesystem::create_directories(dir);
     const std::string tmp = path + ".tmp";
-    const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    // The include may carry TCP-MD5 passwords: a new file is 0640, group of
+    // its directory (give that directory BIRD's group when BIRD drops to its
+    // own user); a rewrite keeps the mode and owner the file had, so an
+    // operator's chgrp/chmod outlives every reconfiguration.
+    struct stat had{}, in_dir{};
+    const bool existed = stat(path.c_str(), &had) == 0;
+    const mode_t mode = existed ? (had.st_mode & 07777) : 0640;
+    const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
-    const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
+    if (existed)
+        (void)!fchown(fd, had.st_uid, had.st_gid);
+    else if (stat(dir.empty() ? "." : dir.c_str(), &in_dir) == 0)
+        (void)!fchown(fd, static_cast<uid_t>(-1), in_dir.st_gid);
+    const bool ok = fchmod(fd, mode) == 0 &&
+                    write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
     close(fd);
     if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
         const int e = errno;

@@ -184,6 +184,13 @@ TEST_CASE("The include is replaced atomically, and only when its text changes") 
     std::getline(in, got);
     CHECK(got == "b");
     CHECK_FALSE(std::filesystem::exists(path + ".tmp"));
+    // It may hold TCP-MD5 passwords: created 0640; an operator's mode is kept.
+    namespace fs = std::filesystem;
+    CHECK((fs::status(path).permissions() & fs::perms::all) ==
+          (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read));
+    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+    CHECK(write_file_if_changed(path, "c\n"));
+    CHECK((fs::status(path).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
     std::filesystem::remove_all(dir);
 }
 
