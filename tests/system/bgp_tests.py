@@ -72,25 +72,36 @@ class BgpLab(Lab):
         for cmd in (["ip", "addr", "add", f"{NODE_IP}/24", "dev", "eth0"],
                     ["ip", "-6", "addr", "add", f"{NODE_IP6}/64", "dev", "eth0", "nodad"]):
             sh(*self.ns("lb"), *cmd)
+        self.write_router_conf()
+        with open(self.node_conf, "w") as f:
+            f.write(f'log stderr all;\nprotocol device {{ }}\ninclude "{self.include}";\n')
+
+    def write_router_conf(self, password=None, bfd=False):
+        """The router's BIRD: both sessions, optionally with a TCP-MD5 password and BFD."""
+        extra = (f'  password "{password}";\n' if password is not None else "") + ("  bfd on;\n" if bfd else "")
         with open(os.path.join(self.tmp, "router-bird.conf"), "w") as f:
             f.write(f"""log stderr all;
 router id {ROUTER_IP};
 protocol device {{ }}
 protocol kernel {{ ipv4 {{ import none; export all; }}; }}
 protocol kernel {{ ipv6 {{ import none; export all; }}; }}
-protocol bgp node4 {{
+""" + ("protocol bfd { }\n" if bfd else "") + f"""protocol bgp node4 {{
   local {ROUTER_IP} as {ROUTER_AS}; neighbor {NODE_IP} as {NODE_AS};
   connect delay time 1; connect retry time 1; error wait time 1, 2;
-  ipv4 {{ import all; export none; }};
+{extra}  ipv4 {{ import all; export none; }};
 }}
 protocol bgp node6 {{
   local {ROUTER_IP6} as {ROUTER_AS}; neighbor {NODE_IP6} as {NODE_AS};
   connect delay time 1; connect retry time 1; error wait time 1, 2;
-  ipv6 {{ import all; export none; }};
+{extra}  ipv6 {{ import all; export none; }};
 }}
 """)
-        with open(self.node_conf, "w") as f:
-            f.write(f'log stderr all;\nprotocol device {{ }}\ninclude "{self.include}";\n')
+
+    def birdc(self, which, *args):
+        """birdc against the router's (`rt`) or the node's (`lb`) BIRD; its output."""
+        sock = self.router_ctl if which == "rt" else self.node_ctl
+        r = subprocess.run(self.ns(which) + ["birdc", "-s", sock, *args], capture_output=True, text=True, timeout=10)
+        return r.stdout
 
     def start_bird(self, which):
         if which == "router":
@@ -143,11 +154,11 @@ protocol bgp node6 {{
             else:
                 self.stop(name, sig=signal.SIGKILL)
 
-    def configure_bgp(self):
+    def configure_bgp(self, neighbor_args=()):
         self.ctl("bgp", "set", "--asn", str(NODE_AS), "--router-id", NODE_IP, "--bird-socket", self.node_ctl,
                  "--include", self.include, "--heartbeat-timeout-ms", str(TIMEOUT_MS), "--drain-wait-s", "1")
-        self.ctl("bgp", "neighbor", "add", ROUTER_IP, "--asn", str(ROUTER_AS))
-        self.ctl("bgp", "neighbor", "add", ROUTER_IP6, "--asn", str(ROUTER_AS))
+        self.ctl("bgp", "neighbor", "add", ROUTER_IP, "--asn", str(ROUTER_AS), *neighbor_args)
+        self.ctl("bgp", "neighbor", "add", ROUTER_IP6, "--asn", str(ROUTER_AS), *neighbor_args)
 
 
 def vip_status(st, vip):
@@ -340,9 +351,116 @@ def test_bird_errors_reported():
         check(not lab.bgp_status()["enabled"], "bgp status still enabled after clear")
 
 
+PASSWORD = "sluice-md5 P4ss"  # a space: it must reach BIRD quoted
+
+
+def md5_counters(lab, host):
+    """The TCP-MD5 drop counters of a namespace's kernel (/proc/net/netstat is per namespace)."""
+    r = subprocess.run(lab.ns(host) + ["cat", "/proc/net/netstat"], capture_output=True, text=True, timeout=10)
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("TcpExt:")]
+    tcp = dict(zip(lines[0][1:], map(int, lines[1][1:])))
+    return {k: tcp.get(k, 0) for k in ("TCPMD5NotFound", "TCPMD5Unexpected", "TCPMD5Failure")}
+
+
+def router_sessions(lab):
+    """The router BIRD's node4/node6 protocols -> their `show protocols` line."""
+    out = lab.birdc("rt", "show", "protocols", '"node*"')
+    rows = {ln.split()[0]: " ".join(ln.split()) for ln in out.splitlines() if ln.startswith("node")}
+    check(set(rows) == {"node4", "node6"}, f"router protocols not listed: {out}")
+    return rows
+
+
+def assert_never_established(lab, seconds, what):
+    """Neither sluiced's view of the node's BIRD nor the router's BIRD reach
+    Established during `seconds` (the router retries every second)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        sessions = lab.bgp_status()["sessions"]
+        check(len(sessions) == 2 and not any(s["state"] == "Established" for s in sessions),
+              f"{what}: node session established: {sessions}")
+        rt = router_sessions(lab)
+        check(not any("Established" in s for s in rt.values()), f"{what}: router session established: {rt}")
+        check(lab.rt_route(VIP) == "", f"{what}: VIP reached the router: {lab.rt_route(VIP)}")
+        time.sleep(0.2)
+    return sessions, rt
+
+
+def test_password_bfd():
+    with BgpLab() as lab:
+        lab.configure_bgp(["--password", PASSWORD, "--bfd"])
+        inc = open(lab.include).read()
+        check(inc.count(f'password "{PASSWORD}";') == 2 and inc.count("bfd on;") == 2 and "protocol bfd" in inc,
+              f"include lacks the password/BFD: {inc}")
+        # A VIP with healthy backends (the lab's servers answer on port 80).
+        lab.ctl("vip", "add", f"{VIP}:80/tcp", "--check", "tcp", "--check-interval-ms", "100",
+                "--check-timeout-ms", "80", "--rise", "1", "--fall", "1")
+        for ip in BACKEND_IPS[:2]:
+            lab.ctl("backend", "add", f"{VIP}:80/tcp", ip)
+
+        # (c) The router's key differs: the kernels drop every segment, no session.
+        # The router runs BFD only from (a) on: a BFD session that comes Up and
+        # goes down again (the router's reconfigure restarts it) stops a node
+        # session still connecting, for BIRD's error wait time (60 s).
+        lab.write_router_conf(password="wrong-" + PASSWORD)
+        lab.start_bird("node")
+        lab.start_bird("router")
+        before = {h: md5_counters(lab, h) for h in ("lb", "rt")}
+        sessions, rt = assert_never_established(lab, 4, "wrong router password")
+        after = {h: md5_counters(lab, h) for h in ("lb", "rt")}
+        failures = sum(after[h]["TCPMD5Failure"] - before[h]["TCPMD5Failure"] for h in after)
+        check(failures > 0, f"no TCP-MD5 failure counted with differing keys: {before} -> {after}")
+        print(f"  wrong password at the router: 4 s without a session, {failures} segment(s) failed the MD5 check"
+              f"\n    node: {[(s['neighbor'], s['state'], s['info']) for s in sessions]}"
+              f"\n    router: {list(rt.values())}")
+
+        # The router has no key: the node must still refuse (it signs and
+        # requires signatures), i.e. sluiced's password really reaches the kernel.
+        lab.write_router_conf(password=None)
+        out = lab.birdc("rt", "configure")
+        check("Reconfigured" in out or "Reconfiguration in progress" in out, f"router reconfigure: {out}")
+        before = after
+        assert_never_established(lab, 4, "no router password")
+        after = {h: md5_counters(lab, h) for h in ("lb", "rt")}
+        unsigned = after["lb"]["TCPMD5NotFound"] - before["lb"]["TCPMD5NotFound"]
+        unexpected = after["rt"]["TCPMD5Unexpected"] - before["rt"]["TCPMD5Unexpected"]
+        check(unsigned > 0, f"the node's kernel did not drop unsigned segments: {before} -> {after}")
+        print(f"  no password at the router: 4 s without a session; the node dropped {unsigned} unsigned "
+              f"segment(s), the router {unexpected} signed one(s)")
+
+        # (a) The matching key: Established, and the VIP reaches the router's kernel.
+        lab.write_router_conf(password=PASSWORD, bfd=True)
+        t0 = time.time()
+        out = lab.birdc("rt", "configure")
+        check("Reconfigured" in out or "Reconfiguration in progress" in out, f"router reconfigure: {out}")
+        lab.sessions_up(timeout=15)
+        dt_est = time.time() - t0
+        rt = router_sessions(lab)
+        check(all("Established" in s for s in rt.values()), f"router sessions: {rt}")
+        dt = lab.wait_route(VIP, True, 10, since=t0)
+        check(f"via {NODE_IP}" in lab.rt_route(VIP), f"next hop is not the node: {lab.rt_route(VIP)}")
+        print(f"  matching password: both sessions Established {dt_est:.1f} s after the router's reconfigure, "
+              f"VIP at the router in {dt:.1f} s: {lab.rt_route(VIP)}")
+
+        # (b) BFD runs on both sessions, seen Up from both ends.
+        deadline = time.time() + 10
+        while True:
+            bfd_rt = lab.birdc("rt", "show", "bfd", "sessions")
+            bfd_node = lab.birdc("lb", "show", "bfd", "sessions")
+            up_rt = [ln for ln in bfd_rt.splitlines() if ln.split()[:1] in ([NODE_IP], [NODE_IP6]) and " Up " in ln]
+            up_node = [ln for ln in bfd_node.splitlines()
+                       if ln.split()[:1] in ([ROUTER_IP], [ROUTER_IP6]) and " Up " in ln]
+            if len(up_rt) == 2 and len(up_node) == 2:
+                break
+            check(time.time() < deadline, f"BFD sessions not Up within 10 s; router:\n{bfd_rt}\nnode:\n{bfd_node}")
+            time.sleep(0.2)
+        print("  BFD Up at the router: " + " | ".join(" ".join(ln.split()[:3]) for ln in up_rt)
+              + "; at the node: " + " | ".join(" ".join(ln.split()[:3]) for ln in up_node))
+
+
 TESTS = {
     "announce": test_announce_withdraw,
     "bird_status": test_bird_errors_reported,
+    "password_bfd": test_password_bfd,
 }
 
 if __name__ == "__main__":
