@@ -123,7 +123,14 @@ std::string bird_include(const BgpConfig& cfg, const std::vector<Prefix>& announ
         line(fmt::format("\tlocal as {};", cfg.asn));
         line(fmt::format("\tneighbor {} as {};", format_ip(n.address), n.asn));
         if (!n.password.empty()) line(fmt::format("\tpassword \"{}\";", n.password));
-        if (n.bfd) line("\tbfd on;");
+        if (n.bfd) {
+            line("\tbfd on;");
+            // A router that restarts its BFD sessions (on any reconfigure)
+            // takes this session down with an error, and BIRD's default
+            // error wait (60 s, doubling to 300 s) would keep the node out of
+            // the ECMP group that long. 5 s, at most 60 s on repeated errors.
+            line("\terror wait time 5, 60;");
+        }
         line(fmt::format("\tipv{} {{", family));
         line(fmt::format("\t\ttable sluice{};", family));
         line("\t\timport none;");

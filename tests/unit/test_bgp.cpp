@@ -104,6 +104,7 @@ protocol bgp sluice_198_18_40_1 {
 	neighbor 198.18.40.1 as 65000;
 	password "s3cret";
 	bfd on;
+	error wait time 5, 60;
 	ipv4 {
 		table sluice4;
 		import none;
