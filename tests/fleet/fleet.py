@@ -46,7 +46,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
 from sluice_env import (BACKEND_SERVER, DATAPLANE, DECAP, GUE_PORT, ROOT, SLUICECTL, SLUICED,  # noqa: E402
-                        STEER_PROG, SYS_PYTHON, TestFailure, check, wait_for_log)
+                        STEER_PROG, SYS_PYTHON, TestFailure, check, stop_process, wait_for_log)
 
 FLEET_CLIENT = os.path.join(ROOT, "tests", "fleet", "fleet_client.py")
 BIRD = "/usr/sbin/bird"
@@ -276,18 +276,7 @@ class Fleet:
         return p
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
-        p = self.procs.pop(name, None)
-        if p is None or p.poll() is not None:
-            return
-        try:
-            os.killpg(p.pid, sig)
-            os.killpg(p.pid, signal.SIGCONT)  # a stopped process would never see it
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_process(self.procs.pop(name, None), sig, timeout)
 
     def cpu_seconds(self, kind):
         """CPU time (user + system) used so far by every running process whose

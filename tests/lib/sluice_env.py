@@ -42,6 +42,22 @@ def check(cond, msg):
         raise TestFailure(msg)
 
 
+def stop_process(p, sig=signal.SIGTERM, timeout=10):
+    """Signals a process started with start_new_session (its whole group),
+    then SIGKILLs the group if it has not exited within `timeout`."""
+    if p is None or p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, sig)
+        os.killpg(p.pid, signal.SIGCONT)  # a stopped process would never see it
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
 def wait_for_log(path, text, timeout, name, proc, poll=0.1):
     """Waits until the log at `path` holds `text`; fails at once, with the
     log's tail, if `proc()` (the process writing it, or None) has exited."""
@@ -150,17 +166,7 @@ class Lab:
         return p
 
     def stop(self, name, sig=signal.SIGTERM, timeout=10):
-        p = self.procs.pop(name, None)
-        if p is None or p.poll() is not None:
-            return
-        try:
-            os.killpg(p.pid, sig)
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_process(self.procs.pop(name, None), sig, timeout)
 
     def wait_log(self, name, text, timeout=30):
         wait_for_log(os.path.join(self.tmp, f"{name}.log"), text, timeout, name, lambda: self.procs.get(name))
