@@ -34,7 +34,7 @@
 #endif
 
 #define SLUICE_SHM_MAGIC 0x314d48534543554cULL /* "LUCESHM1" little endian */
-#define SLUICE_ABI_VERSION 6u /* 6: lcore_state.heartbeat_ms */
+#define SLUICE_ABI_VERSION 7u /* 7: maglev_prev, SLUICE_VIP_SECOND_CHANCE */
 
 /* Limits. Raising one changes the layout and therefore needs an ABI bump. */
 #define SLUICE_MAX_VIPS 256u
@@ -60,11 +60,14 @@
 #define SLUICE_MODE_NAT 1u
 #define SLUICE_MODE_DSR 2u
 #define SLUICE_MODE_IPIP 3u /* IPv4/IPv6-in-IPv4/IPv6 (RFC 2003, RFC 2473) */
-#define SLUICE_MODE_GUE 4u  /* GUE variant 1: the inner IP packet right after UDP */
+#define SLUICE_MODE_GUE 4u  /* GUE: variant 1 (inner IP right after UDP), or variant 0
+			     carrying a hop list (struct sluice_gue_hops) */
 
 /* sluice_vip.flags */
 #define SLUICE_VIP_ECHO_REPLY 0x1u /* the dataplane answers ICMP echo to this address */
 #define SLUICE_VIP_SOURCE_ALLOW 0x2u /* only sources in the trie at allow_root may use it */
+#define SLUICE_VIP_SECOND_CHANCE 0x4u /* GUE: packets carry their slot's previous owners
+					 (maglev_prev) as later hops */
 
 /* sluice_allow_node entries: a leaf (deny / allow: the whole range below the
  * entry) or the index of the next node (4 more address bits). */
@@ -159,6 +162,68 @@
 #define SLUICE_DROP_REASON_COUNT (0 SLUICE_DROP_REASONS(SLUICE_X_COUNT))
 #define SLUICE_LCORE_COUNTER_COUNT (0 SLUICE_LCORE_COUNTERS(SLUICE_X_COUNT))
 
+/* --- GUE hop list (second chance) -------------------------------------------
+ * When a change of a VIP's backend set moves a Maglev entry to another
+ * backend, a flow that another node started may still live on the entry's
+ * previous owner. A GUE packet then names, besides the backend it is sent to,
+ * the backends that owned its entry before (GLB director's "second chance",
+ * with Maglev's previous owners as the later hops). The backend's
+ * sluice-decap delivers a TCP packet locally when it is a SYN or a local
+ * socket knows it, and otherwise sends it on to the next hop.
+ *
+ * Wire format: GUE variant 0 (draft-ietf-intarea-gue-09 §3.1), no
+ * extension fields (flags 0), the hop list as its private data (§3.4):
+ *
+ *   outer IPv4/IPv6 | UDP, dst = the VIP's gue_port | GUE header | hops | inner IP
+ *
+ *   GUE header, 4 bytes:
+ *     byte 0   ver (2 bits) = 0, C (1 bit) = 0, hlen (5 bits) = the hop
+ *              list's length in 32-bit words (SLUICE_GUE_HOPS_WORDS)
+ *     byte 1   proto: the inner packet's IP protocol, 4 (IPv4) or 41 (IPv6)
+ *     bytes 2-3 flags = 0
+ *   Hop list (struct sluice_gue_hops), network order:
+ *     magic    0x534c ("SL"): private data of this format
+ *     version  SLUICE_GUE_HOPS_VERSION; a decapsulator that does not know
+ *              it delivers the packet locally (counted)
+ *     family   4 or 6: the family of every address in hops[]
+ *     count    2..SLUICE_GUE_MAX_HOPS: addresses listed
+ *     next     index of the hop this packet is addressed to: 0 from the LB,
+ *              +1 per re-encapsulation. A packet is only ever sent to a
+ *              later hop, so it takes at most count - 1 extra hops and
+ *              cannot loop.
+ *     reserved 0
+ *     hops[]   count addresses, 4 or 16 bytes each; hops[0] is the backend
+ *              the LB chose, hops[1..] its entry's previous owners, most
+ *              recent first.
+ * A packet whose entry has no previous owner is sent as GUE variant 1 (the
+ * inner IP packet right after the UDP header), as before hops existed. A
+ * re-encapsulated packet's outer source is the address the previous hop
+ * received it on; its outer TTL / hop limit starts again at 64. */
+#define SLUICE_GUE_MAX_HOPS 3u /* the chosen backend and two previous owners */
+#define SLUICE_GUE_HOPS_MAGIC 0x534cu
+#define SLUICE_GUE_HOPS_VERSION 1u
+#define SLUICE_GUE_HEADER_LEN 4u
+#define SLUICE_GUE_PROTO_IPV4 4u
+#define SLUICE_GUE_PROTO_IPV6 41u
+
+struct sluice_gue_hops {
+	__u16 magic; /* network order */
+	__u8 version;
+	__u8 family;
+	__u8 count;
+	__u8 next;
+	__u16 reserved;
+	/* followed by count addresses of family's size */
+};
+
+/* Bytes of hop list (without the GUE header) for count addresses of family. */
+#define SLUICE_GUE_HOPS_LEN(family, count)                                     \
+	(8u + (count) * ((family) == SLUICE_FAMILY_V4 ? 4u : 16u))
+#define SLUICE_GUE_HOPS_WORDS(family, count) (SLUICE_GUE_HOPS_LEN(family, count) / 4u)
+/* The most a hop list adds to a GUE packet: header and a full list. */
+#define SLUICE_GUE_HOPS_MAX_OVERHEAD(family)                                   \
+	(SLUICE_GUE_HEADER_LEN + SLUICE_GUE_HOPS_LEN(family, SLUICE_GUE_MAX_HOPS))
+
 struct sluice_vip {
 	__u8 addr[16]; /* network order; IPv4 uses the first 4 bytes */
 	__u16 port;    /* host order */
@@ -221,6 +286,11 @@ struct sluice_config {
 	__u64 vip_addr_protos[SLUICE_MAX_VIPS][4];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
+	/* Second chance, in step with maglev_pool (same index): the backends
+	 * that owned the entry before the last two changes of the VIP's backend
+	 * set, most recent first, never the current owner, SLUICE_MAGLEV_EMPTY
+	 * where none. Written only for VIPs with SLUICE_VIP_SECOND_CHANCE. */
+	__u16 maglev_prev[SLUICE_MAGLEV_POOL_SLOTS][SLUICE_GUE_MAX_HOPS - 1];
 	struct sluice_allow_node allow_pool[SLUICE_ALLOW_POOL_NODES];
 };
 
@@ -327,12 +397,34 @@ struct sluice_bpf_endpoint {
 /* Per-CPU counters of the decapsulation program (sluice-decap stats), by
  * index SLUICE_DECAP_<NAME>.
  *   ipip        IP-in-IP (either family pair) decapsulated
- *   gue         GUE decapsulated
- *   not_ours    a tunnel packet to an address not of this host */
+ *   gue         GUE decapsulated (either variant) and delivered here
+ *   not_ours    a tunnel packet to an address not of this host
+ * Second chance, for GUE packets carrying a hop list (struct sluice_gue_hops);
+ * each such packet is counted by exactly one of these:
+ *   hops_syn            a SYN: a new connection starts here (delivered)
+ *   hops_socket         a local socket knows the flow: established,
+ *                       a handshake in progress, or TIME_WAIT (delivered)
+ *   hops_syncookie      the ACK of a valid SYN cookie of a local listener (delivered)
+ *   hops_last_hop       no socket, but no later hop is listed (delivered)
+ *   hops_not_tcp        not TCP, or a fragment: no socket to ask (delivered)
+ *   hops_unknown        a hop list of another magic or version (delivered)
+ *   hops_malformed      a hop list that does not parse: left to the kernel undecapsulated
+ *   hops_forwarded      re-encapsulated to the next hop and transmitted
+ *   hops_no_route       no route or neighbour to the next hop in the
+ *                       kernel's FIB (delivered) */
 #define SLUICE_DECAP_COUNTERS(X)                                               \
 	X(IPIP, "ipip", COUNTER)                                               \
 	X(GUE, "gue", COUNTER)                                                 \
-	X(NOT_OURS, "not_ours", COUNTER)
+	X(NOT_OURS, "not_ours", COUNTER)                                       \
+	X(HOPS_SYN, "hops_syn", COUNTER)                                       \
+	X(HOPS_SOCKET, "hops_socket", COUNTER)                                 \
+	X(HOPS_SYNCOOKIE, "hops_syncookie", COUNTER)                           \
+	X(HOPS_LAST_HOP, "hops_last_hop", COUNTER)                             \
+	X(HOPS_NOT_TCP, "hops_not_tcp", COUNTER)                               \
+	X(HOPS_UNKNOWN, "hops_unknown", COUNTER)                               \
+	X(HOPS_MALFORMED, "hops_malformed", COUNTER)                           \
+	X(HOPS_FORWARDED, "hops_forwarded", COUNTER)                           \
+	X(HOPS_NO_ROUTE, "hops_no_route", COUNTER)
 
 #define SLUICE_X_STEER_INDEX(name, str, kind) SLUICE_STEER_##name,
 #define SLUICE_X_DECAP_INDEX(name, str, kind) SLUICE_DECAP_##name,
@@ -341,6 +433,10 @@ enum sluice_decap_counter { SLUICE_DECAP_COUNTERS(SLUICE_X_DECAP_INDEX) SLUICE_D
 #undef SLUICE_X_STEER_INDEX
 #undef SLUICE_X_DECAP_INDEX
 
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_gue_hops) == 8, "GUE hop list header is wire format");
+SLUICE_STATIC_ASSERT(SLUICE_GUE_HOPS_WORDS(SLUICE_FAMILY_V6, SLUICE_GUE_MAX_HOPS) < 32,
+		     "a hop list fits GUE's 5-bit hlen");
+SLUICE_STATIC_ASSERT(SLUICE_GUE_HOPS_LEN(SLUICE_FAMILY_V4, 1) % 4 == 0, "hop lists are whole words");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_bpf_addr) == 20, "BPF map key layout");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_bpf_endpoint) == 20, "BPF map key layout");
 
