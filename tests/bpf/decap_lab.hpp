@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -135,6 +136,21 @@ struct TcpConn {
     }
     TcpConn(const TcpConn&) = delete;
     TcpConn& operator=(const TcpConn&) = delete;
+
+    // The server closes first, then the client: the server's side of the
+    // flow ends in TIME_WAIT (RFC 9293 §3.6), where it stays for 60 s.
+    void close_server_first() {
+        close(server);
+        server = -1;
+        const timeval bounded{2, 0};
+        setsockopt(client_fd, SOL_SOCKET, SO_RCVTIMEO, &bounded, sizeof bounded);
+        char buf[16];
+        while (read(client_fd, buf, sizeof buf) > 0) {
+        }
+        close(client_fd);
+        client_fd = -1;
+        usleep(100 * 1000);  // the last ACK crosses lo
+    }
 
     int listener = -1, client_fd = -1, server = -1;
     uint16_t client_port = 0;

@@ -198,11 +198,21 @@ TEST_CASE("Second chance: GUE variant 1 and IPIP are still decapsulated") {
     DecapLab lab;
     HopsDecap d;
     const auto inner = tcp_inner("198.18.100.1", DecapLab::kVip4, kAck);
-    const auto before = d.stats();
+    auto before = d.stats();
     Result r = d.run(gue1_frame(outer_to_us(false), inner), lab.ifindex0);
     CHECK(r.verdict == XDP_PASS);
     CHECK(r.out == inner);
     check_moved(before, d.stats(), {SLUICE_DECAP_GUE});
+
+    PacketSpec ipip;
+    ipip.dst = DecapLab::kLocal4;
+    ipip.proto = 4;
+    ipip.payload.assign(inner.begin() + 14, inner.end());
+    before = d.stats();
+    r = d.run(build_packet(ipip), lab.ifindex0);
+    CHECK(r.verdict == XDP_PASS);
+    CHECK(r.out == inner);
+    check_moved(before, d.stats(), {SLUICE_DECAP_IPIP});
 }
 
 TEST_CASE("Second chance: a packet no local socket knows goes on to the next hop") {
@@ -292,6 +302,14 @@ TEST_CASE("Second chance: a local socket keeps its flow, a bare listener does no
         CHECK(r.verdict == XDP_TX);
         CHECK(r.out == reencapsulated(o, stray, {{self, hop}}, 1, DecapLab::kMac0, DecapLab::kHopMac0));
         check_moved(before, d.stats(), {SLUICE_DECAP_HOPS_FORWARDED});
+
+        // TIME_WAIT answers a late segment of its flow from here.
+        conn.close_server_first();
+        before = d.stats();
+        r = d.run(gue0_frame(o, owned, {{self, hop}}), lab.ifindex0);
+        CHECK(r.verdict == XDP_PASS);
+        CHECK(r.out == owned);
+        check_moved(before, d.stats(), {SLUICE_DECAP_HOPS_SOCKET, SLUICE_DECAP_GUE});
 
         // A SYN-ACK is no SYN of a new connection: asked like any segment.
         const auto synack = tcp_inner(self, vip, kSynAck, static_cast<uint16_t>(conn.client_port + 2), 8080);
