@@ -291,7 +291,7 @@ int check_backend(const std::string& socket_path, unsigned timeout_ms, const Che
                 out["checks"].push_back({{"vip", t.vip_text}, {"mode", mode}, {"name", c.name}, {"ok", c.ok},
                                          {"skipped", c.skipped}, {"detail", c.detail}, {"fix", c.fix}});
                 if (!a.as_json) {
-                    fmt::print("{:<4} {} {} {}: {}{}\n", c.ok ? (c.skipped ? "skip" : "ok") : (c.skipped ? "SKIP" : "FAIL"),
+                    fmt::print("{:<4} {} {} {}: {}{}\n", c.skipped ? "n/t" : c.ok ? "ok" : "FAIL",
                                t.vip_text, mode, c.name, c.detail, c.fix.empty() ? "" : "; fix: " + c.fix);
                     std::fflush(stdout);
                 }
