@@ -401,16 +401,19 @@ public:
             add(mode, a, same ? b : t_.vip);
             rp.push_back(probes.size() - 1);
         }
+        std::vector<Probe*> all;
+        for (Probe& p : probes) all.push_back(&p);
+        round.run(all, o_.timeout);
+        // Second chance in a round of its own, after the backend has
+        // answered this node: sending on uses its neighbour entry for us.
         size_t sc = SIZE_MAX;
         if (gue) {
             Probe& p = add(Carrier::kGueHops, src_, t_.vip);
             p.bare_ack = true;
             p.ack_no = p.tcp.seq ^ 0x5a5a5a5au;
             sc = probes.size() - 1;
+            round.run({&p}, o_.timeout);
         }
-        std::vector<Probe*> all;
-        for (Probe& p : probes) all.push_back(&p);
-        round.run(all, o_.timeout);
 
         // decap
         const Probe* ref = nullptr;  // an answered probe through the VIP's own mode
@@ -547,15 +550,33 @@ public:
             } else if (!ref) {
                 r.checks.push_back(skip("second_chance", false, "not tested: decapsulation fails (see decap)"));
             } else {
-                r.checks.push_back(fail(
-                    "second_chance",
-                    fmt::format("second chance unavailable on {}: a non-SYN packet of an unknown flow with hops "
-                                "[{}, {}] was {}",
-                                bs, bs, format_ip(*outer_src),
-                                p.got == Probe::Got::kReset ? fmt::format("answered with a RST from {}", ve)
-                                : p.icmp_err ? fmt::format("refused ({}: the hop list is not read)", outcome(p))
-                                             : "not passed on (no answer)"),
-                    fmt::format("upgrade sluice-decap on {} and attach it with --gue-port {}", bs, t_.gue_port)));
+                // A decapsulator that predates hop lists leaves the packet to
+                // the kernel (no UDP socket: port unreachable); a current one
+                // delivers it here when the kernel's FIB will not route for it
+                // (the interface does not forward): the VIP then resets it.
+                const std::string forwarding =
+                    fmt::format("sysctl -w net.ipv{}.conf.IFACE.forwarding=1", b.family == 4 ? 4 : 6);
+                std::string what, fix;
+                if (p.got == Probe::Got::kReset) {
+                    what = fmt::format("delivered it there (RST from {}): its sluice-decap predates second chance, "
+                                       "or its interface does not forward (second chance routes by the FIB)",
+                                       ve);
+                    fix = fmt::format("on {}: {}; if that is set, upgrade sluice-decap (attach IFACE --gue-port {})",
+                                      bs, forwarding, t_.gue_port);
+                } else if (p.icmp_err) {
+                    what = fmt::format("refused it ({}): its decapsulator does not read hop lists", outcome(p));
+                    fix = fmt::format("upgrade sluice-decap on {} (attach IFACE --gue-port {}) and {}", bs,
+                                      t_.gue_port, forwarding);
+                } else {
+                    what = "neither passed it on nor answered";
+                    fix = fmt::format("upgrade sluice-decap on {} (attach IFACE --gue-port {}) and {}", bs,
+                                      t_.gue_port, forwarding);
+                }
+                r.checks.push_back(fail("second_chance",
+                                        fmt::format("second chance unavailable on {}: given a non-SYN packet of an "
+                                                    "unknown flow with hops [{}, {}], it {}",
+                                                    bs, bs, format_ip(*outer_src), what),
+                                        fix));
             }
         }
         return r;
@@ -683,7 +704,9 @@ BackendCheckReport check_dsr(const BackendCheckTarget& t, const BackendCheckOpti
     p.carrier = Carrier::kDsr;
     const uint16_t port = t.port ? t.port : 9;
     p.tcp = ports.make(*src, t.vip, port);
-    p.fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(t.vip.family == 4 ? ETH_P_IP : ETH_P_IPV6));
+    // Protocol 0: a socket that sends only (the answer comes through the
+    // stack to the raw TCP socket); each frame names its EtherType.
+    p.fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (p.fd < 0) p.send_err = errno;
     round.run({&p}, o.timeout);
     if (p.fd >= 0) close(p.fd);

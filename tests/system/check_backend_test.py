@@ -123,6 +123,11 @@ def setup_vips(lab):
 def test_backends():
     with CheckLab("bk", decap=True) as lab:
         setup_vips(lab)
+        if DECAP_HAS_SECOND_CHANCE:
+            # Second chance sends on by the kernel's FIB, which routes only
+            # for an interface that forwards.
+            for b in ("be1", "be2", "be3"):
+                lab.sh(b, "sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1", "net.ipv6.conf.eth0.forwarding=1")
 
         print("  healthy backend")
         rc, out, took, nvips = lab.check_backend(BE1)
@@ -190,9 +195,16 @@ def test_backends():
         expect(got, "decap", True)
         expect(got, "vip_on_loopback", True)
         expect(got, "second_chance", False, "second chance unavailable", f"upgrade sluice-decap on {BE2}")
+        check(not got["second_chance"]["skipped"], f"second chance not tested: {got['second_chance']}")
         if DECAP_HAS_SECOND_CHANCE:
             lab.stop("old-decap")
             lab.sh("be2", DECAP, "attach", "eth0", "--gue-port", str(GUE_PORT))
+            expect(lab.findings(BE2, GUE4), "second_chance", True)
+            print("  second chance without forwarding")
+            lab.sh("be2", "sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=0")
+            expect(lab.findings(BE2, GUE4), "second_chance", False, "RST from 198.18.1.2:80",
+                   "sysctl -w net.ipv4.conf.IFACE.forwarding=1")
+            lab.sh("be2", "sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1")
 
         print("  link MTU too small")
         lab.sh("be2", "ip", "link", "set", "dev", "eth0", "mtu", "1400")
