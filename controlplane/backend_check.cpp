@@ -588,7 +588,7 @@ private:
     CheckFinding check_mtu(const Probe& ref, const IpAddress& b, Carrier mode) {
         const std::string bs = format_ip(b);
         const bool gue = mode == Carrier::kGue;
-        const unsigned overhead = encap_overhead(b.family, gue);
+        const unsigned overhead = encap_overhead(b.family, gue);  // of the probe: GUE variant 1
         std::string err;
         const auto outer_src = source_towards(b, err);
         const auto ifc = outer_src ? iface_of(*outer_src) : std::nullopt;
@@ -622,9 +622,18 @@ private:
         };
         batch({sendable});
         const std::string dst = format_ip(ref.tcp.dst);
+        // The dataplane's own limit on inner packets: its MTU minus the
+        // encapsulation and, on a second-chance VIP, a full hop list's room
+        // (forwarder.hpp), so that no tunnel packet it sends exceeds the MTU.
+        const unsigned hop_room = gue && t_.second_chance ? SLUICE_GUE_HOPS_MAX_OVERHEAD(b.family) : 0;
+        const auto inner_room = [&](unsigned outer) {
+            return fmt::format("inner packets of up to {} bytes fit: {} bytes of {}{}", outer - overhead - hop_room,
+                               overhead, where(mode, t_.gue_port),
+                               hop_room ? fmt::format(" and {} of room for second chance's hop list", hop_room) : "");
+        };
         if (probes[0].answered() && sendable == full)
-            return pass("mtu", fmt::format("a {}-byte packet (MTU {} minus {} bytes of {}) with DF reaches {} ({})",
-                                           full, mtu, overhead, where(mode, t_.gue_port), dst, outcome(probes[0])));
+            return pass("mtu", fmt::format("{}-byte tunnel packets (the MTU) with DF reach {} ({}); {}", mtu, dst,
+                                           outcome(probes[0]), inner_room(mtu)));
         unsigned lo = header, hi = sendable + 1;  // lo passes, hi fails
         if (probes[0].answered()) lo = sendable;
         else hi = sendable;
@@ -646,21 +655,22 @@ private:
             lo = new_lo;
             hi = new_hi;
         }
-        if (lo >= full)
-            return pass("mtu", fmt::format("a {}-byte packet (MTU {} minus {} bytes of {}) reaches {}", full, mtu,
-                                           overhead, where(mode, t_.gue_port), dst));
+        const unsigned lo_outer = lo + overhead;
         if (sendable < full && lo >= sendable)
             return skip("mtu", false,
                         fmt::format("not tested beyond {} bytes: this node's interface towards {} has MTU {} < {} "
                                     "(the largest it can send passes)",
-                                    sendable, bs, if_mtu, mtu));
+                                    if_mtu, bs, if_mtu, mtu));
+        if (lo_outer < overhead + hop_room + header)
+            return fail("mtu", fmt::format("no tunnel packet larger than {} bytes reaches {}", lo_outer, dst),
+                        fmt::format("raise the MTU on the path to {} to {}", bs, mtu));
         return fail("mtu",
-                    fmt::format("MTU too small for the encapsulation: {}-byte packets (MTU {} minus {} bytes of {}) "
-                                "with DF get no answer from {}; the largest that passes is {} bytes (outer {})",
-                                full, mtu, overhead, where(mode, t_.gue_port), dst, lo, lo + overhead),
+                    fmt::format("MTU too small for the encapsulation: {}-byte tunnel packets (the MTU) with DF get "
+                                "no answer from {}; the largest that passes is {} bytes ({})",
+                                mtu, dst, lo_outer, inner_room(lo_outer)),
                     fmt::format("raise the MTU on the path to {} to {} (on {}: ip link set dev IFACE mtu {}), or run "
                                 "the dataplane with --mtu {}",
-                                bs, mtu, bs, mtu, lo + overhead));
+                                bs, mtu, bs, mtu, lo_outer));
     }
 
     const BackendCheckTarget& t_;

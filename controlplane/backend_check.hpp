@@ -22,10 +22,12 @@
 //                    the backend drops decapsulated packets from that source
 //                    (strict rp_filter routing it via another interface, or
 //                    no route back to it)
-//   mtu              a SYN padded to the largest inner packet the dataplane
-//                    sends (MTU minus the encapsulation), outer DF set; when
-//                    it is lost, the largest that passes, found in rounds of
-//                    parallel probes
+//   mtu              a SYN padded so that the tunnel packet is as large as
+//                    the dataplane sends (its MTU: the largest inner packet
+//                    plus the encapsulation, with room for a full hop list
+//                    on second-chance VIPs), outer DF set; when it is lost,
+//                    the largest that passes, found in rounds of parallel
+//                    probes
 //   second_chance    (GUE) a bare ACK of an unknown flow in GUE variant 0
 //                    with hops [backend, this node]: a backend with second
 //                    chance sends it on to this node re-encapsulated
@@ -53,6 +55,7 @@ struct BackendCheckTarget {
     uint8_t protocol = 6;
     uint8_t mode = 0;    // SLUICE_MODE_*
     uint16_t gue_port = 0;
+    bool second_chance = false;  // GUE: the LB leaves room for a full hop list
     Endpoint backend;    // as configured (port 0: the VIP's)
     MacAddress mac{};
 };

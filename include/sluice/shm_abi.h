@@ -156,7 +156,8 @@
 	X(HandedOff, "handed_off", COUNTER)                                    \
 	X(ConnOccupied, "conn_occupied", GAUGE)                                \
 	X(ConnCapacity, "conn_capacity", GAUGE)                                \
-	X(ConnCensusPasses, "conn_census_passes", COUNTER)
+	X(ConnCensusPasses, "conn_census_passes", COUNTER)                     \
+	X(GueHopLists, "gue_hop_lists", COUNTER)
 
 #define SLUICE_X_COUNT(name, str, kind) +1
 #define SLUICE_DROP_REASON_COUNT (0 SLUICE_DROP_REASONS(SLUICE_X_COUNT))
@@ -286,10 +287,12 @@ struct sluice_config {
 	__u64 vip_addr_protos[SLUICE_MAX_VIPS][4];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
-	/* Second chance, in step with maglev_pool (same index): the backends
-	 * that owned the entry before the last two changes of the VIP's backend
-	 * set, most recent first, never the current owner, SLUICE_MAGLEV_EMPTY
-	 * where none. Written only for VIPs with SLUICE_VIP_SECOND_CHANCE. */
+	/* Second chance, in step with maglev_pool (same index): the last two
+	 * distinct backends that owned the entry before, in the backend sets
+	 * sluiced still keeps for the VIP (its recent changes, within the
+	 * retention), most recent first, never the current owner,
+	 * SLUICE_MAGLEV_EMPTY where none. Written only for VIPs with
+	 * SLUICE_VIP_SECOND_CHANCE. */
 	__u16 maglev_prev[SLUICE_MAGLEV_POOL_SLOTS][SLUICE_GUE_MAX_HOPS - 1];
 	struct sluice_allow_node allow_pool[SLUICE_ALLOW_POOL_NODES];
 };
@@ -339,7 +342,11 @@ struct sluice_shm_header {
 	__u32 lcore_count;   /* worker slots the dataplane uses */
 	__u32 reserved0;
 	__u64 dataplane_start_ns; /* CLOCK_REALTIME */
-	__u64 reserved[57];
+	/* The dataplane's established-TCP idle timeout: sluiced keeps a slot's
+	 * previous owners (second chance) this long unless told otherwise. */
+	__u32 tcp_established_ms;
+	__u32 reserved1;
+	__u64 reserved[56];
 };
 
 struct sluice_shm {
