@@ -28,9 +28,14 @@
 //                    on second-chance VIPs), outer DF set; when it is lost,
 //                    the largest that passes, found in rounds of parallel
 //                    probes
-//   second_chance    (GUE) a bare ACK of an unknown flow in GUE variant 0
-//                    with hops [backend, this node]: a backend with second
-//                    chance sends it on to this node re-encapsulated
+//   second_chance    (GUE, after the others: the backend then has a
+//                    neighbour entry for us) a bare ACK of an unknown flow in
+//                    GUE variant 0 with hops [backend, this node]: a backend
+//                    with second chance sends it on to this node
+//                    re-encapsulated; a RST from the VIP means it delivered
+//                    it (a decap without second chance, or an interface that
+//                    does not forward: the FIB lookup fails); port
+//                    unreachable means nothing read the hop list
 // DSR VIPs: a SYN to VIP:port in a frame to the backend's MAC (the VIP on its
 // loopback). NAT VIPs: a TCP connection to the backend's address and port.
 #pragma once

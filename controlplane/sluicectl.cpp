@@ -612,7 +612,7 @@ int main(int argc, char** argv) {
                        "interface towards the backend")
         ->check(CLI::Range(576u, 9216u));
     checkb->add_option("--probe-timeout-ms", cb.probe_timeout_ms,
-                       "How long one round of probes waits for answers, 50-2000 (up to 6 rounds per VIP)")
+                       "How long one round of probes waits for answers, 50-2000 (up to 7 rounds per VIP)")
         ->check(CLI::Range(50u, 2000u))
         ->capture_default_str();
     checkb->add_flag("--json", cb.as_json,

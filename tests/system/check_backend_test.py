@@ -173,6 +173,14 @@ def test_backends():
         expect(got, "mtu", True, "1500-byte tunnel packets",
                f"inner packets of up to {1452 - (60 if sc_on[GUE6] else 0)} bytes")  # 1500 - 40 - 8
         expect(got, "second_chance", DECAP_HAS_SECOND_CHANCE)
+        # Exit 0 when every check of a VIP passes, none skipped.
+        whole = [(BE1, IPIP4), (BE1, DSR4), (BE1, NAT4)]
+        if DECAP_HAS_SECOND_CHANCE:
+            whole += [(BE1, GUE4), (BACKEND_IPS6[0], GUE6)]
+        for backend, vip in whole:
+            rc, out, took, _ = lab.check_backend(backend, "--vip", vip)
+            check(rc == 0 and out["ok"] and all(c["ok"] and not c["skipped"] for c in out["checks"]),
+                  f"healthy {backend} {vip}: exit {rc}, {out['checks']}")
         # One human line per finding, each failure with its fix.
         r = lab.ctl("check-backend", BE1, "--vip", GUE81, check_rc=False)
         lines = [line for line in r.stdout.splitlines() if line]
