@@ -61,15 +61,15 @@ std::optional<std::string> read_sysctl(const char* path) {
 
 }  // namespace
 
-std::string probe_filter_script(const std::set<Endpoint>& targets, bool replace) {
+std::string probe_filter_script(const std::set<Endpoint>& targets, bool replace, const std::string& table) {
     // "add" then "delete": removes the table whether it exists or not.
-    const std::string removal = fmt::format("add table inet {0}\ndelete table inet {0}\n", kProbeTable);
+    const std::string removal = fmt::format("add table inet {0}\ndelete table inet {0}\n", table);
     if (targets.empty()) return removal;
     const std::string v4 = elements(targets, 4), v6 = elements(targets, 6);
     if (!replace) {
-        std::string s = fmt::format("flush set inet {0} probed4\nflush set inet {0} probed6\n", kProbeTable);
-        if (!v4.empty()) s += fmt::format("add element inet {} probed4 {{ {} }}\n", kProbeTable, v4);
-        if (!v6.empty()) s += fmt::format("add element inet {} probed6 {{ {} }}\n", kProbeTable, v6);
+        std::string s = fmt::format("flush set inet {0} probed4\nflush set inet {0} probed6\n", table);
+        if (!v4.empty()) s += fmt::format("add element inet {} probed4 {{ {} }}\n", table, v4);
+        if (!v6.empty()) s += fmt::format("add element inet {} probed6 {{ {} }}\n", table, v6);
         return s;
     }
     // Priority raw: before conntrack, which need not see these RSTs either.
@@ -91,7 +91,7 @@ std::string probe_filter_script(const std::set<Endpoint>& targets, bool replace)
         "{}{}"
         "\t}}\n"
         "}}\n",
-        kProbeTable, v4.empty() ? "" : fmt::format(" elements = {{ {} }};", v4),
+        table, v4.empty() ? "" : fmt::format(" elements = {{ {} }};", v4),
         v6.empty() ? "" : fmt::format(" elements = {{ {} }};", v6), rule("ip", "probed4"), rule("ip6", "probed6"));
 }
 
@@ -110,7 +110,8 @@ std::optional<std::string> reserved_ports_with_probes(const std::string& current
     return fmt::format("{}{}{}-{}", trimmed, trimmed.empty() ? "" : ",", kProbePortFirst, kProbePortLast);
 }
 
-ProbeFilter::ProbeFilter() : ctx_(nft_ctx_new(NFT_CTX_DEFAULT)) {
+ProbeFilter::ProbeFilter(std::string table, std::string who)
+    : table_(std::move(table)), who_(std::move(who)), ctx_(nft_ctx_new(NFT_CTX_DEFAULT)) {
     if (ctx_) {
         nft_ctx_buffer_output(ctx_);
         nft_ctx_buffer_error(ctx_);
@@ -127,8 +128,8 @@ void ProbeFilter::want(const std::set<Endpoint>& targets, Clock::time_point now)
     if (installed_ && !installed_->empty() && now >= verify_at_) {
         verify_at_ = now + kVerify;
         if (!table_exists()) {
-            fmt::print(stderr, "sluiced: nftables table inet {} is gone (a firewall reload?): building it again\n",
-                       kProbeTable);
+            fmt::print(stderr, "{}: nftables table inet {} is gone (a firewall reload?): building it again\n",
+                       who_, table_);
             installed_.reset();
         }
     }
@@ -154,7 +155,7 @@ bool ProbeFilter::apply(const std::set<Endpoint>& targets) {
         // new one is built whole; one this process built only has its sets
         // changed. Either way one transaction: no packet sees half of it.
         const bool replace = !installed_ || installed_->empty();
-        const std::string script = probe_filter_script(targets, replace);
+        const std::string script = probe_filter_script(targets, replace, table_);
         errno = 0;
         if (nft_run_cmd_from_buffer(ctx_, script.c_str()) != 0) {
             const int e = errno;
@@ -164,8 +165,8 @@ bool ProbeFilter::apply(const std::set<Endpoint>& targets) {
     }
     if (err.empty()) {
         if (!failing_.empty())
-            fmt::print("sluiced: nftables table inet {} works again ({} VIP:port(s) probed through tunnels)\n",
-                       kProbeTable, targets.size());
+            fmt::print("{}: nftables table inet {} works again ({} VIP:port(s) probed through tunnels)\n",
+                       who_, table_, targets.size());
         failing_.clear();
         installed_ = targets;
         return true;
@@ -175,10 +176,10 @@ bool ProbeFilter::apply(const std::set<Endpoint>& targets) {
     if (!logged_failure_) {
         logged_failure_ = true;
         fmt::print(stderr,
-                   "sluiced: cannot {} nftables table inet {}: {}; tunnel health checks go on, but this "
+                   "{}: cannot {} nftables table inet {}: {}; tunnel health checks go on, but this "
                    "node's kernel may answer their SYN-ACKs with RSTs towards the VIPs (counted in "
                    "probe_filter_errors, logged once)\n",
-                   targets.empty() ? "remove" : "install", kProbeTable, err);
+                   who_, targets.empty() ? "remove" : "install", table_, err);
     }
     failing_ = std::move(err);
     return false;
@@ -192,7 +193,7 @@ bool ProbeFilter::table_exists() {
         return true;
     }
     const std::string out = nft_ctx_get_output_buffer(ctx_);
-    return out.find(fmt::format("table inet {}\n", kProbeTable)) != std::string::npos;
+    return out.find(fmt::format("table inet {}\n", table_)) != std::string::npos;
 }
 
 void ProbeFilter::reserve_ports() {
@@ -207,14 +208,14 @@ void ProbeFilter::reserve_ports() {
     out << *next << '\n';
     out.flush();
     if (out)
-        fmt::print("sluiced: ip_local_port_range {}-{} covers the tunnel probes' ports {}-{}: reserved them "
+        fmt::print("{}: ip_local_port_range {}-{} covers the tunnel probes' ports {}-{}: reserved them "
                    "(ip_local_reserved_ports {})\n",
-                   lo, hi, kProbePortFirst, kProbePortLast, *next);
+                   who_, lo, hi, kProbePortFirst, kProbePortLast, *next);
     else
         fmt::print(stderr,
-                   "sluiced: ip_local_port_range {}-{} covers the tunnel probes' ports {}-{} and {} cannot be "
+                   "{}: ip_local_port_range {}-{} covers the tunnel probes' ports {}-{} and {} cannot be "
                    "written: a connection of this node may share a port with a probe\n",
-                   lo, hi, kProbePortFirst, kProbePortLast, kSysctlReserved);
+                   who_, lo, hi, kProbePortFirst, kProbePortLast, kSysctlReserved);
 }
 
 uint64_t probe_filter_errors() { return g_errors.load(std::memory_order_relaxed); }

@@ -44,7 +44,10 @@ inline constexpr const char* kProbeTable = "sluice_probe";
 // layout) and build it anew; otherwise only the sets change, so that the
 // named counter of dropped RSTs keeps counting. Empty `targets`: the script
 // removes the table (and succeeds when there is none).
-std::string probe_filter_script(const std::set<Endpoint>& targets, bool replace);
+// `table`: the table's name (sluicectl check-backend keeps one of its own,
+// so that its probes never touch sluiced's sets).
+std::string probe_filter_script(const std::set<Endpoint>& targets, bool replace,
+                                const std::string& table = kProbeTable);
 
 // The ports of ip_local_reserved_ports (`current`, the sysctl's text) with
 // the probe range added; nullopt when `current` already reserves it all.
@@ -54,7 +57,8 @@ class ProbeFilter {
 public:
     using Clock = std::chrono::steady_clock;
 
-    ProbeFilter();
+    // `table`: the nftables table owned; `who`: the program named in messages.
+    explicit ProbeFilter(std::string table = kProbeTable, std::string who = "sluiced");
     ~ProbeFilter();  // removes the table
     ProbeFilter(const ProbeFilter&) = delete;
     ProbeFilter& operator=(const ProbeFilter&) = delete;
@@ -75,6 +79,7 @@ private:
     bool table_exists();
     void reserve_ports();
 
+    std::string table_, who_;
     nft_ctx* ctx_ = nullptr;
     std::optional<std::set<Endpoint>> installed_;  // nullopt: unknown (at start, after a failure)
     std::set<Endpoint> attempted_;

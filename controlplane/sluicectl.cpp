@@ -11,15 +11,20 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <optional>
 #include <sstream>
 #include <thread>
 
+#include <signal.h>
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "backend_check.hpp"
 #include "config_file.hpp"
 #include "ipc.hpp"
+#include "model.hpp"
 
 namespace {
 
@@ -220,6 +225,108 @@ int finish_drain(const json& r, std::optional<unsigned> wait_arg, bool as_json) 
         fmt::print("drained: stopping this node now breaks nothing\n");
     }
     return confirmed ? 0 : kExitRefused;
+}
+
+
+// check-backend: sluiced supplies the VIPs (vip.show / vip.list); the probes
+// run here, so that a slow check never holds up sluiced's loop.
+struct CheckBackendArgs {
+    std::string address, vip;
+    unsigned mtu = 0, probe_timeout_ms = 500;
+    bool as_json = false;
+};
+
+int check_backend(const std::string& socket_path, unsigned timeout_ms, const CheckBackendArgs& a) {
+    sluice::Endpoint backend;
+    try {
+        backend = sluice::parse_endpoint(a.address);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluicectl: error: backend address '{}': {}\n", a.address, e.what());
+        return kExitRefused;
+    }
+    json vips;
+    try {
+        const json request = a.vip.empty() ? json{{"cmd", "vip.list"}, {"args", json::object()}}
+                                           : json{{"cmd", "vip.show"}, {"args", {{"vip", a.vip}}}};
+        const json response = sluice::ipc::call(socket_path, request, std::chrono::milliseconds(timeout_ms));
+        if (!response.value("ok", false)) {
+            fmt::print(stderr, "sluicectl: error: {}\n", response.value("error", "unknown error"));
+            return response.value("code", "") == "permission" ? kExitUnreachable : kExitRefused;
+        }
+        vips = a.vip.empty() ? response["result"] : json::array({response["result"]});
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluicectl: {}\n", e.what());
+        return kExitUnreachable;
+    }
+    std::vector<sluice::BackendCheckTarget> targets;
+    std::set<sluice::Endpoint> quiet;
+    for (const auto& v : vips) {
+        const std::string text = v["vip"].get<std::string>();
+        const sluice::VipId id = sluice::parse_vip_id(text);
+        for (const auto& b : v["backends"]) {
+            const sluice::Endpoint ep = sluice::parse_endpoint(b["address"].get<std::string>());
+            if (!(ep.addr == backend.addr) || (backend.port && ep.port != backend.port)) continue;
+            sluice::BackendCheckTarget t;
+            t.vip_text = text;
+            t.vip = id.endpoint.addr;
+            t.port = id.endpoint.port;
+            t.protocol = id.proto;
+            t.mode = sluice::parse_mode(v["mode"].get<std::string>());
+            t.gue_port = v.value("gue_port", uint16_t{0});
+            t.second_chance = t.mode == SLUICE_MODE_GUE && v.value("second_chance", false);
+            t.backend = ep;
+            t.mac = sluice::parse_mac(b["mac"].get<std::string>());
+            if (t.mode != SLUICE_MODE_NAT) quiet.insert(sluice::Endpoint{t.vip, t.port ? t.port : uint16_t{9}});
+            targets.push_back(t);
+        }
+    }
+    if (targets.empty()) {
+        if (a.vip.empty())
+            fmt::print(stderr, "sluicectl: error: {} is not a backend of any VIP\n", a.address);
+        else
+            fmt::print(stderr, "sluicectl: error: {} is not a backend of VIP {}\n", a.address,
+                       vips[0]["vip"].get<std::string>());
+        return kExitRefused;
+    }
+    // The nftables table of the probes goes with the checker: a Ctrl-C
+    // waits (at most a few seconds) until it has.
+    sigset_t block, old;
+    sigemptyset(&block);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&block, sig);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    json out = {{"backend", a.address}, {"checks", json::array()}, {"not_applicable", json::array()}};
+    json vip_names = json::array();
+    bool all_ok = true;
+    {
+        sluice::BackendChecker checker(quiet);
+        const sluice::BackendCheckOptions opt{static_cast<uint16_t>(a.mtu),
+                                              std::chrono::milliseconds(a.probe_timeout_ms)};
+        for (const auto& t : targets) {
+            const auto report = checker.check(t, opt);
+            vip_names.push_back(t.vip_text);
+            const std::string mode(sluice::mode_name(t.mode));
+            for (const auto& c : report.checks) {
+                all_ok &= c.ok;
+                out["checks"].push_back({{"vip", t.vip_text}, {"mode", mode}, {"name", c.name}, {"ok", c.ok},
+                                         {"skipped", c.skipped}, {"detail", c.detail}, {"fix", c.fix}});
+                if (!a.as_json) {
+                    fmt::print("{:<4} {} {} {}: {}{}\n", c.skipped ? "n/t" : c.ok ? "ok" : "FAIL",
+                               t.vip_text, mode, c.name, c.detail, c.fix.empty() ? "" : "; fix: " + c.fix);
+                    std::fflush(stdout);
+                }
+            }
+            for (const auto& n : report.not_applicable) {
+                out["not_applicable"].push_back({{"vip", t.vip_text}, {"mode", mode}, {"what", n}});
+                if (!a.as_json) fmt::print("n/a  {} {} {}\n", t.vip_text, mode, n);
+            }
+        }
+    }
+    sigprocmask(SIG_SETMASK, &old, nullptr);
+    out["vips"] = vip_names;
+    if (!a.vip.empty()) out["vip"] = vip_names[0];
+    out["ok"] = all_ok;
+    if (a.as_json) std::cout << out.dump(2) << "\n";
+    return all_ok ? 0 : kExitRefused;
 }
 
 }  // namespace
@@ -487,6 +594,32 @@ int main(int argc, char** argv) {
     json_flag(sc_import);
     sc_import->callback([&] { req.cmd = "second_chance.import"; });
 
+    CheckBackendArgs cb;
+    auto* checkb = app.add_subcommand(
+        "check-backend",
+        "Test one backend from this node through each of its VIPs' own mode and print one line per "
+        "check with a fix: tunnel VIPs (ipip, gue): decap (attached, GUE port), vip_on_loopback, "
+        "reverse_path (rp_filter against this node's other addresses), mtu (the dataplane MTU minus "
+        "the encapsulation, DF set; the largest that passes), second_chance (GUE); DSR: "
+        "vip_on_loopback (a SYN in a frame to the backend's MAC); NAT: reachable (a TCP connection). "
+        "Runs the probes itself (as root: raw sockets and an nftables table of its own), each round "
+        "bounded by --probe-timeout-ms. Exit 0 only when every check passes, 1 when one fails or "
+        "the arguments are refused");
+    checkb->add_option("address", cb.address, "The backend: ADDRESS[:PORT]")->required();
+    checkb->add_option("--vip", cb.vip, "Only this VIP (ADDRESS:PORT/PROTOCOL); default: every VIP the backend is in");
+    checkb->add_option("--mtu", cb.mtu,
+                       "The dataplane's MTU towards backends (its --mtu), 576-9216; default: this node's "
+                       "interface towards the backend")
+        ->check(CLI::Range(576u, 9216u));
+    checkb->add_option("--probe-timeout-ms", cb.probe_timeout_ms,
+                       "How long one round of probes waits for answers, 50-2000 (up to 7 rounds per VIP)")
+        ->check(CLI::Range(50u, 2000u))
+        ->capture_default_str();
+    checkb->add_flag("--json", cb.as_json,
+                     "Print {backend, vip(s), ok, checks: [{vip, mode, name, ok, skipped, detail, fix}], "
+                     "not_applicable}");
+    checkb->callback([&] { req.cmd = "check-backend"; });
+
     app.footer(kExitCodes);
     try {
         app.parse(argc, argv);
@@ -495,6 +628,8 @@ int main(int argc, char** argv) {
         // usage error is 2; --help is 0.
         return app.exit(e) == 0 ? 0 : kExitUsage;
     }
+
+    if (req.cmd == "check-backend") return check_backend(socket_path, timeout_ms, cb);
 
     if (req.cmd == "config.apply") {
         try {

@@ -5,6 +5,8 @@
 #include <net/if.h>
 #include <netinet/in.h>
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -172,6 +174,33 @@ std::vector<IpAddress> host_broadcast_addresses() {
                    ? a.ifa_broadaddr
                    : nullptr;
     });
+}
+
+// The address of this node that `dst` routes back to: the kernel's source
+// address choice for a datagram towards it.
+std::optional<IpAddress> source_towards(const IpAddress& dst, std::string& err) {
+    const int fd = socket(dst.family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        err = fmt::format("socket: {}", std::strerror(errno));
+        return std::nullopt;
+    }
+    sockaddr_storage ss;
+    socklen_t len = to_sockaddr(Endpoint{dst, 9}, ss);
+    std::optional<IpAddress> out;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+        err = fmt::format("no route to {}: {}", format_ip(dst), std::strerror(errno));
+    } else {
+        len = sizeof ss;
+        getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        IpAddress a{dst.family, {}};
+        if (dst.family == 4)
+            std::memcpy(a.bytes.data(), &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, 4);
+        else
+            std::memcpy(a.bytes.data(), &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, 16);
+        out = a;
+    }
+    close(fd);
+    return out;
 }
 
 }  // namespace sluice

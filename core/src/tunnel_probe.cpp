@@ -26,15 +26,17 @@ uint32_t pseudo_header_sum(const IpAddress& src, const IpAddress& dst, size_t l4
 
 }  // namespace
 
-std::vector<uint8_t> build_probe_packet(const TcpProbe& p, bool reset) {
+std::vector<uint8_t> build_tcp_packet(const TcpProbe& p, uint8_t flags, uint32_t seq, uint32_t ack,
+                                      size_t payload) {
     const bool v4 = p.src.family == 4;
     const size_t l3 = v4 ? 20 : 40;
-    std::vector<uint8_t> pkt(l3 + kTcpHeaderBytes, 0);
+    const size_t l4 = kTcpHeaderBytes + payload;
+    std::vector<uint8_t> pkt(l3 + l4, 0);
     uint8_t* ip = pkt.data();
     if (v4) {
         ip[0] = 0x45;
         store_be16(ip + 2, static_cast<uint16_t>(pkt.size()));
-        ip[6] = 0x40;  // DF: the probe is small and must not be fragmented
+        ip[6] = 0x40;  // DF: a probe must arrive whole or not at all
         ip[8] = kDefaultTtl;
         ip[9] = net::kProtoTcp;
         std::memcpy(ip + net::kIpv4OffSrc, p.src.bytes.data(), 4);
@@ -42,7 +44,7 @@ std::vector<uint8_t> build_probe_packet(const TcpProbe& p, bool reset) {
         store_be16(ip + net::kIpv4OffChecksum, net::csum_full(ip, 20));
     } else {
         ip[0] = 0x60;
-        store_be16(ip + 4, kTcpHeaderBytes);
+        store_be16(ip + 4, static_cast<uint16_t>(l4));
         ip[6] = net::kProtoTcp;
         ip[7] = kDefaultTtl;
         std::memcpy(ip + net::kIpv6OffSrc, p.src.bytes.data(), 16);
@@ -51,13 +53,17 @@ std::vector<uint8_t> build_probe_packet(const TcpProbe& p, bool reset) {
     uint8_t* tcp = ip + l3;
     store_be16(tcp, p.src_port);
     store_be16(tcp + 2, p.dst_port);
-    store_be32(tcp + 4, reset ? p.seq + 1 : p.seq);
+    store_be32(tcp + 4, seq);
+    store_be32(tcp + 8, ack);
     tcp[12] = 5 << 4;  // data offset: no options
-    tcp[13] = reset ? net::kTcpRst : net::kTcpSyn;
-    store_be16(tcp + 14, reset ? 0 : 65535);  // window
-    store_be16(tcp + 16, net::csum_full(tcp, kTcpHeaderBytes,
-                                        pseudo_header_sum(p.src, p.dst, kTcpHeaderBytes)));
+    tcp[13] = flags;
+    store_be16(tcp + 14, (flags & net::kTcpRst) ? 0 : 65535);  // window
+    store_be16(tcp + 16, net::csum_full(tcp, l4, pseudo_header_sum(p.src, p.dst, l4)));
     return pkt;
+}
+
+std::vector<uint8_t> build_probe_packet(const TcpProbe& p, bool reset) {
+    return build_tcp_packet(p, reset ? net::kTcpRst : net::kTcpSyn, reset ? p.seq + 1 : p.seq, 0, 0);
 }
 
 ProbeAnswer match_probe_answer(const TcpProbe& p, const IpAddress& from, const uint8_t* tcp,

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,5 +52,10 @@ socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out);
 std::vector<IpAddress> host_addresses();
 // The directed broadcast addresses of this host's IPv4 interfaces.
 std::vector<IpAddress> host_broadcast_addresses();
+
+// The address of this host that `dst` routes back to: the kernel's source
+// address choice for a datagram towards it (nullopt and `err` when there is
+// no route).
+std::optional<IpAddress> source_towards(const IpAddress& dst, std::string& err);
 
 }  // namespace sluice

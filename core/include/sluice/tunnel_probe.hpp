@@ -26,6 +26,10 @@ struct TcpProbe {
 // The inner packet (IPv4 or IPv6 header + 20-byte TCP header, checksums
 // filled in): a SYN, or the RST that tears the half-open connection down.
 std::vector<uint8_t> build_probe_packet(const TcpProbe& p, bool reset);
+// Any segment of the probe's flow: `flags`, `seq`, `ack` and `payload` zero
+// bytes of data (sluicectl check-backend: SYNs padded to a size, a bare ACK).
+std::vector<uint8_t> build_tcp_packet(const TcpProbe& p, uint8_t flags, uint32_t seq, uint32_t ack,
+                                      size_t payload);
 
 enum class ProbeAnswer : uint8_t { kNotOurs, kSynAck, kReset };
 
