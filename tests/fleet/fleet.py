@@ -182,10 +182,12 @@ class Fleet:
     its configuration, bgp_contract.md); the fleet only writes the BIRD
     configuration an operator would (device protocol and the include).
     services=False starts the backends without their echo services (their
-    health checks then fail until start_services())."""
+    health checks then fail until start_services()). up=k starts only the
+    first k nodes; the others are wired to the router (its sessions to them
+    wait) and a test starts them with start_node()."""
 
     def __init__(self, nodes=3, backends=3, vips=None, heartbeat_timeout_ms=300,
-                 drain_wait_s=2, services=True, tag=""):
+                 drain_wait_s=2, services=True, tag="", up=None):
         self.prefix = f"fl{os.getpid()}{tag}"
         self.services = services  # start the backends' echo services with the fleet
         self.nbackends = backends
@@ -196,6 +198,7 @@ class Fleet:
         self.router_ns, self.client_ns = f"{self.prefix}-rt", f"{self.prefix}-cl"
         self.backend_ns = [f"{self.prefix}-b{j}" for j in range(1, backends + 1)]
         self.nodes = [Node(self, i) for i in range(1, nodes + 1)]
+        self.up = nodes if up is None else up
         self.router_socket = os.path.join(self.tmp, "router-bird.ctl")
         self.procs = {}
         self._old_handlers = {}
@@ -211,7 +214,7 @@ class Fleet:
             self.timings["namespaces"] = time.time() - t
             self._start_backends()
             self._start_router_bird()
-            for n in self.nodes:
+            for n in self.nodes[:self.up]:
                 self.start_node(n)
             self.timings["up"] = time.time() - t
         except BaseException:
@@ -405,17 +408,18 @@ class Fleet:
             self.start_services(ECHO_PORT)
             self.start_services(SPARE_PORT)
 
-    def start_services(self, port):
+    def start_services(self, port, kind="echo"):
         for j in range(1, self.nbackends + 1):
-            self.start_service(j, port)
+            self.start_service(j, port, kind)
 
     def stop_services(self, port):
         for j in range(1, self.nbackends + 1):
             self.stop_service(j, port)
 
-    def start_service(self, j, port):
+    def start_service(self, j, port, kind="echo"):
+        """backend_server.py's `kind` service ("echo" or "seq") on backend j."""
         name = f"be{j}-{port}"
-        self.spawn(name, self.backend_ns[j - 1], [SYS_PYTHON, BACKEND_SERVER, f"be{j}", "--echo", str(port)])
+        self.spawn(name, self.backend_ns[j - 1], [SYS_PYTHON, BACKEND_SERVER, f"be{j}", f"--{kind}", str(port)])
         self.wait_log(name, "serving")
 
     def stop_service(self, j, port):
@@ -530,8 +534,21 @@ template bgp nodes {{
         config["vip"] = vips
         return config
 
-    def start_node(self, n, wait=True):
-        """sluiced, its configuration, the dataplane and BIRD on node n."""
+    def running_nodes(self):
+        """The nodes whose sluiced runs (their dataplane may be dead)."""
+        return [n for n in self.nodes if self.procs.get(n.proc("sluiced")) is not None]
+
+    def start_node(self, n, wait=True, fresh=False, before_announce=None):
+        """sluiced, its configuration, the dataplane and BIRD on node n.
+        fresh: the node joins as a new machine would, without the state,
+        shared memory or connection table of an earlier run. before_announce(n)
+        runs once the configuration is applied and the dataplane runs, before
+        BIRD starts (nothing is announced before it returns)."""
+        if fresh:
+            for path in [n.state, n.shm, n.conn_file, n.include, n.bird_socket, n.socket] + \
+                    [f"{n.conn_file}.{w}" for w in range(4)]:
+                _unlink(path)
+            shutil.rmtree(f"/var/run/dpdk/{n.file_prefix}", ignore_errors=True)
         self.spawn(n.proc("sluiced"), n.ns,
                    [SLUICED, "--socket", n.socket, "--shm", n.shm, "--state", n.state,
                     "--tunnel-source4", n.tunnel_source4, "--tunnel-source6", n.tunnel_source6,
@@ -541,6 +558,8 @@ template bgp nodes {{
             f.write(to_toml(self.node_config(n)))
         self.ctl(n, "apply", "-f", n.config)
         self.start_dataplane(n)
+        if before_announce is not None:
+            before_announce(n)
         with open(n.bird_conf, "w") as f:
             # What an operator writes (bgp_contract.md): the rest is sluiced's include.
             f.write(f'log stderr all;\nprotocol device {{ }}\ninclude "{n.include}";\n')
@@ -592,16 +611,18 @@ template bgp nodes {{
     def wait_healthy(self, vip, nodes=None, timeout=15, want="active"):
         """Waits until every backend of `vip` is `want` on every node, as a
         check found it."""
+        nodes = nodes or self.running_nodes()
+
         def ok():
             return all(all(s == want and last for s, last in self.backend_states(n, vip).values())
-                       for n in nodes or self.nodes)
+                       for n in nodes)
         return _wait(ok, timeout, f"{vip}: all backends {want}",
-                     lambda: {n.name: self.backend_states(n, vip) for n in nodes or self.nodes})
+                     lambda: {n.name: self.backend_states(n, vip) for n in nodes})
 
     def wait_ready(self, timeout=30):
         """Steering maps in sync and every VIP's backends healthy on every node."""
         t = time.time()
-        for n in self.nodes:
+        for n in self.running_nodes():
             _wait(lambda: self.ctl(n, "status", as_json=True)["xdp_maps"].startswith("in sync"), 10,
                   f"{n.name}: XDP steering maps in sync")
         for v in self.vips:
@@ -753,6 +774,15 @@ class FleetClient:
 
     def stop(self):
         return self._call("stop")
+
+    def long_open(self, addr, port, n, sources, interval_ms):
+        return self._call(f"long_open {addr} {port} {n} {','.join(sources)} {interval_ms}")
+
+    def long_status(self):
+        return self._call("long_status")
+
+    def long_close(self, drain_s):
+        return self._call(f"long_close {drain_s}")
 
 
 def quiet_flows(f, seconds=3.0):

@@ -1,0 +1,401 @@
+#!/usr/bin/python3
+"""Issue 14, point 4: no established connection breaks when the fleet
+changes. About 200 long-lived TCP connections to a GUE VIP through the
+routed fleet (tests/fleet/fleet.py) stay open while the fleet goes through
+the scenarios below one after another (the same connections throughout; a
+broken one is replaced so that ~200 are open at each scenario's start), and
+then all of them at once:
+
+  a  a backend added, 3 s later a node added (the router rehashes)
+  b  a backend's weight changed, 3 s later a node drained and removed
+  c  a backend added, 3 s later a node's dataplane SIGKILLed (and restarted
+     once the router has moved its flows away: they come back)
+  d  a backend added at the same moment a node is removed
+  e  two backend weight changes 10 s apart, 3 s later a node added
+  all  at the same moment: a backend added, a weight changed, a node added,
+     a node drained and removed, a node's dataplane SIGKILLed
+
+Every connection sends a numbered line every 200 ms; the backend checks the
+numbers and answers each line with its own number and the line
+(backend_server.py --seq), which the client checks (fleet_client.py
+long_open). A connection is broken on a reset, an early close, a wrong
+answer or an answer 5 s overdue; the bytes of its lines never answered are
+lost.
+
+The whole run is made twice, with the VIP's second chance on (the default
+for GUE) and off (second_chance = false). Each scenario must move flows
+between nodes (the router's next hops change; more than one node carries the
+connections before and after) and Maglev entries between backends (the table
+digest changes, the same on every node). Required: on, 0 connections broken
+and 0 bytes lost in every scenario; off, at least one connection broken in
+every scenario (the test sees a break). A table prints both, with the
+backends' sluice-decap counters (second-chance forwards) per scenario.
+
+A node joining a fleet whose backends changed takes its peers' history
+before it announces (`sluicectl second-chance show --json` on a peer,
+`sluicectl second-chance import` on the new node): the documented join
+procedure.
+
+usage: second_chance_tests.py [--full] [--mode=on|off|both] [TEST ...]
+  default: scenarios a and d (the suite's short run); --full: all of them.
+  TEST: second_chance (the only one)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fleet import (CHECK, CLIENT_SOURCES4, GUE_PORT, ROUTER_MAC, Fleet, backend_ip4)  # noqa: E402
+from sluice_env import DECAP, SLUICECTL, TestFailure, check, run_tests  # noqa: E402
+
+SEQ_PORT = 7002
+VIP = "198.18.1.3"
+VIP_ADDR = f"{VIP}:{SEQ_PORT}/tcp"
+PREFIX = f"{VIP}/32"
+NCONN = 200
+INTERVAL_MS = 200
+NODES, UP, BACKENDS, FIRST_BACKENDS = 4, 3, 7, 3
+GAP_S = 3.0  # backend change -> node change
+E_GAP_S = 10.0  # scenario e: between its two backend changes
+SETTLE_S = 1.0  # after the last change, every connection must have exchanged data this long after it
+STALL_S = 5.0  # fleet_client.py: an answer this overdue breaks the connection
+MIN_CARRY = 0.05  # a node "carries" connections when it takes more than this share of their packets
+
+OPTIONS = {"full": False, "mode": "both"}
+SHORT = ["a", "d"]
+FULL = ["a", "b", "c", "d", "e", "all"]
+
+
+def supports_second_chance():
+    """Whether these binaries know a VIP's second_chance setting (issue 14);
+    without it a VIP's configuration must not name it (today's behaviour is
+    "off")."""
+    r = subprocess.run([SLUICECTL, "vip", "add", "--help"], capture_output=True, text=True, timeout=10)
+    return "--second-chance" in r.stdout
+
+
+def seq_vip(second_chance, supported):
+    v = {"address": VIP_ADDR, "mode": "gue", "gue_port": GUE_PORT, "check": dict(CHECK),
+         "backend": [{"address": backend_ip4(j), "mac": ROUTER_MAC, "weight": 100}
+                     for j in range(1, FIRST_BACKENDS + 1)]}
+    if supported:
+        v["second_chance"] = second_chance
+    return v
+
+
+def in_parallel(*fns):
+    """Runs every fn at the same moment, each in its own thread; re-raises
+    the first failure once all have ended."""
+    errors = []
+
+    def run(fn):
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in fns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if errors:
+        raise errors[0]
+
+
+class Run:
+    """One fleet, one VIP, ~200 long-lived connections, the scenarios in turn."""
+
+    def __init__(self, f, sc_on, supported):
+        self.f, self.sc_on, self.supported = f, sc_on, supported
+        self.client = f.client()
+        self.live = list(f.nodes[:UP])  # the nodes the router should route the VIP to
+        self.rows = []
+        self.history_dir = tempfile.mkdtemp(dir=f.tmp)
+
+    # --- fleet changes -----------------------------------------------------
+    def node(self, i):
+        return self.f.nodes[i - 1]
+
+    def each_node(self, *args):
+        """One sluicectl command on every node whose sluiced runs, all at once."""
+        in_parallel(*[lambda n=n: self.f.ctl(n, *args) for n in self.f.running_nodes()])
+
+    def backend_entry(self, j):
+        return next(b for b in self.f.vips[0]["backend"] if b["address"] == backend_ip4(j))
+
+    def add_backend(self, j, weight=100):
+        # f.vips is what a node started later applies.
+        self.f.vips[0]["backend"].append({"address": backend_ip4(j), "mac": ROUTER_MAC, "weight": weight})
+        self.each_node("backend", "add", VIP_ADDR, backend_ip4(j), "--mac", ROUTER_MAC, "--weight", str(weight))
+
+    def set_weight(self, j, weight):
+        self.backend_entry(j)["weight"] = weight
+        self.each_node("backend", "weight", VIP_ADDR, backend_ip4(j), str(weight))
+
+    def take_history(self, n):
+        """The join procedure: the new node takes a running peer's second-chance
+        history after its configuration is applied, before it announces."""
+        peer = next(p for p in self.live if p is not n)
+        r = self.f.ctl(peer, "second-chance", "show", "--json")
+        path = os.path.join(self.history_dir, f"from-{peer.name}-to-{n.name}.json")
+        with open(path, "w") as fh:
+            fh.write(r.stdout)
+        self.f.ctl(n, "second-chance", "import", path)
+
+    def add_node(self, i):
+        n = self.node(i)
+        self.f.start_node(n, fresh=True, before_announce=self.take_history if self.supported else None)
+        self.live.append(n)
+
+    def drain_remove(self, i):
+        n = self.node(i)
+        self.live.remove(n)
+        self.f.ctl(n, "node", "drain", "--wait", "1", timeout=30)
+        self.f.stop_node(n)
+
+    def remove(self, i):
+        n = self.node(i)
+        self.live.remove(n)
+        self.f.stop_node(n)
+
+    def kill_dataplane(self, i):
+        n = self.node(i)
+        self.live.remove(n)
+        self.f.kill_dataplane(n)
+
+    def restart_dataplane(self, i):
+        n = self.node(i)
+        self.f.start_dataplane(n)
+        self.live.append(n)
+
+    def wait_route(self):
+        return self.f.wait_route(PREFIX, self.live, timeout=20)
+
+    # --- observations ------------------------------------------------------
+    def rx_window(self, seconds=1.0):
+        """{node: share of the VIP's client packets} over `seconds`, for the
+        nodes the router routes to."""
+        nodes = list(self.live)
+
+        def rx():
+            return {n.name: self.f.stats(n)["counters"]["rx_packets"] for n in nodes}
+        a = rx()
+        time.sleep(seconds)
+        b = rx()
+        total = sum(b[k] - a[k] for k in a) or 1
+        return {k: (b[k] - a[k]) / total for k in a}
+
+    def digests(self):
+        """{node: the VIP's Maglev table digest} on the routed nodes."""
+        out = {}
+        for n in self.live:
+            d = self.f.ctl(n, "table", "digest", "--vip", VIP_ADDR, as_json=True)
+            out[n.name] = d["vips"][0]["digest"]
+        return out
+
+    def decap_counters(self):
+        total = {}
+        for ns in self.f.backend_ns:
+            r = self.f.run(ns, [DECAP, "stats", "eth0", "--json"])
+            for k, v in json.loads(r.stdout)["counters"].items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def settle(self, t_last):
+        """Until every open connection has had an answer SETTLE_S after the
+        last change, or has broken (a stalled one breaks after STALL_S)."""
+        deadline = time.time() + SETTLE_S + STALL_S + 3
+        while True:
+            st = self.client.long_status()
+            waiting = [c for c in st if c["state"] == "live" and (c["last_rx"] or 0) < t_last + SETTLE_S]
+            if not waiting:
+                return st
+            if time.time() > deadline:
+                raise TestFailure(f"{len(waiting)} connections neither answered nor broke "
+                                  f"{deadline - t_last:.0f}s after the change, e.g. {waiting[:2]}")
+            time.sleep(0.2)
+
+    def open_up_to(self, n):
+        st = self.client.long_status()
+        have = len([c for c in st if c["state"] == "live"])
+        if have < n:
+            r = self.client.long_open(VIP, SEQ_PORT, n - have, CLIENT_SOURCES4, INTERVAL_MS)
+            check(not r["failed"], f"{len(r['failed'])} of {n - have} new connections failed: {r['failed'][:3]}")
+
+    # --- one scenario --------------------------------------------------------
+    def scenario(self, name, what, action):
+        f = self.f
+        self.open_up_to(NCONN)
+        time.sleep(0.5)
+        carried_before = self.rx_window()
+        digest_before, decap_before = self.digests(), self.decap_counters()
+        with f.watch([PREFIX]) as watch:
+            t0 = time.time()
+            t_last = action()
+            took = time.time() - t0
+        routes = [hops for _, hops in watch.history[PREFIX]]
+        st = self.settle(t_last)
+        carried_after = self.rx_window()
+        digest_after = self.digests()
+        decap_after = self.decap_counters()
+        broken = [c for c in st if c["state"] == "broken" and c["t_broken"] >= t0]
+        lost = sum(c["sent"] - c["answered"] for c in broken)
+        decap = {k: decap_after[k] - decap_before.get(k, 0) for k in decap_after}
+        row = {"scenario": name, "what": what, "broken": len(broken), "lost": lost,
+               "open": len([c for c in st if c["t_open"] < t0 and (c["state"] == "live" or c in broken)]),
+               "decap": decap, "took": took, "errors": sorted({c["error"].split(":")[0] for c in broken})}
+        self.rows.append(row)
+        fmt_carry = lambda c: " ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(c.items()))  # noqa: E731
+        print(f"  [{'on' if self.sc_on else 'off'}] {name}: {what}: {row['broken']} of {row['open']} connections "
+              f"broken, {lost} bytes lost ({took:.1f}s; errors {row['errors']})")
+        print(f"      router's next hops: {' -> '.join(str(h) for h in routes)}")
+        print(f"      packets per node before: {fmt_carry(carried_before)}; after: {fmt_carry(carried_after)}")
+        print(f"      table digest {sorted(set(digest_before.values()))} -> {sorted(set(digest_after.values()))}; "
+              f"decap (all backends): " + ", ".join(f"{k} {v}" for k, v in decap.items() if v))
+        # The scenario really moved flows between nodes and entries between backends.
+        check(len(routes) > 1, f"{name}: the router's next hops did not change: {routes}")
+        for when, c in (("before", carried_before), ("after", carried_after)):
+            carriers = [k for k, v in c.items() if v > MIN_CARRY]
+            check(len(carriers) >= 2, f"{name}: connections carried by {carriers} only {when} ({c})")
+        check(len(set(digest_after.values())) == 1, f"{name}: the nodes' tables differ: {digest_after}")
+        check(set(digest_before.values()) != set(digest_after.values()),
+              f"{name}: the VIP's Maglev table did not change: {digest_after}")
+        return row
+
+    # --- the scenarios -------------------------------------------------------
+    def a(self):
+        self.add_backend(4)
+        time.sleep(GAP_S)
+        self.add_node(4)
+        self.wait_route()
+        return time.time()
+
+    def b(self):
+        self.set_weight(2, 200)
+        time.sleep(GAP_S)
+        self.drain_remove(1)
+        self.wait_route()
+        return time.time()
+
+    def c(self):
+        self.add_backend(5)
+        time.sleep(GAP_S)
+        victim = self.live[0].i
+        self.kill_dataplane(victim)
+        self.wait_route()
+        time.sleep(GAP_S)  # its flows live on the other nodes now
+        self.restart_dataplane(victim)  # ... and come back to it
+        self.wait_route()
+        return time.time()
+
+    def d(self):
+        leaving = self.live[1].i if len(self.live) > 2 else self.live[0].i
+        in_parallel(lambda: self.add_backend(6), lambda: self.remove(leaving))
+        self.wait_route()
+        return time.time()
+
+    def e(self):
+        self.set_weight(1, 50)
+        time.sleep(E_GAP_S)
+        self.set_weight(4, 200)
+        time.sleep(GAP_S)
+        self.add_node(next(n.i for n in self.f.nodes if self.f.procs.get(n.proc("sluiced")) is None))
+        self.wait_route()
+        return time.time()
+
+    def all(self):
+        down = [n.i for n in self.f.nodes if self.f.procs.get(n.proc("sluiced")) is None]
+        check(down and len(self.live) >= 3, f"'all' needs a stopped node and three routed ones: {self.live}")
+        drained, killed = self.live[0].i, self.live[1].i
+        in_parallel(lambda: self.add_backend(7), lambda: self.set_weight(3, 200), lambda: self.add_node(down[0]),
+                    lambda: self.drain_remove(drained), lambda: self.kill_dataplane(killed))
+        self.wait_route()
+        return time.time()
+
+
+WHAT = {
+    "a": "backend added, 3 s later node added",
+    "b": "weight changed, 3 s later node drained+removed",
+    "c": "backend added, 3 s later dataplane SIGKILLed (then restarted)",
+    "d": "backend added as a node is removed",
+    "e": "two weight changes 10 s apart, 3 s later node added",
+    "all": "backend added + weight + node added + drained + SIGKILLed at once",
+}
+
+
+def run_mode(sc_on, scenarios, supported):
+    t = time.time()
+    with Fleet(nodes=NODES, up=UP, backends=BACKENDS, services=False, tag="fleetsc",
+               vips=[seq_vip(sc_on, supported)], drain_wait_s=1) as f:
+        f.start_services(SEQ_PORT, kind="seq")
+        f.wait_sessions(nodes=f.nodes[:UP])
+        f.wait_ready()
+        f.wait_route(PREFIX, f.nodes[:UP], timeout=15)
+        up = time.time() - t
+        run = Run(f, sc_on, supported)
+        r = run.client.long_open(VIP, SEQ_PORT, NCONN, CLIENT_SOURCES4, INTERVAL_MS)
+        check(r["opened"] == NCONN, f"opened {r['opened']} of {NCONN}: {r['failed'][:3]}")
+        for s in scenarios:
+            run.scenario(s, WHAT[s], getattr(run, s))
+        final = run.client.long_close(STALL_S)
+        # Lines still unanswered when the run ends (STALL_S to answer) are lost too.
+        tail = sum(c["sent"] - c["answered"] for c in final if c["state"] == "live")
+        print(f"  [{'on' if sc_on else 'off'}] fleet up {up:.1f}s, whole run {time.time() - t:.1f}s; "
+              f"{len(final)} connections in all, {tail} bytes unanswered at the end")
+        return run.rows, tail
+
+
+def test_second_chance():
+    scenarios = FULL if OPTIONS["full"] else SHORT
+    mode = OPTIONS["mode"]
+    supported = supports_second_chance()
+    if not supported:
+        print("  these binaries have no VIP second_chance setting: every run is today's behaviour (off)")
+    modes = {"both": [True, False], "on": [True], "off": [False]}[mode]
+    results = {}
+    for sc_on in modes:
+        t = time.time()
+        results[sc_on] = run_mode(sc_on, scenarios, supported)
+        print(f"  second chance {'on' if sc_on else 'off'}: {time.time() - t:.1f}s")
+    print("\n  scenario | second chance on: broken/open, bytes lost | off: broken/open, bytes lost | what")
+    for k, s in enumerate(scenarios):
+        cells = []
+        for sc_on in (True, False):
+            if sc_on in results:
+                row = results[sc_on][0][k]
+                cells.append(f"{row['broken']:>3}/{row['open']:<3} {row['lost']:>7}")
+            else:
+                cells.append(f"{'-':>19}")
+        print(f"  {s:<8} | {cells[0]:<41} | {cells[1]:<29} | {WHAT[s]}")
+    for sc_on, (rows, tail) in results.items():
+        for row in rows:
+            fw = {k: v for k, v in row["decap"].items() if v}
+            print(f"  decap counters, second chance {'on' if sc_on else 'off'}, {row['scenario']}: {fw}")
+    if True in results:
+        rows, tail = results[True]
+        bad = [(r["scenario"], r["broken"], r["lost"]) for r in rows if r["broken"] or r["lost"]]
+        check(not bad, f"second chance on: connections broken / bytes lost (scenario, broken, bytes): {bad}")
+        check(tail == 0, f"second chance on: {tail} bytes never answered at the end")
+    if False in results:
+        rows, _ = results[False]
+        quiet = [r["scenario"] for r in rows if not r["broken"]]
+        check(not quiet, f"second chance off: no connection broke in {quiet}: the test cannot see a break there")
+
+
+TESTS = {"second_chance": test_second_chance}
+
+if __name__ == "__main__":
+    for a in sys.argv[1:]:
+        if a == "--full":
+            OPTIONS["full"] = True
+        elif a.startswith("--mode="):
+            OPTIONS["mode"] = a.split("=", 1)[1]
+            check(OPTIONS["mode"] in ("on", "off", "both"), f"--mode={OPTIONS['mode']}: on, off or both")
+        elif a.startswith("-"):
+            sys.exit(f"unknown option {a}\n{__doc__}")
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    sys.argv = [sys.argv[0]] + names
+    sys.exit(run_tests(TESTS))
