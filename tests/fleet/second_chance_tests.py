@@ -36,8 +36,9 @@ before it announces (`sluicectl second-chance show --json` on a peer,
 `sluicectl second-chance import` on the new node): the documented join
 procedure.
 
-usage: second_chance_tests.py [--full] [--mode=on|off|both] [TEST ...]
-  default: scenarios a and d (the suite's short run); --full: all of them.
+usage: second_chance_tests.py [--short] [--mode=on|off|both] [TEST ...]
+  default: every scenario, on and off (the suite's run, about 2.5 min);
+  --short: scenarios a and d only; --mode: one of the two runs only.
   TEST: second_chance (the only one)."""
 import json
 import os
@@ -48,14 +49,21 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fleet import (CHECK, CLIENT_SOURCES4, GUE_PORT, ROUTER_MAC, Fleet, backend_ip4)  # noqa: E402
+from fleet import (CHECK, CLIENT_SOURCES4, CLIENT_SOURCES6, GUE_PORT, ROUTER_MAC, Fleet, backend_ip4,  # noqa: E402
+                   backend_ip6)
 from sluice_env import DECAP, SLUICECTL, TestFailure, check, run_tests  # noqa: E402
 
 SEQ_PORT = 7002
-VIP = "198.18.1.3"
-VIP_ADDR = f"{VIP}:{SEQ_PORT}/tcp"
-PREFIX = f"{VIP}/32"
-NCONN = 200
+# Two GUE VIPs: IPv4 in IPv4 and IPv6 in IPv6; their connections go through
+# the same changes (a backend j is backend_ip4(j) in one, backend_ip6(j) in
+# the other).
+VIP4, VIP6 = "198.18.1.3", "2001:db8:1::3"
+FAMILIES = [  # (VIP, its configuration address, its prefix, connections, client sources, backend address)
+    (VIP4, f"{VIP4}:{SEQ_PORT}/tcp", f"{VIP4}/32", 150, CLIENT_SOURCES4, backend_ip4),
+    (VIP6, f"[{VIP6}]:{SEQ_PORT}/tcp", f"{VIP6}/128", 50, CLIENT_SOURCES6, backend_ip6),
+]
+PREFIXES = [fam[2] for fam in FAMILIES]
+NCONN = sum(fam[3] for fam in FAMILIES)
 INTERVAL_MS = 200
 NODES, UP, BACKENDS, FIRST_BACKENDS = 4, 3, 7, 3
 GAP_S = 3.0  # backend change -> node change
@@ -64,7 +72,7 @@ SETTLE_S = 1.0  # after the last change, every connection must have exchanged da
 STALL_S = 5.0  # fleet_client.py: an answer this overdue breaks the connection
 MIN_CARRY = 0.05  # a node "carries" connections when it takes more than this share of their packets
 
-OPTIONS = {"full": False, "mode": "both"}
+OPTIONS = {"short": False, "mode": "both"}
 SHORT = ["a", "d"]
 FULL = ["a", "b", "c", "d", "e", "all"]
 
@@ -77,13 +85,16 @@ def supports_second_chance():
     return "--second-chance" in r.stdout
 
 
-def seq_vip(second_chance, supported):
-    v = {"address": VIP_ADDR, "mode": "gue", "gue_port": GUE_PORT, "check": dict(CHECK),
-         "backend": [{"address": backend_ip4(j), "mac": ROUTER_MAC, "weight": 100}
-                     for j in range(1, FIRST_BACKENDS + 1)]}
-    if supported:
-        v["second_chance"] = second_chance
-    return v
+def seq_vips(second_chance, supported):
+    vips = []
+    for _, addr, _, _, _, backend in FAMILIES:
+        v = {"address": addr, "mode": "gue", "gue_port": GUE_PORT, "check": dict(CHECK),
+             "backend": [{"address": backend(j), "mac": ROUTER_MAC, "weight": 100}
+                         for j in range(1, FIRST_BACKENDS + 1)]}
+        if supported:
+            v["second_chance"] = second_chance
+        vips.append(v)
+    return vips
 
 
 def in_parallel(*fns):
@@ -112,6 +123,9 @@ class Run:
         self.f, self.sc_on, self.supported = f, sc_on, supported
         self.client = f.client()
         self.live = list(f.nodes[:UP])  # the nodes the router should route the VIP to
+        # Nodes being removed or joining: configuration changes skip them (a
+        # joining node applies f.vips, which every change updates first).
+        self.leaving = set()
         self.rows = []
         self.history_dir = tempfile.mkdtemp(dir=f.tmp)
 
@@ -120,20 +134,28 @@ class Run:
         return self.f.nodes[i - 1]
 
     def each_node(self, *args):
-        """One sluicectl command on every node whose sluiced runs, all at once."""
-        in_parallel(*[lambda n=n: self.f.ctl(n, *args) for n in self.f.running_nodes()])
-
-    def backend_entry(self, j):
-        return next(b for b in self.f.vips[0]["backend"] if b["address"] == backend_ip4(j))
+        """One sluicectl command on every node whose sluiced runs and stays, all
+        at once (a node being removed may be gone before it gets there)."""
+        in_parallel(*[lambda n=n: self.f.ctl(n, *args) for n in self.f.running_nodes()
+                      if n.name not in self.leaving])
 
     def add_backend(self, j, weight=100):
-        # f.vips is what a node started later applies.
-        self.f.vips[0]["backend"].append({"address": backend_ip4(j), "mac": ROUTER_MAC, "weight": weight})
-        self.each_node("backend", "add", VIP_ADDR, backend_ip4(j), "--mac", ROUTER_MAC, "--weight", str(weight))
+        """Backend j into both VIPs on every node (and into f.vips, which a
+        node started later applies)."""
+        cmds = []
+        for v, (_, addr, _, _, _, backend) in zip(self.f.vips, FAMILIES):
+            v["backend"].append({"address": backend(j), "mac": ROUTER_MAC, "weight": weight})
+            cmds.append(("backend", "add", addr, backend(j), "--mac", ROUTER_MAC, "--weight", str(weight)))
+        for c in cmds:
+            self.each_node(*c)
 
     def set_weight(self, j, weight):
-        self.backend_entry(j)["weight"] = weight
-        self.each_node("backend", "weight", VIP_ADDR, backend_ip4(j), str(weight))
+        cmds = []
+        for v, (_, addr, _, _, _, backend) in zip(self.f.vips, FAMILIES):
+            next(b for b in v["backend"] if b["address"] == backend(j))["weight"] = weight
+            cmds.append(("backend", "weight", addr, backend(j), str(weight)))
+        for c in cmds:
+            self.each_node(*c)
 
     def take_history(self, n):
         """The join procedure: the new node takes a running peer's second-chance
@@ -147,18 +169,22 @@ class Run:
 
     def add_node(self, i):
         n = self.node(i)
+        self.leaving.add(n.name)
         self.f.start_node(n, fresh=True, before_announce=self.take_history if self.supported else None)
+        self.leaving.discard(n.name)
         self.live.append(n)
 
     def drain_remove(self, i):
         n = self.node(i)
         self.live.remove(n)
+        self.leaving.add(n.name)
         self.f.ctl(n, "node", "drain", "--wait", "1", timeout=30)
         self.f.stop_node(n)
 
     def remove(self, i):
         n = self.node(i)
         self.live.remove(n)
+        self.leaving.add(n.name)
         self.f.stop_node(n)
 
     def kill_dataplane(self, i):
@@ -172,7 +198,8 @@ class Run:
         self.live.append(n)
 
     def wait_route(self):
-        return self.f.wait_route(PREFIX, self.live, timeout=20)
+        for p in PREFIXES:
+            self.f.wait_route(p, self.live, timeout=20)
 
     # --- observations ------------------------------------------------------
     def rx_window(self, seconds=1.0):
@@ -189,11 +216,11 @@ class Run:
         return {k: (b[k] - a[k]) / total for k in a}
 
     def digests(self):
-        """{node: the VIP's Maglev table digest} on the routed nodes."""
+        """{node: the VIPs' Maglev table digests} on the routed nodes."""
         out = {}
         for n in self.live:
-            d = self.f.ctl(n, "table", "digest", "--vip", VIP_ADDR, as_json=True)
-            out[n.name] = d["vips"][0]["digest"]
+            d = self.f.ctl(n, "table", "digest", as_json=True)
+            out[n.name] = tuple(v["digest"][:8] for v in sorted(d["vips"], key=lambda v: v["vip"]))
         return out
 
     def decap_counters(self):
@@ -218,25 +245,28 @@ class Run:
                                   f"{deadline - t_last:.0f}s after the change, e.g. {waiting[:2]}")
             time.sleep(0.2)
 
-    def open_up_to(self, n):
+    def open_up_to(self):
+        """Opens connections until each VIP has its number open."""
         st = self.client.long_status()
-        have = len([c for c in st if c["state"] == "live"])
-        if have < n:
-            r = self.client.long_open(VIP, SEQ_PORT, n - have, CLIENT_SOURCES4, INTERVAL_MS)
-            check(not r["failed"], f"{len(r['failed'])} of {n - have} new connections failed: {r['failed'][:3]}")
+        for vip, _, _, n, sources, _ in FAMILIES:
+            have = len([c for c in st if c["state"] == "live" and (":" in c["src"]) == (":" in vip)])
+            if have < n:
+                r = self.client.long_open(vip, SEQ_PORT, n - have, sources, INTERVAL_MS)
+                check(not r["failed"], f"{vip}: {len(r['failed'])} of {n - have} new connections failed: "
+                                       f"{r['failed'][:3]}")
 
     # --- one scenario --------------------------------------------------------
     def scenario(self, name, what, action):
         f = self.f
-        self.open_up_to(NCONN)
+        self.open_up_to()
         time.sleep(0.5)
         carried_before = self.rx_window()
         digest_before, decap_before = self.digests(), self.decap_counters()
-        with f.watch([PREFIX]) as watch:
+        with f.watch(PREFIXES) as watch:
             t0 = time.time()
             t_last = action()
             took = time.time() - t0
-        routes = [hops for _, hops in watch.history[PREFIX]]
+        routes = {p: [hops for _, hops in watch.history[p]] for p in PREFIXES}
         st = self.settle(t_last)
         carried_after = self.rx_window()
         digest_after = self.digests()
@@ -245,24 +275,28 @@ class Run:
         lost = sum(c["sent"] - c["answered"] for c in broken)
         decap = {k: decap_after[k] - decap_before.get(k, 0) for k in decap_after}
         row = {"scenario": name, "what": what, "broken": len(broken), "lost": lost,
+               "broken6": len([c for c in broken if ":" in c["src"]]),
                "open": len([c for c in st if c["t_open"] < t0 and (c["state"] == "live" or c in broken)]),
                "decap": decap, "took": took, "errors": sorted({c["error"].split(":")[0] for c in broken})}
         self.rows.append(row)
         fmt_carry = lambda c: " ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(c.items()))  # noqa: E731
         print(f"  [{'on' if self.sc_on else 'off'}] {name}: {what}: {row['broken']} of {row['open']} connections "
-              f"broken, {lost} bytes lost ({took:.1f}s; errors {row['errors']})")
-        print(f"      router's next hops: {' -> '.join(str(h) for h in routes)}")
+              f"broken ({row['broken6']} IPv6), {lost} bytes lost ({took:.1f}s; errors {row['errors']})")
+        print(f"      router's next hops ({PREFIXES[0]}): {' -> '.join(str(h) for h in routes[PREFIXES[0]])}")
         print(f"      packets per node before: {fmt_carry(carried_before)}; after: {fmt_carry(carried_after)}")
         print(f"      table digest {sorted(set(digest_before.values()))} -> {sorted(set(digest_after.values()))}; "
               f"decap (all backends): " + ", ".join(f"{k} {v}" for k, v in decap.items() if v))
         # The scenario really moved flows between nodes and entries between backends.
-        check(len(routes) > 1, f"{name}: the router's next hops did not change: {routes}")
+        for p, r in routes.items():
+            check(len(r) > 1, f"{name}: the router's next hops for {p} did not change: {r}")
         for when, c in (("before", carried_before), ("after", carried_after)):
             carriers = [k for k, v in c.items() if v > MIN_CARRY]
             check(len(carriers) >= 2, f"{name}: connections carried by {carriers} only {when} ({c})")
-        check(len(set(digest_after.values())) == 1, f"{name}: the nodes' tables differ: {digest_after}")
-        check(set(digest_before.values()) != set(digest_after.values()),
-              f"{name}: the VIP's Maglev table did not change: {digest_after}")
+        check(len(set(digest_before.values())) == 1, f"{name}: the nodes' tables differ before: {digest_before}")
+        check(len(set(digest_after.values())) == 1, f"{name}: the nodes' tables differ after: {digest_after}")
+        (before,), (after,) = set(digest_before.values()), set(digest_after.values())
+        check(all(b != a for b, a in zip(before, after)),
+              f"{name}: a VIP's Maglev table did not change: {before} -> {after}")
         return row
 
     # --- the scenarios -------------------------------------------------------
@@ -329,15 +363,14 @@ WHAT = {
 def run_mode(sc_on, scenarios, supported):
     t = time.time()
     with Fleet(nodes=NODES, up=UP, backends=BACKENDS, services=False, tag="fleetsc",
-               vips=[seq_vip(sc_on, supported)], drain_wait_s=1) as f:
+               vips=seq_vips(sc_on, supported), drain_wait_s=1) as f:
         f.start_services(SEQ_PORT, kind="seq")
         f.wait_sessions(nodes=f.nodes[:UP])
         f.wait_ready()
-        f.wait_route(PREFIX, f.nodes[:UP], timeout=15)
+        for p in PREFIXES:
+            f.wait_route(p, f.nodes[:UP], timeout=15)
         up = time.time() - t
         run = Run(f, sc_on, supported)
-        r = run.client.long_open(VIP, SEQ_PORT, NCONN, CLIENT_SOURCES4, INTERVAL_MS)
-        check(r["opened"] == NCONN, f"opened {r['opened']} of {NCONN}: {r['failed'][:3]}")
         for s in scenarios:
             run.scenario(s, WHAT[s], getattr(run, s))
         final = run.client.long_close(STALL_S)
@@ -349,7 +382,7 @@ def run_mode(sc_on, scenarios, supported):
 
 
 def test_second_chance():
-    scenarios = FULL if OPTIONS["full"] else SHORT
+    scenarios = SHORT if OPTIONS["short"] else FULL
     mode = OPTIONS["mode"]
     supported = supports_second_chance()
     if not supported:
@@ -389,8 +422,8 @@ TESTS = {"second_chance": test_second_chance}
 
 if __name__ == "__main__":
     for a in sys.argv[1:]:
-        if a == "--full":
-            OPTIONS["full"] = True
+        if a == "--short":
+            OPTIONS["short"] = True
         elif a.startswith("--mode="):
             OPTIONS["mode"] = a.split("=", 1)[1]
             check(OPTIONS["mode"] in ("on", "off", "both"), f"--mode={OPTIONS['mode']}: on, off or both")
