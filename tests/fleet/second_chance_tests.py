@@ -36,9 +36,11 @@ before it announces (`sluicectl second-chance show --json` on a peer,
 `sluicectl second-chance import` on the new node): the documented join
 procedure.
 
-usage: second_chance_tests.py [--short] [--mode=on|off|both] [TEST ...]
+usage: second_chance_tests.py [--short] [--fresh] [--mode=on|off|both] [TEST ...]
   default: every scenario, on and off (the suite's run, about 2.5 min);
-  --short: scenarios a and d only; --mode: one of the two runs only.
+  --short: scenarios a and d only; --mode: one of the two runs only;
+  --fresh: new connections for each scenario (each then lives through that
+  scenario's backend changes only) instead of the same ones throughout.
   TEST: second_chance (the only one)."""
 import json
 import os
@@ -72,7 +74,7 @@ SETTLE_S = 1.0  # after the last change, every connection must have exchanged da
 STALL_S = 5.0  # fleet_client.py: an answer this overdue breaks the connection
 MIN_CARRY = 0.05  # a node "carries" connections when it takes more than this share of their packets
 
-OPTIONS = {"short": False, "mode": "both"}
+OPTIONS = {"short": False, "mode": "both", "fresh": False}
 SHORT = ["a", "d"]
 FULL = ["a", "b", "c", "d", "e", "all"]
 
@@ -126,6 +128,9 @@ class Run:
         # Nodes being removed or joining: configuration changes skip them (a
         # joining node applies f.vips, which every change updates first).
         self.leaving = set()
+        self.changes = []  # when each backend change was made
+        self.unanswered = 0  # bytes still unanswered when connections were closed
+        self.total_conns = 0
         self.rows = []
         self.history_dir = tempfile.mkdtemp(dir=f.tmp)
 
@@ -148,6 +153,7 @@ class Run:
             cmds.append(("backend", "add", addr, backend(j), "--mac", ROUTER_MAC, "--weight", str(weight)))
         for c in cmds:
             self.each_node(*c)
+        self.changes.append(time.time())
 
     def set_weight(self, j, weight):
         cmds = []
@@ -156,6 +162,7 @@ class Run:
             cmds.append(("backend", "weight", addr, backend(j), str(weight)))
         for c in cmds:
             self.each_node(*c)
+        self.changes.append(time.time())
 
     def take_history(self, n):
         """The join procedure: the new node takes a running peer's second-chance
@@ -245,6 +252,13 @@ class Run:
                                   f"{deadline - t_last:.0f}s after the change, e.g. {waiting[:2]}")
             time.sleep(0.2)
 
+    def renew(self):
+        """--fresh: closes every connection (what stays unanswered counts as
+        lost) so that the next scenario starts with new ones."""
+        final = self.client.long_close(STALL_S)
+        self.total_conns += len(final)
+        self.unanswered += sum(c["sent"] - c["answered"] for c in final if c["state"] == "live")
+
     def open_up_to(self):
         """Opens connections until each VIP has its number open."""
         st = self.client.long_status()
@@ -258,6 +272,8 @@ class Run:
     # --- one scenario --------------------------------------------------------
     def scenario(self, name, what, action):
         f = self.f
+        if OPTIONS["fresh"] and self.rows:
+            self.renew()
         self.open_up_to()
         time.sleep(0.5)
         carried_before = self.rx_window()
@@ -286,6 +302,12 @@ class Run:
         print(f"      packets per node before: {fmt_carry(carried_before)}; after: {fmt_carry(carried_after)}")
         print(f"      table digest {sorted(set(digest_before.values()))} -> {sorted(set(digest_after.values()))}; "
               f"decap (all backends): " + ", ".join(f"{k} {v}" for k, v in decap.items() if v))
+        for c in broken[:5]:
+            # How many backend changes the connection lived through: the hop
+            # list names the owners before the last two.
+            n_changes = len([t for t in self.changes if c["t_open"] < t < c["t_broken"]])
+            print(f"      broken: {c['src']}:{c['sport']} on {c['backend']} (opened {c['t_open'] - t0:+.1f}s, "
+                  f"{n_changes} backend changes since) at {c['t_broken'] - t0:+.2f}s: {c['error']}")
         # The scenario really moved flows between nodes and entries between backends.
         for p, r in routes.items():
             check(len(r) > 1, f"{name}: the router's next hops for {p} did not change: {r}")
@@ -373,11 +395,12 @@ def run_mode(sc_on, scenarios, supported):
         run = Run(f, sc_on, supported)
         for s in scenarios:
             run.scenario(s, WHAT[s], getattr(run, s))
-        final = run.client.long_close(STALL_S)
-        # Lines still unanswered when the run ends (STALL_S to answer) are lost too.
-        tail = sum(c["sent"] - c["answered"] for c in final if c["state"] == "live")
+        # Lines still unanswered when the connections close (STALL_S to
+        # answer) are lost too.
+        run.renew()
+        tail = run.unanswered
         print(f"  [{'on' if sc_on else 'off'}] fleet up {up:.1f}s, whole run {time.time() - t:.1f}s; "
-              f"{len(final)} connections in all, {tail} bytes unanswered at the end")
+              f"{run.total_conns} connections in all, {tail} bytes unanswered at the end")
         return run.rows, tail
 
 
@@ -424,6 +447,8 @@ if __name__ == "__main__":
     for a in sys.argv[1:]:
         if a == "--short":
             OPTIONS["short"] = True
+        elif a == "--fresh":
+            OPTIONS["fresh"] = True
         elif a.startswith("--mode="):
             OPTIONS["mode"] = a.split("=", 1)[1]
             check(OPTIONS["mode"] in ("on", "off", "both"), f"--mode={OPTIONS['mode']}: on, off or both")
