@@ -72,7 +72,7 @@ GAP_S = 3.0  # backend change -> node change
 E_GAP_S = 10.0  # scenario e: between its two backend changes
 SETTLE_S = 1.0  # after the last change, every connection must have exchanged data this long after it
 STALL_S = 5.0  # fleet_client.py: an answer this overdue breaks the connection
-MIN_CARRY = 0.05  # a node "carries" connections when it takes more than this share of their packets
+MIN_CARRY = 0.10  # a node "carries" connections when it takes more than this share of their packets
 
 OPTIONS = {"short": False, "mode": "both", "fresh": False}
 SHORT = ["a", "d"]
@@ -210,12 +210,13 @@ class Run:
 
     # --- observations ------------------------------------------------------
     def rx_window(self, seconds=1.0):
-        """{node: share of the VIP's client packets} over `seconds`, for the
+        """{node: share of the VIPs' client packets} over `seconds`, for the
         nodes the router routes to."""
         nodes = list(self.live)
 
         def rx():
-            return {n.name: self.f.stats(n)["counters"]["rx_packets"] for n in nodes}
+            # The VIPs' packets (health checks' are not counted there).
+            return {n.name: sum(v["packets"] for v in self.f.stats(n)["vips"]) for n in nodes}
         a = rx()
         time.sleep(seconds)
         b = rx()
