@@ -83,6 +83,7 @@ struct VipShape {
     uint32_t table_size;
     uint16_t gue_port;
     bool echo_reply;
+    bool second_chance;
     bool operator==(const VipShape&) const = default;
 };
 
@@ -191,8 +192,10 @@ Model apply_config(const Model& current, const json& desired,
         const auto w = std::find_if(wants.begin(), wants.end(), [&](const Want& x) { return x.def.id == id; });
         const VipOptions& o = w != wants.end() ? w->def.options : VipOptions{};
         const bool reshaped = w != wants.end() &&
-                              !(VipShape{v.mode, v.hash_fields, v.table_size, v.gue_port, v.echo_reply} ==
-                                VipShape{o.mode, o.hash_fields, o.table_size, o.gue_port, o.echo_reply});
+                              !(VipShape{v.mode, v.hash_fields, v.table_size, v.gue_port, v.echo_reply,
+                                         v.second_chance} ==
+                                VipShape{o.mode, o.hash_fields, o.table_size, o.gue_port, o.echo_reply,
+                                         o.second_chance.value_or(o.mode == SLUICE_MODE_GUE)});
         if (w == wants.end() || reshaped) {
             next.remove_vip(id);
             changes.push_back(fmt::format("{} {}", reshaped ? "re-create" : "remove", format_vip_id(id)));

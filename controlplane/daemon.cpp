@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -160,7 +161,104 @@ void Daemon::save(const Model& m) const {
             fmt::format("cannot save state to {}: {}", opt_.state_path, std::strerror(errno)));
 }
 
+namespace {
+
+// Wall-clock milliseconds: retired backend sets are compared across the nodes
+// of a fleet (sluicectl second-chance import).
+int64_t realtime_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+constexpr int64_t kDefaultRetentionMs = 300'000;  // the dataplane's default established timeout
+
+// What an operator of a fleet should know when a VIP without room for hops
+// is added to a node that announces over BGP (README, "What breaks a
+// connection").
+std::string fleet_note(const Vip& v) {
+    switch (v.mode) {
+    case SLUICE_MODE_GUE:
+        return v.second_chance ? std::string{}
+                               : "second_chance is off: an established connection can break when a node "
+                                 "joins or leaves while its Maglev entry has changed owner (README, "
+                                 "\"What breaks a connection\")";
+    case SLUICE_MODE_NAT:
+        return "mode nat keeps per-node reverse state: every connection of a node that leaves the ECMP "
+               "group, or that the routers rehash to another node, breaks (README, \"What breaks a "
+               "connection\")";
+    default:
+        return fmt::format("mode {} has no room in the packet for second chance: an established "
+                           "connection breaks when the routers rehash it to another node after a "
+                           "backend change moved its Maglev entry (README, \"What breaks a connection\")",
+                           mode_name(v.mode));
+    }
+}
+
+}  // namespace
+
+int64_t Daemon::second_chance_retention_ms() const {
+    if (opt_.second_chance_retention_s) return int64_t{*opt_.second_chance_retention_s} * 1000;
+    const uint32_t dp = __atomic_load_n(&shm_->header.dataplane_pid, __ATOMIC_ACQUIRE);
+    const uint32_t est = __atomic_load_n(&shm_->header.tcp_established_ms, __ATOMIC_RELAXED);
+    return dp && est ? int64_t{est} : kDefaultRetentionMs;
+}
+
+void Daemon::expire_second_chance() {
+    Model next = model_;
+    if (!next.roll_history(model_, realtime_ms(), second_chance_retention_ms())) return;
+    try {
+        commit(std::move(next));
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluiced: expired second-chance history not published: {}\n", e.what());
+    }
+}
+
+nlohmann::json Daemon::second_chance_dispatch(const std::string& cmd, const nlohmann::json& args) {
+    const int64_t now = realtime_ms(), retention = second_chance_retention_ms();
+    if (cmd == "second_chance.show") {
+        check_keys(args, "second-chance show", {});
+        nlohmann::json vips = nlohmann::json::array();
+        for (const auto& [id, v] : model_.vips()) {
+            if (v.mode != SLUICE_MODE_GUE) continue;
+            vips.push_back({{"vip", format_vip_id(id)},
+                            {"second_chance", v.second_chance},
+                            {"history", retired_sets_json(v.history)}});
+        }
+        return {{"now_ms", now}, {"retention_s", retention / 1000}, {"vips", vips}};
+    }
+    if (cmd != "second_chance.import") throw std::invalid_argument(fmt::format("unknown command '{}'", cmd));
+    check_keys(args, "second-chance import", {"vips", "now_ms", "retention_s"});
+    if (!args.contains("vips") || !args.at("vips").is_array())
+        throw std::invalid_argument("import needs \"vips\": a list as second-chance show --json prints it");
+    // Every entry is checked before any is merged: a refused import changes nothing.
+    Model next = model_;
+    nlohmann::json merged = nlohmann::json::array();
+    for (const nlohmann::json& jv : args.at("vips")) {
+        if (!jv.is_object() || !jv.contains("vip"))
+            throw std::invalid_argument(fmt::format("an imported entry needs \"vip\": {}", jv.dump()));
+        const VipId id = parse_vip_id(json_string(jv.at("vip"), "vip"));
+        if (!model_.vips().count(id))
+            throw std::invalid_argument(fmt::format("VIP {} is not configured on this node; configure it before "
+                                                    "importing its history",
+                                                    format_vip_id(id)));
+        const std::vector<RetiredSet> sets = parse_retired_sets(jv.value("history", nlohmann::json::array()));
+        for (const RetiredSet& r : sets)
+            if (r.retired_ms > now + 60'000)
+                throw std::invalid_argument(fmt::format("VIP {}: retired_ms {} is in the future (now {}): are the "
+                                                        "nodes' clocks apart?",
+                                                        format_vip_id(id), r.retired_ms, now));
+        next.merge_history(id, sets, now, retention);
+        merged.push_back({{"vip", format_vip_id(id)}, {"history", retired_sets_json(next.vip(id).history)}});
+    }
+    commit(std::move(next));
+    return {{"vips", merged}, {"published_generation", shm_generation(shm_.get())}};
+}
+
 void Daemon::commit(Model next) {
+    // Whatever changed the placed backend sets (a command, apply, a health
+    // verdict) leaves the old sets behind for second chance.
+    next.roll_history(model_, realtime_ms(), second_chance_retention_ms());
     publish(next);
     try {
         save(next);
@@ -278,7 +376,11 @@ nlohmann::json Daemon::vip_json(const Vip& v) const {
                         {"table_size", v.table_size},
                         {"echo_reply", v.echo_reply},
                         {"backends", backends}};
-    if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
+    if (v.mode == SLUICE_MODE_GUE) {
+        j["gue_port"] = v.gue_port;
+        j["second_chance"] = v.second_chance;
+        j["retired_sets"] = v.history.size();
+    }
     if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
     j["min_healthy"] = v.announce.min_healthy;
     if (v.announce.med) j["med"] = *v.announce.med;
@@ -366,6 +468,7 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
                                   args.contains("vip") ? std::optional(vip_arg(args)) : std::nullopt);
     }
     if (cmd.rfind("bgp.", 0) == 0 || cmd.rfind("node.", 0) == 0) return bgp_dispatch(cmd, args);
+    if (cmd.rfind("second_chance.", 0) == 0) return second_chance_dispatch(cmd, args);
 
     Model next = model_;
     nlohmann::json result = nlohmann::json::object();
@@ -385,6 +488,8 @@ nlohmann::json Daemon::dispatch(const std::string& cmd, const nlohmann::json& ar
         if (args.contains("backend")) throw std::invalid_argument("vip add takes no backends; add them with backend add");
         next.add_vip(d.id, d.options);
         result = vip_json(next.vip(d.id));
+        if (!model_.bgp().neighbors.empty())
+            if (std::string note = fleet_note(next.vip(d.id)); !note.empty()) result["fleet_note"] = note;
     } else if (cmd == "vip.remove") {
         check_keys(args, "vip remove", {"vip"});
         next.remove_vip(vip_arg(args));

@@ -34,6 +34,9 @@ struct DaemonOptions {
     // sluiced --bird-socket / --bird-include: override [bgp] bird_socket / include.
     std::string bird_socket{};
     std::string bird_include{};
+    // sluiced --second-chance-retention: how long a VIP's retired backend
+    // sets are kept; none: the dataplane's established-TCP timeout.
+    std::optional<uint32_t> second_chance_retention_s{};
 };
 
 class Daemon {
@@ -77,6 +80,12 @@ public:
     // heartbeat and the drain flag decide what BIRD announces.
     void bgp_tick(bool force = false);
 
+    // Second chance (about once a second): drops retired backend sets older
+    // than the retention and publishes the tables without them.
+    void expire_second_chance();
+    // The retention in effect, in milliseconds.
+    int64_t second_chance_retention_ms() const;
+
     static Model load_state(const std::string& path, std::optional<uint64_t> seed);
 
 private:
@@ -87,6 +96,7 @@ private:
     // dataplane is stopped.
     void commit_unpublished(Model next);
     nlohmann::json bgp_dispatch(const std::string& cmd, const nlohmann::json& args);
+    nlohmann::json second_chance_dispatch(const std::string& cmd, const nlohmann::json& args);
     void publish(const Model& m);
     void save(const Model& m) const;
 

@@ -171,7 +171,7 @@ json bgp_definition_json(const BgpConfig& b) {
 
 VipDefinition parse_vip_definition(const json& j, std::initializer_list<std::string_view> extra_keys) {
     std::vector<std::string_view> known = {"address", "mode", "hash", "table_size", "gue_port",
-                                           "echo_reply", "check", "backend", "allow",
+                                           "echo_reply", "second_chance", "check", "backend", "allow",
                                            "communities", "med", "min_healthy", "announce_prefix"};
     known.insert(known.end(), extra_keys.begin(), extra_keys.end());
     refuse_unknown_keys(j, "VIP", known);
@@ -184,6 +184,7 @@ VipDefinition parse_vip_definition(const json& j, std::initializer_list<std::str
     o.table_size = narrow<uint32_t>(j, "table_size", kTableSizeRange, o.table_size);
     o.gue_port = narrow<uint16_t>(j, "gue_port", kGuePortRange, 0);
     if (j.contains("echo_reply")) o.echo_reply = json_bool(j.at("echo_reply"), "echo_reply");
+    if (j.contains("second_chance")) o.second_chance = json_bool(j.at("second_chance"), "second_chance");
     o.health = parse_check_definition(j.value("check", json::object()), d.id, o.mode);
     if (j.contains("allow")) o.allow = parse_allow_list(j.at("allow"));
     if (j.contains("communities")) {
@@ -235,7 +236,10 @@ json vip_definition_json(const Vip& v) {
               {"echo_reply", v.echo_reply},
               {"check", health_json(v.health)},
               {"backend", backends}};
-    if (v.mode == SLUICE_MODE_GUE) j["gue_port"] = v.gue_port;
+    if (v.mode == SLUICE_MODE_GUE) {
+        j["gue_port"] = v.gue_port;
+        j["second_chance"] = v.second_chance;
+    }
     if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
     j["min_healthy"] = v.announce.min_healthy;
     if (!v.announce.communities.empty()) {

@@ -257,6 +257,118 @@ const std::vector<uint16_t>& Vip::table() const {
     return cached_table;
 }
 
+std::vector<std::pair<Endpoint, uint32_t>> Vip::placed_set() const {
+    std::vector<std::pair<Endpoint, uint32_t>> set;
+    for (const auto& b : backends)
+        if (const uint32_t w = effective_weight(b)) set.emplace_back(b.endpoint, w);
+    std::sort(set.begin(), set.end());
+    return set;
+}
+
+std::vector<std::array<uint16_t, kMaxRetiredSets>> Vip::previous_owners() const {
+    std::vector<std::array<uint16_t, kMaxRetiredSets>> prev;
+    if (history.empty()) return prev;
+    const auto& now = table();
+    prev.assign(now.size(), {kMaglevEmpty, kMaglevEmpty});
+    std::vector<uint8_t> filled(now.size(), 0);
+    for (const RetiredSet& r : history) {
+        // The retired set's table as it was (the same permutations, so the
+        // same owners every node computed then), its backends mapped to the
+        // slots they have now; one removed since maps to nothing.
+        std::vector<MaglevBackend> mb;
+        for (const auto& [e, w] : r.backends) {
+            const Backend* b = find_backend(e);
+            mb.push_back({identity_of(Backend{e}), w, b ? b->slot : kMaglevEmpty});
+        }
+        const std::vector<uint16_t> then = build_maglev_table(mb, table_size);
+        for (size_t i = 0; i < now.size(); ++i) {
+            const uint16_t o = then[i];
+            if (o == kMaglevEmpty || o == now[i] || (filled[i] && prev[i][0] == o)) continue;
+            prev[i][filled[i]++] = o;
+        }
+    }
+    return prev;
+}
+
+nlohmann::json retired_sets_json(const std::vector<RetiredSet>& sets) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const RetiredSet& r : sets) {
+        nlohmann::json b = nlohmann::json::array();
+        for (const auto& [e, w] : r.backends) b.push_back({{"address", format_endpoint(e)}, {"weight", w}});
+        out.push_back({{"retired_ms", r.retired_ms}, {"backend", b}});
+    }
+    return out;
+}
+
+std::vector<RetiredSet> parse_retired_sets(const nlohmann::json& j) {
+    if (!j.is_array()) invalid(fmt::format("second-chance history must be a list, not {}", j.dump()));
+    std::vector<RetiredSet> sets;
+    for (const nlohmann::json& r : j) {
+        if (!r.is_object() || !r.contains("retired_ms") || !r.contains("backend"))
+            invalid(fmt::format("a retired backend set needs retired_ms and backend: {}", r.dump()));
+        RetiredSet set;
+        set.retired_ms = json_int(r.at("retired_ms"), "retired_ms", {0, INT64_MAX});
+        const nlohmann::json& bs = r.at("backend");
+        if (!bs.is_array()) invalid(fmt::format("retired set backend must be a list, not {}", bs.dump()));
+        for (const nlohmann::json& b : bs) {
+            if (!b.is_object() || !b.contains("address"))
+                invalid(fmt::format("a retired backend needs an address: {}", b.dump()));
+            const Endpoint e = parse_endpoint(json_string(b.at("address"), "address"));
+            const auto w = static_cast<uint32_t>(json_int(b.value("weight", nlohmann::json(kDefaultWeight)),
+                                                          "weight", {1, kMaxWeight}));
+            set.backends.emplace_back(e, w);
+        }
+        std::sort(set.backends.begin(), set.backends.end());
+        sets.push_back(std::move(set));
+    }
+    return sets;
+}
+
+namespace {
+
+// Newest first, none expired, none equal to what the table is built from
+// now (it names no previous owner), at most kMaxRetiredSets.
+void prune_history(Vip& v, int64_t now_ms, int64_t retention_ms) {
+    const auto placed = v.placed_set();
+    auto& h = v.history;
+    std::stable_sort(h.begin(), h.end(),
+                     [](const RetiredSet& a, const RetiredSet& b) { return a.retired_ms > b.retired_ms; });
+    std::vector<RetiredSet> kept;
+    for (RetiredSet& r : h) {
+        if (r.retired_ms + retention_ms <= now_ms || r.backends == placed || r.backends.empty()) continue;
+        if (std::any_of(kept.begin(), kept.end(), [&](const RetiredSet& k) { return k.backends == r.backends; }))
+            continue;  // the same set retired twice: the newer one says it all
+        if (kept.size() < kMaxRetiredSets) kept.push_back(std::move(r));
+    }
+    h = std::move(kept);
+}
+
+}  // namespace
+
+bool Model::roll_history(const Model& before, int64_t now_ms, int64_t retention_ms) {
+    bool changed = false;
+    for (auto& [id, v] : vips_) {
+        if (v.mode != SLUICE_MODE_GUE) continue;  // only GUE carries hops
+        const std::vector<RetiredSet> was = v.history;
+        const auto it = before.vips_.find(id);
+        // A VIP created (or re-created) by this change has no past table.
+        if (it != before.vips_.end() && it->second.uid == v.uid) {
+            const auto old_set = it->second.placed_set();
+            if (old_set != v.placed_set()) v.history.insert(v.history.begin(), RetiredSet{now_ms, old_set});
+        }
+        prune_history(v, now_ms, retention_ms);
+        changed = changed || v.history != was;
+    }
+    return changed;
+}
+
+void Model::merge_history(const VipId& vip_id, const std::vector<RetiredSet>& sets, int64_t now_ms,
+                          int64_t retention_ms) {
+    Vip& v = mutable_vip(vip_id);
+    v.history.insert(v.history.end(), sets.begin(), sets.end());
+    prune_history(v, now_ms, retention_ms);
+}
+
 std::map<uint16_t, uint32_t> Vip::table_share() const {
     std::map<uint16_t, uint32_t> share;
     for (const auto& b : backends) share[b.slot] = 0;
@@ -308,6 +420,10 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
         invalid(fmt::format("VIP {}: hash 3tuple+tag needs a GRE or ESP VIP", format_vip_id(id)));
     if (mode == SLUICE_MODE_GUE && opt.gue_port == 0)
         invalid(fmt::format("VIP {}: mode gue needs gue_port (--gue-port)", format_vip_id(id)));
+    if (mode != SLUICE_MODE_GUE && opt.second_chance.value_or(false))
+        invalid(fmt::format("VIP {}: second_chance is only for mode gue, not {}: only GUE has room "
+                            "in the packet for the previous owners",
+                            format_vip_id(id), mode_name(mode)));
     if (mode != SLUICE_MODE_GUE && opt.gue_port != 0)
         invalid(fmt::format("VIP {}: gue_port {} is only for mode gue, not {}", format_vip_id(id),
                             opt.gue_port, mode_name(mode)));
@@ -328,6 +444,7 @@ const Vip& Model::add_vip(const VipId& id, const VipOptions& opt) {
     v.table_size = table_size;
     v.gue_port = opt.gue_port;
     v.echo_reply = opt.echo_reply;
+    v.second_chance = opt.second_chance.value_or(mode == SLUICE_MODE_GUE);
     const HealthCheck& hc = opt.health;
     if (hc.type != HealthCheck::Type::kNone) {
         // Ranges are checked where the numbers are read (definition.cpp).
@@ -617,6 +734,13 @@ void Model::compile(sluice_config& out) const {
         sv.backend_count = static_cast<uint32_t>(v.backends.size());
         const auto& table = v.table();
         std::copy(table.begin(), table.end(), out.maglev_pool + pool);
+        if (v.second_chance) {
+            sv.flags |= SLUICE_VIP_SECOND_CHANCE;
+            const auto prev = v.previous_owners();
+            for (uint32_t i = 0; i < v.table_size; ++i)
+                for (size_t k = 0; k < kMaxRetiredSets; ++k)
+                    out.maglev_prev[pool + i][k] = prev.empty() ? kMaglevEmpty : prev[i][k];
+        }
         pool += v.table_size;
         out.vip_slots_used = std::max<uint32_t>(out.vip_slots_used, v.slot + 1u);
         for (const auto& b : v.backends) {
@@ -653,6 +777,8 @@ nlohmann::json Model::to_json() const {
         nlohmann::json jv = vip_definition_json(v);
         jv["uid"] = v.uid;
         jv["slot"] = v.slot;
+        // State, not configuration: a restart keeps it, dump does not print it.
+        if (!v.history.empty()) jv["second_chance_history"] = retired_sets_json(v.history);
         for (size_t i = 0; i < v.backends.size(); ++i) {
             jv["backend"][i]["uid"] = v.backends[i].uid;
             jv["backend"][i]["slot"] = v.backends[i].slot;
@@ -710,7 +836,7 @@ Model Model::from_json(const nlohmann::json& j, NodeAddressSource node_addresses
     for (const auto& jv : defs) {
         const std::string where = jv.is_object() && jv.contains("address") ? jv["address"].dump() : jv.dump();
         try {
-            const VipDefinition d = parse_vip_definition(jv, {"uid", "slot"});
+            const VipDefinition d = parse_vip_definition(jv, {"uid", "slot", "second_chance_history"});
             m.add_vip(d.id, d.options);
             for (const auto& jb : jv.value("backend", nlohmann::json::array())) {
                 const BackendDefinition b = parse_backend_definition(jb, {"uid", "slot"});
@@ -730,6 +856,13 @@ Model Model::from_json(const nlohmann::json& j, NodeAddressSource node_addresses
             v.backends[i].uid = static_cast<uint32_t>(json_int(jb.at("uid"), "uid", {1, UINT32_MAX}));
             v.backends[i].slot = static_cast<uint16_t>(json_int(jb.at("slot"), "slot", {0, SLUICE_MAX_BACKENDS - 1}));
             ++i;
+        }
+        if (jv.contains("second_chance_history")) {
+            try {
+                v.history = parse_retired_sets(jv.at("second_chance_history"));
+            } catch (const std::invalid_argument& e) {
+                invalid(fmt::format("VIP {}: {}", format_vip_id(v.id), e.what()));
+            }
         }
         v.cached_table.clear();
     }

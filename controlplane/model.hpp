@@ -7,6 +7,7 @@
 // backend back the same pair or established flows would be re-balanced.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <functional>
@@ -122,7 +123,22 @@ struct VipOptions {
     // every source.
     std::vector<Prefix> allow{};
     Announce announce{};
+    // GUE second chance (shm_abi.h "GUE hop list"); none: on for gue VIPs.
+    std::optional<bool> second_chance{};
 };
+
+// A backend set a VIP's Maglev table was built from until `retired_ms`
+// (CLOCK_REALTIME milliseconds, so that it means the same on every node of a
+// fleet): what second chance names as a flow's previous owners.
+struct RetiredSet {
+    int64_t retired_ms = 0;
+    // The backends Maglev placed (effective weight > 0), sorted by endpoint.
+    std::vector<std::pair<Endpoint, uint32_t>> backends;
+    bool operator==(const RetiredSet&) const = default;
+};
+inline constexpr size_t kMaxRetiredSets = SLUICE_GUE_MAX_HOPS - 1;
+nlohmann::json retired_sets_json(const std::vector<RetiredSet>& sets);
+std::vector<RetiredSet> parse_retired_sets(const nlohmann::json& j);
 
 struct Vip {
     VipId id;
@@ -134,6 +150,10 @@ struct Vip {
     HealthCheck health;
     std::vector<Prefix> allow;  // sorted; empty: every source may use the VIP
     Announce announce;
+    bool second_chance = false;
+    // The backend sets of the last changes, most recent first, at most
+    // kMaxRetiredSets and none older than the retention (Model::roll_history).
+    std::vector<RetiredSet> history;
     uint32_t uid = 0;
     uint16_t slot = 0;
     std::vector<Backend> backends;
@@ -149,6 +169,13 @@ struct Vip {
     // Slot count per backend slot in the current Maglev table.
     std::map<uint16_t, uint32_t> table_share() const;
     const std::vector<uint16_t>& table() const;
+    // What the table is built from now: the backends with effective weight
+    // > 0 and those weights, sorted by endpoint.
+    std::vector<std::pair<Endpoint, uint32_t>> placed_set() const;
+    // Per table entry, the previous owners (slots) a packet names as later
+    // hops: the entry's owner in each retired set, most recent first, if
+    // still configured and not the current owner. Empty without history.
+    std::vector<std::array<uint16_t, kMaxRetiredSets>> previous_owners() const;
 
     mutable std::vector<uint16_t> cached_table;  // rebuilt when empty
 };
@@ -226,6 +253,17 @@ public:
     bool draining() const { return draining_; }
     // Health-check verdicts; returns false when nothing changed.
     bool set_healthy(const VipId& vip, const Endpoint& endpoint, bool healthy);
+
+    // Second chance: for every VIP whose placed backend set differs from
+    // its set in `before` (the model this one replaces), records the old set
+    // as retired at now_ms; then drops sets older than retention_ms, sets
+    // equal to the current one, and all but the kMaxRetiredSets most recent.
+    // Returns whether any VIP's history changed.
+    bool roll_history(const Model& before, int64_t now_ms, int64_t retention_ms);
+    // A peer's history (sluicectl second-chance import) merged into this
+    // node's: the named VIP must exist here; pruned as above.
+    void merge_history(const VipId& vip, const std::vector<RetiredSet>& sets, int64_t now_ms,
+                       int64_t retention_ms);
 
     const Vip& vip(const VipId& id) const;
     const std::map<VipId, Vip>& vips() const { return vips_; }

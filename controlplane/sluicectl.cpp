@@ -53,10 +53,11 @@ struct Request {
 };
 
 void print_vip(const json& v) {
-    fmt::print("{:<28} mode {:<4} hash {:<7} table {:<8} backends {}{}{}\n",
+    fmt::print("{:<28} mode {:<4} hash {:<7} table {:<8} backends {}{}{}{}\n",
                v["vip"].get<std::string>(), v["mode"].get<std::string>(),
                v["hash"].get<std::string>(), v["table_size"].get<uint32_t>(), v["backends"].size(),
                v.contains("gue_port") ? fmt::format(" gue-port {}", v["gue_port"].get<uint16_t>()) : "",
+               v.value("second_chance", true) ? "" : " second-chance off",
                v["echo_reply"].get<bool>() ? "" : " no-echo");
     fmt::print("  check {}\n", v["health"]["type"].get<std::string>());
     if (v.contains("allow")) {
@@ -94,6 +95,23 @@ void print_human(const std::string& cmd, const json& r) {
         fmt::print("XDP steering maps: {}\n", r["xdp_maps"].get<std::string>());
         fmt::print("BGP: {}{}\n", r.value("bgp", false) ? "configured (sluicectl bgp status)" : "not configured",
                    r.value("draining", false) ? "; node DRAINING (sluicectl node undrain)" : "");
+    } else if (cmd == "second_chance.show" || cmd == "second_chance.import") {
+        const int64_t now = r.value("now_ms", int64_t{0});
+        if (r.contains("retention_s")) fmt::print("retention {} s\n", r["retention_s"].get<int64_t>());
+        if (r["vips"].empty()) fmt::print("no GUE VIPs\n");
+        for (const auto& v : r["vips"]) {
+            fmt::print("{:<28} {}{} retired set(s)\n", v["vip"].get<std::string>(),
+                       v.contains("second_chance") ? (v["second_chance"].get<bool>() ? "second chance on, " : "second chance OFF, ") : "",
+                       v["history"].size());
+            for (const auto& h : v["history"]) {
+                std::vector<std::string> bs;
+                for (const auto& b : h["backend"])
+                    bs.push_back(fmt::format("{} ({})", b["address"].get<std::string>(), b["weight"].get<uint32_t>()));
+                const int64_t at = h["retired_ms"].get<int64_t>();
+                fmt::print("  retired {}: {}\n", now ? fmt::format("{:.1f} s ago", (now - at) / 1000.0) : std::to_string(at),
+                           fmt::join(bs, " "));
+            }
+        }
     } else if (cmd == "vip.list") {
         if (r.empty()) fmt::print("no VIPs\n");
         for (const auto& v : r) print_vip(v);
@@ -258,6 +276,11 @@ int main(int argc, char** argv) {
            "Fields hashed to pick a backend: 5tuple (the default), 3tuple, src-ip, or 3tuple+tag "
            "(GRE key / ESP SPI too; GRE and ESP VIPs)");
     option(vip_add, opts, "--gue-port", "gue_port", "GUE mode (required there): the outer UDP destination port, 1-65535");
+    option(vip_add, opts, "--second-chance", "second_chance",
+           "GUE mode: on (the default) or off. On, a packet whose Maglev entry changed owner "
+           "within the retention names the previous owners, and the backend's sluice-decap passes "
+           "a packet it has no connection for on to them (README: What breaks a connection)")
+        ->check(CLI::IsMember({"on", "off"}));
     vip_add->add_flag("--no-echo", no_echo,
                       "Do not answer ICMP echo to the VIP address (answered by default)");
     option(vip_add, check_opts, "--check", "type",
@@ -298,7 +321,9 @@ int main(int argc, char** argv) {
         req.cmd = "vip.add";
         req.args = {{"address", vip}};
         for (const auto& [k, v] : opts)
-            req.args[k] = k == "mode" || k == "hash" || k == "announce_prefix" ? json(v) : typed(v);
+            req.args[k] = k == "second_chance"                                       ? json(v == "on")
+                          : k == "mode" || k == "hash" || k == "announce_prefix" ? json(v)
+                                                                                 : typed(v);
         if (!communities.empty()) req.args["communities"] = communities;
         if (no_echo) req.args["echo_reply"] = false;
         if (!check_opts.empty()) {
@@ -446,6 +471,22 @@ int main(int argc, char** argv) {
         if (!vip.empty()) req.args["vip"] = vip;
     });
 
+    auto* scc = app.add_subcommand("second-chance",
+                                   "GUE second chance: the previous backend sets this node's packets name");
+    scc->require_subcommand(1);
+    auto* sc_show = scc->add_subcommand(
+        "show", "Each GUE VIP's retired backend sets (at most 2, none older than the retention)");
+    json_flag(sc_show);
+    sc_show->callback([&] { req.cmd = "second_chance.show"; });
+    std::string history_path;
+    auto* sc_import = scc->add_subcommand(
+        "import", "Merge a peer's history (its `second-chance show --json`) into this node's: a node "
+                  "joining a fleet does this before it announces, so that it names the same previous "
+                  "owners as its peers");
+    sc_import->add_option("file", history_path, "The peer's `second-chance show --json` output")->required();
+    json_flag(sc_import);
+    sc_import->callback([&] { req.cmd = "second_chance.import"; });
+
     app.footer(kExitCodes);
     try {
         app.parse(argc, argv);
@@ -465,6 +506,19 @@ int main(int argc, char** argv) {
         } catch (const std::exception& e) {
             fmt::print(stderr, "sluicectl: {}: the configuration is refused, nothing changed:\n{}\n",
                        config_path, e.what());
+            return kExitRefused;
+        }
+    }
+
+    if (req.cmd == "second_chance.import") {
+        try {
+            std::ifstream in(history_path);
+            if (!in) throw std::invalid_argument(fmt::format("cannot read {}", history_path));
+            req.args = json::parse(in);
+            if (!req.args.is_object())
+                throw std::invalid_argument("not the output of second-chance show --json (an object)");
+        } catch (const std::exception& e) {
+            fmt::print(stderr, "sluicectl: {}: refused, nothing changed: {}\n", history_path, e.what());
             return kExitRefused;
         }
     }
@@ -496,6 +550,8 @@ int main(int argc, char** argv) {
         return response.value("code", "") == "permission" ? kExitUnreachable : kExitRefused;
     }
     if (req.cmd == "node.drain") return finish_drain(response["result"], drain_wait, req.as_json);
+    if (req.cmd == "vip.add" && response["result"].contains("fleet_note"))
+        fmt::print(stderr, "sluicectl: note: {}\n", response["result"]["fleet_note"].get<std::string>());
     if (req.as_json)
         std::cout << response["result"].dump(2) << "\n";
     else if (req.cmd == "config.dump")

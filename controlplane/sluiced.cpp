@@ -84,6 +84,11 @@ int main(int argc, char** argv) {
                    "BIRD's control socket, overriding [bgp] bird_socket of the configuration");
     app.add_option("--bird-include", opt.bird_include,
                    "The BIRD include sluiced writes, overriding [bgp] include of the configuration");
+    app.add_option("--second-chance-retention", opt.second_chance_retention_s,
+                   "Seconds a GUE VIP's previous backend sets are kept for second chance "
+                   "(1-86400; default: the dataplane's established-TCP idle timeout, 300 s "
+                   "without a dataplane)")
+        ->check(CLI::Range(1u, 86'400u));
     CLI11_PARSE(app, argc, argv);
     opt.publish_timeout = std::chrono::milliseconds(publish_timeout_ms);
 
@@ -123,6 +128,7 @@ int main(int argc, char** argv) {
             auto now = std::chrono::steady_clock::now();
             if (now >= next_tick) {
                 daemon.tick();
+                daemon.expire_second_chance();
                 next_tick = std::chrono::steady_clock::now() + std::chrono::seconds(1);
             }
             if (now >= next_bgp) {

@@ -656,6 +656,7 @@ int main(int argc, char** argv) {
     clock_gettime(CLOCK_REALTIME, &ts);
     hdr.dataplane_start_ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
     hdr.lcore_count = nb_workers;
+    hdr.tcp_established_ms = opt.timeouts.tcp_established_ms;
     // A previous dataplane's last beats must not make this one look alive
     // before its own workers run.
     for (auto& l : (*shm)->lcore_state) __atomic_store_n(&l.heartbeat_ms, 0, __ATOMIC_RELAXED);

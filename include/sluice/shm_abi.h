@@ -156,7 +156,8 @@
 	X(HandedOff, "handed_off", COUNTER)                                    \
 	X(ConnOccupied, "conn_occupied", GAUGE)                                \
 	X(ConnCapacity, "conn_capacity", GAUGE)                                \
-	X(ConnCensusPasses, "conn_census_passes", COUNTER)
+	X(ConnCensusPasses, "conn_census_passes", COUNTER)                     \
+	X(GueHopLists, "gue_hop_lists", COUNTER)
 
 #define SLUICE_X_COUNT(name, str, kind) +1
 #define SLUICE_DROP_REASON_COUNT (0 SLUICE_DROP_REASONS(SLUICE_X_COUNT))
@@ -339,7 +340,11 @@ struct sluice_shm_header {
 	__u32 lcore_count;   /* worker slots the dataplane uses */
 	__u32 reserved0;
 	__u64 dataplane_start_ns; /* CLOCK_REALTIME */
-	__u64 reserved[57];
+	/* The dataplane's established-TCP idle timeout: sluiced keeps a slot's
+	 * previous owners (second chance) this long unless told otherwise. */
+	__u32 tcp_established_ms;
+	__u32 reserved1;
+	__u64 reserved[56];
 };
 
 struct sluice_shm {

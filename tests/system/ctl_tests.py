@@ -369,6 +369,104 @@ def test_dataplane_unit_drains_and_undoes_only_its_own_drain():
         check(not draining(), "ExecStartPost without a mark drained the node")
 
 
+def test_second_chance_history_show_import_and_refusals():
+    """Issue 14: the retired backend sets a GUE VIP keeps, how a joining node
+    takes them, and what is refused (naming the value, changing nothing)."""
+    vip = "198.18.1.1:80/tcp"
+    with Daemon("scA") as a, Daemon("scB") as b:
+        for d in (a, b):
+            check(d.ctl("vip", "add", vip, "--mode", "gue", "--gue-port", "6080").returncode == 0, "gue VIP")
+            for j in (11, 12):
+                r = d.ctl("backend", "add", vip, f"198.18.0.{j}", "--mac", MAC)
+                check(r.returncode == 0, f"backend: {r.stderr}")
+        shown = json.loads(a.ctl("second-chance", "show", "--json").stdout)
+        # Adding .12 retired the set {.11}.
+        hist = shown["vips"][0]["history"]
+        check(shown["vips"][0]["second_chance"] is True and len(hist) == 1 and
+              [x["address"] for x in hist[0]["backend"]] == ["198.18.0.11:80"], f"after the second backend: {shown}")
+        # A backend added on A (not on B yet): A retires {.11, .12}, newest first.
+        check(a.ctl("backend", "add", vip, "198.18.0.13", "--mac", MAC).returncode == 0, "third backend")
+        shown = json.loads(a.ctl("second-chance", "show", "--json").stdout)
+        hist = shown["vips"][0]["history"]
+        check(len(hist) == 2 and [x["address"] for x in hist[0]["backend"]] == ["198.18.0.11:80", "198.18.0.12:80"],
+              f"retired sets: {shown}")
+        check(abs(hist[0]["retired_ms"] - time.time() * 1000) < 10000, f"retired_ms is wall clock: {hist}")
+        human = a.ctl("second-chance", "show").stdout.decode()
+        check("198.18.0.11:80 (100) 198.18.0.12:80 (100)" in human and "s ago" in human, f"human show: {human}")
+        check(json.loads(a.ctl("vip", "list", "--json").stdout)[0].get("retired_sets") == 2, "vip list")
+        # A third change keeps only the two newest sets.
+        check(a.ctl("backend", "weight", vip, "198.18.0.13", "50").returncode == 0, "weight")
+        h3 = json.loads(a.ctl("second-chance", "show", "--json").stdout)["vips"][0]["history"]
+        check(len(h3) == 2 and h3[1] == hist[0], f"two newest kept: {h3}")
+        check(a.ctl("backend", "weight", vip, "198.18.0.13", "100").returncode == 0, "weight back")
+        hist = json.loads(a.ctl("second-chance", "show", "--json").stdout)["vips"][0]["history"]
+
+        # B joins with A's configuration and history.
+        path = os.path.join(b.tmp, "history.json")
+        with open(path, "w") as f:
+            f.write(a.ctl("second-chance", "show", "--json").stdout.decode())
+        check(b.ctl("backend", "add", vip, "198.18.0.13", "--mac", MAC).returncode == 0, "B third backend")
+        r = b.ctl("second-chance", "import", path)
+        check(r.returncode == 0, f"import: {r.stderr}")
+        mine = json.loads(b.ctl("second-chance", "show", "--json").stdout)["vips"][0]["history"]
+        # The same sets as A's, each once (the newest retirement of each).
+        key = lambda h: sorted(json.dumps(x["backend"]) for x in h)  # noqa: E731
+        check(key(mine) == key(hist), f"merged: {mine} vs {hist}")
+        digest = [json.loads(d.ctl("table", "digest", "--json").stdout) for d in (a, b)]
+        check(digest[0] == digest[1], f"same tables after the import: {digest}")
+
+        # The history is state: it survives a restart of sluiced, not in dump.
+        check("second_chance_history" not in json.dumps(a.dump()), "dump carries no history")
+        with open(a.state) as f:
+            check("second_chance_history" in f.read(), "the state file keeps the history")
+
+        # Refusals name the value and change nothing.
+        state = lambda: (a.dump(), json.loads(a.ctl("second-chance", "show", "--json").stdout)["vips"])  # noqa: E731
+        before = state()
+        bad = {
+            "unknown VIP": ({"vips": [{"vip": "198.18.9.9:80/tcp", "history": []}]}, "198.18.9.9:80/tcp"),
+            "future": ({"vips": [{"vip": vip, "history": [{"retired_ms": int(time.time() * 1000) + 3600_000,
+                                                           "backend": [{"address": "198.18.0.11"}]}]}]},
+                       "in the future"),
+            "bad address": ({"vips": [{"vip": vip, "history": [{"retired_ms": 1, "backend": [{"address": "198.18.0.300"}]}]}]},
+                            "198.18.0.300"),
+            "not a list": ({"vips": {"vip": vip}}, "a list"),
+        }
+        for name, (doc, says) in bad.items():
+            with open(path, "w") as f:
+                json.dump(doc, f)
+            r = a.ctl("second-chance", "import", path)
+            check(r.returncode == 1 and says in r.stderr.decode(), f"import {name}: {r.returncode} {r.stderr}")
+        with open(path, "w") as f:
+            f.write("{not json")
+        r = a.ctl("second-chance", "import", path)
+        check(r.returncode == 1 and path in r.stderr.decode(), f"import of broken JSON: {r.stderr}")
+        r = a.ctl("second-chance", "import", "/nonexistent/h.json")
+        check(r.returncode == 1 and "/nonexistent/h.json" in r.stderr.decode(), f"missing file: {r.stderr}")
+        r = a.ctl("vip", "add", "198.18.1.2:80/tcp", "--mode", "ipip", "--second-chance", "on")
+        check(r.returncode == 1 and "second_chance is only for mode gue, not ipip" in r.stderr.decode(),
+              f"second chance on ipip: {r.stderr}")
+        r = a.ctl("vip", "add", "198.18.1.2:80/tcp", "--mode", "gue", "--gue-port", "6080", "--second-chance", "maybe")
+        check(r.returncode == 2 and "maybe" in r.stderr.decode(), f"--second-chance maybe: {r.returncode} {r.stderr}")
+        check(state() == before, "a refusal changed something")
+
+        # second_chance = false through apply, and the fleet note of vip add.
+        r = a.ctl("vip", "add", "198.18.1.3:80/tcp", "--mode", "gue", "--gue-port", "6080", "--second-chance", "off")
+        check(r.returncode == 0 and b"note" not in r.stderr, f"no BGP neighbours, no note: {r.stderr}")
+        check(a.dump()["vip"][-1].get("second_chance") is False or
+              any(v.get("second_chance") is False for v in a.dump()["vip"]), f"dump: {a.dump()}")
+        check(a.ctl("bgp", "set", "--asn", "65001", "--router-id", "198.18.40.2").returncode == 0, "bgp set")
+        check(a.ctl("bgp", "neighbor", "add", "198.18.40.1", "--asn", "65000").returncode == 0, "neighbour")
+        for mode, extra, says in (("ipip", [], "mode ipip has no room"), ("dsr", [], "mode dsr has no room"),
+                                  ("gue", ["--gue-port", "6080", "--second-chance", "off"], "second_chance is off")):
+            r = a.ctl("vip", "add", f"198.18.1.4:8{len(mode)}/tcp", "--mode", mode, *extra)
+            err = r.stderr.decode()
+            check(r.returncode == 0 and err.count("note:") == 1 and says in err, f"note for {mode}: {err}")
+            check(a.ctl("vip", "remove", f"198.18.1.4:8{len(mode)}/tcp").returncode == 0, "remove")
+        r = a.ctl("vip", "add", "198.18.1.5:80/tcp", "--mode", "gue", "--gue-port", "6080")
+        check(r.returncode == 0 and b"note" not in r.stderr, f"second chance on: no note: {r.stderr}")
+
+
 TESTS = {
     "exit_codes": test_exit_codes,
     "refusals": test_refusals_name_the_value_and_change_nothing,
@@ -377,6 +475,7 @@ TESTS = {
     "permission": test_user_without_permission_is_told_every_time,
     "one_writer": test_second_daemon_on_one_segment_is_refused,
     "systemd_units": test_dataplane_unit_drains_and_undoes_only_its_own_drain,
+    "second_chance": test_second_chance_history_show_import_and_refusals,
 }
 
 if __name__ == "__main__":

@@ -41,9 +41,17 @@ struct ConnEntry {
     uint16_t backend_slot;
     TcpState tcp_state;
     uint8_t flags;
-    // NAT reply entries: where the client's packets came from. NAT forward
-    // entries, which have no peer, keep their ReplyLink here.
-    uint8_t peer_mac[6];
+    union {
+        // NAT reply entries: where the client's packets came from. NAT
+        // forward entries, which have no peer, keep their ReplyLink here.
+        uint8_t peer_mac[6];
+        // GUE to-backend entries with second chance: the backend slots that
+        // owned the flow's Maglev entry before (SLUICE_MAGLEV_EMPTY: none),
+        // taken when the entry was made. They stay with the flow for its
+        // life, not only for the history's retention: a flow that arrived
+        // here mid-connection keeps reaching the backend that holds it.
+        uint16_t later_hops[3];
+    };
     uint32_t uid;         // backend uid (to-backend entries) or VIP uid (NAT replies)
 };
 static_assert(sizeof(ConnEntry) == 56);

@@ -1,7 +1,9 @@
 // IP-in-IP (RFC 2003 IPv4, RFC 2473 IPv6, and IPv4-in-IPv6 / IPv6-in-IPv4
 // when the backend's family differs from the VIP's) and GUE variant 1 (the
 // inner IP packet right after a UDP header, as in
-// draft-ietf-intarea-gue §4) encapsulation towards a backend.
+// draft-ietf-intarea-gue §4) encapsulation towards a backend; GUE variant 0
+// with a hop list when the flow's Maglev entry has previous owners (second
+// chance: shm_abi.h, "GUE hop list").
 //
 // The outer source is this node's tunnel prefix with flow-hash bits in its
 // host part, and GUE's UDP source port and IPv6's flow label carry the hash
@@ -77,6 +79,14 @@ SLUICE_ALWAYS_INLINE bool decrement_inner_ttl(uint8_t* ip, uint8_t family) {
     return true;
 }
 
+// The GUE header and hop list (shm_abi.h, "GUE hop list") for a packet
+// that names `later` hops besides its backend: 0 when it names none and goes
+// as GUE variant 1.
+SLUICE_ALWAYS_INLINE uint16_t gue_hops_overhead(uint8_t outer_family, unsigned later) {
+    return later ? static_cast<uint16_t>(SLUICE_GUE_HEADER_LEN + SLUICE_GUE_HOPS_LEN(outer_family, 1 + later))
+                 : uint16_t{0};
+}
+
 struct EncapTarget {
     const uint8_t* dst;  // backend address
     uint8_t outer_family;
@@ -84,7 +94,33 @@ struct EncapTarget {
     uint16_t gue_port;
     const uint8_t* dst_mac;
     const uint8_t* src_mac;
+    // GUE second chance: the previous owners of the flow's Maglev entry,
+    // most recent first, addresses of outer_family. With none the packet is
+    // GUE variant 1.
+    const uint8_t* later_hops[SLUICE_GUE_MAX_HOPS - 1] = {};
+    uint8_t later_hop_count = 0;
 };
+
+// GUE variant 0 header and hop list at `at` (draft-ietf-intarea-gue-09 §3.1,
+// private data as in shm_abi.h): the backend's address first, then the
+// later hops; the packet is addressed to hop 0.
+SLUICE_ALWAYS_INLINE void write_gue_hops(uint8_t* at, const EncapTarget& t, uint8_t inner_family) {
+    const unsigned count = 1u + t.later_hop_count;
+    const unsigned addr_len = t.outer_family == 4 ? 4u : 16u;
+    at[0] = static_cast<uint8_t>(SLUICE_GUE_HOPS_WORDS(t.outer_family, count));  // ver 0, C 0, hlen
+    at[1] = inner_family == 4 ? SLUICE_GUE_PROTO_IPV4 : SLUICE_GUE_PROTO_IPV6;
+    store_be16(at + 2, 0);  // flags: no extension fields
+    uint8_t* h = at + SLUICE_GUE_HEADER_LEN;
+    store_be16(h, SLUICE_GUE_HOPS_MAGIC);
+    h[2] = SLUICE_GUE_HOPS_VERSION;
+    h[3] = t.outer_family;
+    h[4] = static_cast<uint8_t>(count);
+    h[5] = 0;  // next: the packet goes to hops[0]
+    store_be16(h + 6, 0);
+    std::memcpy(h + 8, t.dst, addr_len);
+    for (unsigned i = 0; i < t.later_hop_count; ++i)
+        std::memcpy(h + 8 + (i + 1) * addr_len, t.later_hops[i], addr_len);
+}
 
 // Encapsulates the IP packet at frame[l3, l3_end) in front of itself (using
 // the old Ethernet header and the headroom). The caller has checked the MTU.
@@ -96,7 +132,8 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
                                             uint64_t hash) {
     uint8_t* inner = frame + l3;
     const uint16_t inner_len = static_cast<uint16_t>(l3_end - l3);
-    const uint16_t overhead = encap_overhead(t.outer_family, t.gue);
+    const uint16_t hops_len = t.gue ? gue_hops_overhead(t.outer_family, t.later_hop_count) : 0;
+    const uint16_t overhead = static_cast<uint16_t>(encap_overhead(t.outer_family, t.gue) + hops_len);
     uint8_t* outer = inner - overhead;
     uint8_t* eth = outer - l3;  // the same L2 header length: MACs, tags, EtherType
     if (SLUICE_UNLIKELY(eth < frame - headroom)) return DropReason::kNoHeadroom;
@@ -136,7 +173,8 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     }
     if (t.gue) {
         uint8_t* udp = outer + (t.outer_family == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen);
-        const uint16_t udp_len = static_cast<uint16_t>(net::kUdpHeaderLen + inner_len);
+        const uint16_t udp_len = static_cast<uint16_t>(net::kUdpHeaderLen + hops_len + inner_len);
+        if (hops_len) write_gue_hops(udp + net::kUdpHeaderLen, t, inner_family);
         store_be16(udp, static_cast<uint16_t>(kGueSourcePortBase | ((hash >> 32) & 0x3fff)));
         store_be16(udp + 2, t.gue_port);
         store_be16(udp + 4, udp_len);

@@ -37,6 +37,28 @@ inline constexpr uint16_t kMaxBurst = 32;
 
 // One packet: the forwarder may move `data` back into the headroom
 // (encapsulation, ICMP errors) and change `len`.
+// Second chance: the backend slots besides the chosen one that may hold a
+// flow (its Maglev entry's previous owners, shm_abi.h maglev_prev).
+struct LaterHops {
+    uint16_t slot[SLUICE_GUE_MAX_HOPS - 1] = {SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY};
+};
+
+// The later hops of a GUE packet to `be`: backends still configured (a slot
+// freed since has uid 0), of the outer family (the hop list has one), on
+// another host than `be`. A slot reused by a new backend since the entry was
+// made names that backend instead: it has no socket for the flow and passes
+// the packet on or, as the last hop, answers as it would without hops.
+SLUICE_ALWAYS_INLINE void collect_later_hops(const sluice_config& cfg, const sluice_backend& be,
+                                             const LaterHops& hops, EncapTarget& t) {
+    for (uint16_t slot : hops.slot) {
+        if (slot == SLUICE_MAGLEV_EMPTY || slot >= SLUICE_MAX_BACKENDS) continue;
+        const sluice_backend& o = cfg.backends[slot];
+        if (o.uid == 0 || o.family != be.family || std::memcmp(o.addr, be.addr, sizeof o.addr) == 0)
+            continue;
+        t.later_hops[t.later_hop_count++] = o.addr;
+    }
+}
+
 struct PacketBuf {
     uint8_t* data;
     uint16_t len;
@@ -114,7 +136,8 @@ private:
     Action icmp_error(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
     Action later_fragment(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
     Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
-                           const sluice_vip& vip, const sluice_backend& be, uint64_t hash);
+                           const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
+                           const LaterHops& hops = {});
     void remember_fragments(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                             uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms,
                             const uint8_t* client_mac = nullptr);
@@ -486,7 +509,8 @@ inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_
 // packet into an ICMP error back to the client when it would not fit.
 SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg, PacketBuf& b,
                                                        Scratch& s, const sluice_vip& vip,
-                                                       const sluice_backend& be, uint64_t hash) {
+                                                       const sluice_backend& be, uint64_t hash,
+                                                       const LaterHops& hops) {
     const net::ParsedPacket& p = s.parsed;
     switch (vip.mode) {
     case SLUICE_MODE_NAT: {
@@ -503,7 +527,16 @@ SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg,
         return Action::kToBackend;
     default: {
         const bool gue = vip.mode == SLUICE_MODE_GUE;
-        const uint16_t overhead = encap_overhead(be.family, gue);
+        EncapTarget t{be.addr, be.family, gue, vip.gue_port, be.mac, opt_.backend_port_mac};
+        uint16_t overhead = encap_overhead(be.family, gue);
+        if (gue && (vip.flags & SLUICE_VIP_SECOND_CHANCE)) {
+            // The MTU is checked against a full hop list whether or not this
+            // packet has one: a flow's packets start carrying hops when a
+            // backend change moves its entry, and must not start failing
+            // then (a client behind a filter that eats ICMP would hang).
+            overhead = static_cast<uint16_t>(overhead + SLUICE_GUE_HOPS_MAX_OVERHEAD(be.family));
+            collect_later_hops(cfg, be, hops, t);
+        }
         const uint16_t inner_len = static_cast<uint16_t>(p.l3_end - p.l3_offset);
         if (SLUICE_UNLIKELY(inner_len + overhead > opt_.mtu)) {
             s.drop = DropReason::kTooBig;
@@ -522,10 +555,10 @@ SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg,
             count(Counter::kIcmpTooBigSent);
             return Action::kToClient;
         }
-        const EncapTarget t{be.addr, be.family, gue, vip.gue_port, be.mac, opt_.backend_port_mac};
         s.drop = encapsulate(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family, t, cfg, hash);
         if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return Action::kDrop;
         count(Counter::kEncapsulated);
+        if (t.later_hop_count) count(Counter::kGueHopLists);
         return Action::kToBackend;
     }
     }
@@ -563,13 +596,17 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     }
     uint16_t backend_slot;
     uint32_t timeout = 0;
+    LaterHops hops;
     if (reselect) {
         const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, cfg.hash_seed);
-        backend_slot = cfg.maglev_pool[vip.table_offset + mh % vip.table_size];
+        const uint32_t entry = vip.table_offset + static_cast<uint32_t>(mh % vip.table_size);
+        backend_slot = cfg.maglev_pool[entry];
         if (SLUICE_UNLIKELY(backend_slot == SLUICE_MAGLEV_EMPTY)) {
             s.drop = DropReason::kNoBackend;
             return Action::kDrop;
         }
+        if (vip.flags & SLUICE_VIP_SECOND_CHANCE)
+            std::memcpy(hops.slot, cfg.maglev_prev[entry], sizeof hops.slot);
         const TcpState state = tcp ? detail::initial_tcp_state(tcp_flags) : TcpState::kNone;
         if (!h) h = claim(s.key, s.hash, now_ms, state == TcpState::kSynSent);
         count(Counter::kNewFlows);
@@ -580,6 +617,8 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             e.backend_slot = backend_slot;
             e.uid = cfg.backends[backend_slot].uid;
             e.tcp_state = state;
+            // NAT entries keep their ReplyLink where later_hops would be.
+            if (vip.mode != SLUICE_MODE_NAT) std::memcpy(e.later_hops, hops.slot, sizeof hops.slot);
             h.set_established(!tcp || state == TcpState::kEstablished);
         } else {
             // Both buckets hold only established flows (a SYN flood): the
@@ -595,6 +634,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             h.set_established(e.tcp_state == TcpState::kEstablished);
         }
         backend_slot = e.backend_slot;
+        if (vip.flags & SLUICE_VIP_SECOND_CHANCE) std::memcpy(hops.slot, e.later_hops, sizeof hops.slot);
         timeout = timeout_for(p.proto, e.tcp_state);
         count(Counter::kConnHits);
     }
@@ -610,7 +650,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
         remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
     count_vip_backend(s.vip_slot, backend_slot, b.len);
-    return send_to_backend(cfg, b, s, vip, be, s.hash);
+    return send_to_backend(cfg, b, s, vip, be, s.hash, hops);
 }
 
 SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s,
