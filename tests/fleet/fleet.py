@@ -184,10 +184,16 @@ class Fleet:
     services=False starts the backends without their echo services (their
     health checks then fail until start_services()). up=k starts only the
     first k nodes; the others are wired to the router (its sessions to them
-    wait) and a test starts them with start_node()."""
+    wait) and a test starts them with start_node(). backend_forwarding turns
+    forwarding on on the backends' eth0: sluice-decap's second chance asks
+    the kernel's FIB from XDP (bpf_fib_lookup) for the next hop, which
+    answers only on an interface that forwards; and GRO on on the router's
+    ends of the backends' veths: a frame a backend sends back out with
+    XDP_TX reaches a veth peer only when the peer runs NAPI (an XDP program
+    or GRO), which a real NIC does not need."""
 
     def __init__(self, nodes=3, backends=3, vips=None, heartbeat_timeout_ms=300,
-                 drain_wait_s=2, services=True, tag="", up=None):
+                 drain_wait_s=2, services=True, tag="", up=None, backend_forwarding=False):
         self.prefix = f"fl{os.getpid()}{tag}"
         self.services = services  # start the backends' echo services with the fleet
         self.nbackends = backends
@@ -199,6 +205,7 @@ class Fleet:
         self.backend_ns = [f"{self.prefix}-b{j}" for j in range(1, backends + 1)]
         self.nodes = [Node(self, i) for i in range(1, nodes + 1)]
         self.up = nodes if up is None else up
+        self.backend_forwarding = backend_forwarding
         self.router_socket = os.path.join(self.tmp, "router-bird.ctl")
         self.procs = {}
         self._old_handlers = {}
@@ -357,6 +364,10 @@ class Fleet:
         for i in ifaces:
             if i != "br0":
                 _quiet_offloads(rt, i)
+        if self.backend_forwarding:
+            for j in range(1, self.nbackends + 1):
+                subprocess.run(["ip", "netns", "exec", rt, "ethtool", "-K", f"b{j}", "gro", "on"],
+                               capture_output=True, timeout=10)
 
         cl = self.client_ns
         _sysctl(cl, ["net.ipv6.conf.all.disable_ipv6=0", "net.ipv4.tcp_tw_reuse=1"])
@@ -388,7 +399,9 @@ class Fleet:
             for v in range(1, 6):
                 cmds += [f"addr add 198.18.1.{v}/32 dev lo", f"addr add 2001:db8:1::{v}/128 dev lo nodad"]
             _ip_batch(ns, cmds)
-            _sysctl(ns, ["net.ipv4.conf.eth0.rp_filter=0"])
+            _sysctl(ns, ["net.ipv4.conf.eth0.rp_filter=0"] +
+                    (["net.ipv4.conf.eth0.forwarding=1", "net.ipv6.conf.eth0.forwarding=1"]
+                     if self.backend_forwarding else []))
             _quiet_offloads(ns, "eth0")
 
         # Every neighbour resolved once: the first packets of a test need not wait.
