@@ -90,6 +90,10 @@ def backend_ip6(j):
     return f"2001:db8::{10 + j}"
 
 
+def backend_mac(j):
+    return f"02:5e:f1:00:00:{0x10 + j:02x}"
+
+
 def prefix_of(vip_address):
     """'198.18.1.1:80/tcp' -> '198.18.1.1/32', '[2001:db8:1::1]:80/tcp' -> '2001:db8:1::1/128'."""
     host = vip_address.split("/")[0]
@@ -393,7 +397,7 @@ class Fleet:
         for j, ns in enumerate(self.backend_ns, 1):
             _sysctl(ns, ["net.ipv6.conf.all.disable_ipv6=0", "net.ipv4.conf.all.rp_filter=0",
                          "net.ipv4.conf.default.rp_filter=0"])
-            cmds = ["link set lo up", f"link set eth0 address 02:5e:f1:00:00:{0x10 + j:02x}", "link set eth0 up",
+            cmds = ["link set lo up", f"link set eth0 address {backend_mac(j)}", "link set eth0 up",
                     f"addr add {backend_ip4(j)}/24 dev eth0", f"addr add {backend_ip6(j)}/64 dev eth0 nodad",
                     "route add default via 198.18.0.1", "route add ::/0 via 2001:db8::1"]
             for v in range(1, 6):

@@ -60,8 +60,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fleet import (CHECK, CLIENT_SOURCES4, CLIENT_SOURCES6, GUE_PORT, ROUTER_MAC, Fleet, backend_ip4,  # noqa: E402
-                   backend_ip6)
+from fleet import (CHECK, CLIENT_SOURCES4, CLIENT_SOURCES6, GUE_PORT, ROUTER_MAC, Fleet, _ip_batch,  # noqa: E402
+                   backend_ip4, backend_ip6, backend_mac)
 from sluice_env import DECAP, SLUICECTL, TestFailure, check, run_tests  # noqa: E402
 
 SEQ_PORT = 7002
@@ -396,17 +396,20 @@ WHAT = {
 
 
 def prime_neighbours(f):
-    """Every backend pings every other, so its neighbour table knows them.
+    """Every backend gets a permanent neighbour entry for every other (a
+    ping's entry may be gone or not yet valid when a forward needs it).
     sluice-decap's FIB lookup from XDP (bpf_fib_lookup) cannot resolve a
     neighbour itself: backends that never talked to each other have no entry
     for one another, and the lookup answers "no neighbour" (hops_no_route:
     delivered here, reset). Until sluice-decap hands such a packet to the
     kernel to resolve, an operator must do the same (--no-prime shows it)."""
     for j, ns in enumerate(f.backend_ns, 1):
+        cmds = []
         for k in range(1, len(f.backend_ns) + 1):
             if k != j:
-                f.run(ns, ["ping", "-c1", "-W1", backend_ip4(k)], check_rc=False)
-                f.run(ns, ["ping", "-6", "-c1", "-W1", backend_ip6(k)], check_rc=False)
+                cmds += [f"neigh replace {a} lladdr {backend_mac(k)} dev eth0 nud permanent"
+                         for a in (backend_ip4(k), backend_ip6(k))]
+        _ip_batch(ns, cmds)
 
 
 def run_mode(sc_on, scenarios, supported):
