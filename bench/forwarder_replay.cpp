@@ -6,6 +6,7 @@
 // where this machine's VM has no hardware counters for `perf stat`.
 //
 //   sluice-forwarder-replay PCAP --mode nat|dsr|ipip|gue [--passes N] [--backends N] [--new-flows]
+//                           [--second-chance off|on|moved]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -69,6 +70,13 @@ int main(int argc, char** argv) {
     app.add_flag("--new-flows", fresh,
                  "Advance the clock past every timeout between passes, so each pass finds its flows expired "
                  "and inserts them anew (the new-flow cost)");
+    std::string second_chance = "on";
+    app.add_option("--second-chance", second_chance,
+                   "GUE: off; on (no backend change yet: no packet carries hops); moved (the last backend "
+                   "is added as a change after the others, so the flows of the entries it took carry a "
+                   "hop list naming their previous owner, as after a deploy)")
+        ->check(CLI::IsMember({"off", "on", "moved"}))
+        ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -79,11 +87,18 @@ int main(int argc, char** argv) {
         model.set_tunnel_source(4, parse_prefix("198.18.200.0/24"));
         model.set_tunnel_source(6, parse_prefix("2001:db8:200::/64"));
         const VipId vip = parse_vip_id(v6 ? "[2001:db8:1::1]:80/tcp" : "198.18.1.1:80/tcp");
-        model.add_vip(vip, parse_mode(mode), SLUICE_HASH_5TUPLE, kMaglevDefaultTableSize);
-        for (unsigned i = 0; i < backends; ++i)
+        VipOptions vo;
+        vo.mode = parse_mode(mode);
+        vo.gue_port = vo.mode == SLUICE_MODE_GUE ? 6080 : 0;
+        if (vo.mode == SLUICE_MODE_GUE) vo.second_chance = second_chance != "off";
+        model.add_vip(vip, vo);
+        for (unsigned i = 0; i < backends; ++i) {
+            const Model before = model;
             model.add_backend(vip, parse_endpoint(v6 ? fmt::format("[2001:db8::{:x}]", 0x100 + i)
                                                      : fmt::format("198.18.0.{}", 100 + i)),
                               100, MacAddress{2, 0, 0, 0, 1, static_cast<uint8_t>(i)});
+            if (i + 1 == backends && second_chance == "moved") model.roll_history(before, 1000, 300'000);
+        }
         auto cfg = std::unique_ptr<sluice_config, decltype(&std::free)>(
             static_cast<sluice_config*>(std::calloc(1, sizeof(sluice_config))), std::free);
         auto stats = std::unique_ptr<sluice_lcore_stats, decltype(&std::free)>(
@@ -126,9 +141,11 @@ int main(int argc, char** argv) {
         const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t_timed).count();
         const auto counter = [&](Counter c) { return stats->counters[static_cast<size_t>(c)]; };
         fmt::print("{{\"pcap\": \"{}\", \"mode\": \"{}\", \"packets\": {}, \"passes\": {}, \"forwarded\": {}, "
-                   "\"new_flows\": {}, \"conn_hits\": {}, \"ns_per_packet\": {:.2f}, \"mpps\": {:.3f}}}\n",
+                   "\"new_flows\": {}, \"conn_hits\": {}, \"second_chance\": \"{}\", \"gue_hop_lists\": {}, "
+                   "\"ns_per_packet\": {:.2f}, \"mpps\": {:.3f}}}\n",
                    pcap, mode, packets.size(), passes, forwarded, counter(Counter::kNewFlows),
-                   counter(Counter::kConnHits), timed_packets ? ns / timed_packets : 0.0,
+                   counter(Counter::kConnHits), vo.mode == SLUICE_MODE_GUE ? second_chance : "n/a",
+                   counter(Counter::kGueHopLists), timed_packets ? ns / timed_packets : 0.0,
                    timed_packets ? timed_packets * 1e3 / ns : 0.0);
         std::free(mem);
         return forwarded == uint64_t{passes} * packets.size() ? 0 : 1;

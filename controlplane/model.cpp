@@ -265,28 +265,38 @@ std::vector<std::pair<Endpoint, uint32_t>> Vip::placed_set() const {
     return set;
 }
 
-std::vector<std::array<uint16_t, kMaxRetiredSets>> Vip::previous_owners() const {
-    std::vector<std::array<uint16_t, kMaxRetiredSets>> prev;
+std::vector<std::array<uint16_t, kPreviousOwners>> Vip::previous_owners() const {
+    std::vector<std::array<uint16_t, kPreviousOwners>> prev;
     if (history.empty()) return prev;
     const auto& now = table();
-    prev.assign(now.size(), {kMaglevEmpty, kMaglevEmpty});
+    std::array<uint16_t, kPreviousOwners> none;
+    none.fill(kMaglevEmpty);
+    prev.assign(now.size(), none);
     std::vector<uint8_t> filled(now.size(), 0);
+    std::vector<RetiredTable> tables;
     for (const RetiredSet& r : history) {
         // The retired set's table as it was (the same permutations, so the
         // same owners every node computed then), its backends mapped to the
         // slots they have now; one removed since maps to nothing.
+        RetiredTable t;
         std::vector<MaglevBackend> mb;
         for (const auto& [e, w] : r.backends) {
             const Backend* b = find_backend(e);
             mb.push_back({identity_of(Backend{e}), w, b ? b->slot : kMaglevEmpty});
+            t.built_from.emplace_back(mb.back().identity, w, mb.back().value);
         }
-        const std::vector<uint16_t> then = build_maglev_table(mb, table_size);
+        const auto hit = std::find_if(retired_tables.begin(), retired_tables.end(),
+                                      [&](const RetiredTable& c) { return c.built_from == t.built_from; });
+        t.table = hit != retired_tables.end() ? std::move(hit->table) : build_maglev_table(mb, table_size);
         for (size_t i = 0; i < now.size(); ++i) {
-            const uint16_t o = then[i];
-            if (o == kMaglevEmpty || o == now[i] || (filled[i] && prev[i][0] == o)) continue;
+            const uint16_t o = t.table[i];
+            if (filled[i] == kPreviousOwners || o == kMaglevEmpty || o == now[i]) continue;
+            if (std::find(prev[i].begin(), prev[i].begin() + filled[i], o) != prev[i].begin() + filled[i]) continue;
             prev[i][filled[i]++] = o;
         }
+        tables.push_back(std::move(t));
     }
+    retired_tables = std::move(tables);
     return prev;
 }
 
@@ -738,7 +748,7 @@ void Model::compile(sluice_config& out) const {
             sv.flags |= SLUICE_VIP_SECOND_CHANCE;
             const auto prev = v.previous_owners();
             for (uint32_t i = 0; i < v.table_size; ++i)
-                for (size_t k = 0; k < kMaxRetiredSets; ++k)
+                for (size_t k = 0; k < kPreviousOwners; ++k)
                     out.maglev_prev[pool + i][k] = prev.empty() ? kMaglevEmpty : prev[i][k];
         }
         pool += v.table_size;

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string_view>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -136,7 +137,13 @@ struct RetiredSet {
     std::vector<std::pair<Endpoint, uint32_t>> backends;
     bool operator==(const RetiredSet&) const = default;
 };
-inline constexpr size_t kMaxRetiredSets = SLUICE_GUE_MAX_HOPS - 1;
+// Previous owners a packet can name (the hop list's later hops).
+inline constexpr size_t kPreviousOwners = SLUICE_GUE_MAX_HOPS - 1;
+// Retired sets kept per VIP. More sets than previous owners: a table entry
+// names the last two backends that owned *it*, and most changes do not move
+// a given entry, so a connection through a run of deploys still finds the
+// backend it started on (a backend change moves about 1/N of the entries).
+inline constexpr size_t kMaxRetiredSets = 8;
 nlohmann::json retired_sets_json(const std::vector<RetiredSet>& sets);
 std::vector<RetiredSet> parse_retired_sets(const nlohmann::json& j);
 
@@ -173,11 +180,19 @@ struct Vip {
     // > 0 and those weights, sorted by endpoint.
     std::vector<std::pair<Endpoint, uint32_t>> placed_set() const;
     // Per table entry, the previous owners (slots) a packet names as later
-    // hops: the entry's owner in each retired set, most recent first, if
-    // still configured and not the current owner. Empty without history.
-    std::vector<std::array<uint16_t, kMaxRetiredSets>> previous_owners() const;
+    // hops: the entry's distinct owners in the retired sets, most recent
+    // first, still configured and not the current owner, at most
+    // kPreviousOwners. Empty without history.
+    std::vector<std::array<uint16_t, kPreviousOwners>> previous_owners() const;
 
     mutable std::vector<uint16_t> cached_table;  // rebuilt when empty
+    // The tables of retired sets, keyed by what they were built from (a
+    // publish rebuilds none of them unless a set or a slot changed).
+    struct RetiredTable {
+        std::vector<std::tuple<BackendIdentity, uint32_t, uint16_t>> built_from;
+        std::vector<uint16_t> table;
+    };
+    mutable std::vector<RetiredTable> retired_tables;
 };
 
 // The BGP side of the node ([bgp] in the configuration; controlplane/bgp.hpp

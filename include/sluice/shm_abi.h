@@ -287,10 +287,12 @@ struct sluice_config {
 	__u64 vip_addr_protos[SLUICE_MAX_VIPS][4];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
-	/* Second chance, in step with maglev_pool (same index): the backends
-	 * that owned the entry before the last two changes of the VIP's backend
-	 * set, most recent first, never the current owner, SLUICE_MAGLEV_EMPTY
-	 * where none. Written only for VIPs with SLUICE_VIP_SECOND_CHANCE. */
+	/* Second chance, in step with maglev_pool (same index): the last two
+	 * distinct backends that owned the entry before, in the backend sets
+	 * sluiced still keeps for the VIP (its recent changes, within the
+	 * retention), most recent first, never the current owner,
+	 * SLUICE_MAGLEV_EMPTY where none. Written only for VIPs with
+	 * SLUICE_VIP_SECOND_CHANCE. */
 	__u16 maglev_prev[SLUICE_MAGLEV_POOL_SLOTS][SLUICE_GUE_MAX_HOPS - 1];
 	struct sluice_allow_node allow_pool[SLUICE_ALLOW_POOL_NODES];
 };

@@ -394,10 +394,10 @@ def test_second_chance_history_show_import_and_refusals():
         human = a.ctl("second-chance", "show").stdout.decode()
         check("198.18.0.11:80 (100) 198.18.0.12:80 (100)" in human and "s ago" in human, f"human show: {human}")
         check(json.loads(a.ctl("vip", "list", "--json").stdout)[0].get("retired_sets") == 2, "vip list")
-        # A third change keeps only the two newest sets.
+        # A weight is a change too; newest first.
         check(a.ctl("backend", "weight", vip, "198.18.0.13", "50").returncode == 0, "weight")
         h3 = json.loads(a.ctl("second-chance", "show", "--json").stdout)["vips"][0]["history"]
-        check(len(h3) == 2 and h3[1] == hist[0], f"two newest kept: {h3}")
+        check(len(h3) == 3 and h3[1] == hist[0], f"three sets, newest first: {h3}")
         check(a.ctl("backend", "weight", vip, "198.18.0.13", "100").returncode == 0, "weight back")
         hist = json.loads(a.ctl("second-chance", "show", "--json").stdout)["vips"][0]["history"]
 

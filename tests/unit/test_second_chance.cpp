@@ -3,6 +3,7 @@
 // forwarder writes for them. Expected bytes follow the wire format in
 // shm_abi.h ("GUE hop list"), written out here field by field.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include <cstring>
 #include <vector>
@@ -165,12 +166,37 @@ TEST_CASE("Second chance: a retired set gives each moved entry its previous owne
             two += want[1] != kMaglevEmpty;
         }
         CHECK(two > 0);
-        SECTION("a third change drops the oldest set") {
-            add_backend_rolled(m, vip, "198.18.0.15", 1'020'000);
-            REQUIRE(m.vip(vip).history.size() == 2);
-            CHECK(m.vip(vip).history[0].retired_ms == 1'020'000);
-            CHECK(m.vip(vip).history[1].retired_ms == 1'010'000);
+        SECTION("at most kMaxRetiredSets sets, the newest") {
+            for (int k = 0; k < 10; ++k)
+                add_backend_rolled(m, vip, fmt::format("198.18.0.{}", 15 + k), 1'020'000 + k * 1000);
+            REQUIRE(m.vip(vip).history.size() == kMaxRetiredSets);
+            CHECK(m.vip(vip).history[0].retired_ms == 1'029'000);
+            CHECK(m.vip(vip).history.back().retired_ms == 1'029'000 - (kMaxRetiredSets - 1) * 1000);
         }
+    }
+    SECTION("an entry names the last owners of *that entry*, however many changes did not move it") {
+        // Entries the third backend took at 1'000'000 still name their
+        // previous owner after five more changes (weights elsewhere), as
+        // long as those changes left them alone.
+        const auto first = m.vip(vip).previous_owners();
+        const std::vector<uint16_t> owner_after_first = m.vip(vip).table();
+        for (int k = 0; k < 5; ++k) {
+            const Model before_k = m;
+            m.set_weight(vip, Endpoint{parse_ip(k % 2 ? "198.18.0.11" : "198.18.0.12"), 0}, 100 + 10 * (k + 1));
+            m.roll_history(before_k, 1'001'000 + k * 1000, kRetention);
+        }
+        REQUIRE(m.vip(vip).history.size() == 6);
+        const auto later = m.vip(vip).previous_owners();
+        const auto& now = m.vip(vip).table();
+        size_t kept = 0;
+        for (size_t i = 0; i < now.size(); ++i) {
+            if (first[i][0] == kMaglevEmpty || now[i] != owner_after_first[i]) continue;
+            // Still owned by its owner after the first change: its previous
+            // owner then is still named, first or second.
+            CHECK((later[i][0] == first[i][0] || later[i][1] == first[i][0]));
+            ++kept;
+        }
+        CHECK(kept > 0);
     }
     SECTION("the retention drops a set; an unchanged model rolls nothing") {
         Model same = m;

@@ -50,6 +50,9 @@ struct LaterHops {
 // the packet on or, as the last hop, answers as it would without hops.
 SLUICE_ALWAYS_INLINE void collect_later_hops(const sluice_config& cfg, const sluice_backend& be,
                                              const LaterHops& hops, EncapTarget& t) {
+    // Filled in order: no first previous owner, none at all (the common
+    // case, every flow whose entry did not move).
+    if (SLUICE_LIKELY(hops.slot[0] == SLUICE_MAGLEV_EMPTY)) return;
     for (uint16_t slot : hops.slot) {
         if (slot == SLUICE_MAGLEV_EMPTY || slot >= SLUICE_MAX_BACKENDS) continue;
         const sluice_backend& o = cfg.backends[slot];
