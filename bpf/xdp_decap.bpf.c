@@ -365,14 +365,15 @@ static __always_inline int route_to(struct xdp_md *ctx, const struct outer *o,
 		__builtin_memcpy(fib->ipv6_src, &ip6->daddr, 16);
 		__builtin_memcpy(fib->ipv6_dst, hop->addr, 16);
 	}
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_SUCCESS;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 }
 
 /* Re-encapsulation in place: the packet now comes from this host (its
- * outer destination) and goes to hops[j], with a fresh TTL and `next` = j
- * so that no hop ever sends it back. Nothing changes size. */
+ * outer destination; with keep_src, still from the LB) and goes to
+ * hops[j], with a fresh TTL and `next` = j so that no hop ever sends it
+ * back. Nothing changes size. */
 static __always_inline void readdress(const struct outer *o, const struct hop_list *l,
-				      const struct sluice_bpf_addr *hop, __u32 j)
+				      const struct sluice_bpf_addr *hop, __u32 j, int keep_src)
 {
 	struct udphdr *udp = o->payload;
 	__be32 *word = (__be32 *)&l->h->count; /* count, next, reserved */
@@ -384,7 +385,7 @@ static __always_inline void readdress(const struct outer *o, const struct hop_li
 		old[0] = ip->saddr;
 		old[1] = ip->daddr;
 		old[2] = *word;
-		new[0] = ip->daddr;
+		new[0] = keep_src ? ip->saddr : ip->daddr;
 		__builtin_memcpy(&new[1], hop->addr, 4);
 		new[2] = *word;
 		((__u8 *)&new[2])[1] = (__u8)j;
@@ -398,7 +399,7 @@ static __always_inline void readdress(const struct outer *o, const struct hop_li
 		__builtin_memcpy(&old[0], &ip6->saddr, 16);
 		__builtin_memcpy(&old[4], &ip6->daddr, 16);
 		old[8] = *word;
-		__builtin_memcpy(&new[0], &ip6->daddr, 16);
+		__builtin_memcpy(&new[0], keep_src ? &ip6->saddr : &ip6->daddr, 16);
 		__builtin_memcpy(&new[4], hop->addr, 16);
 		new[8] = *word;
 		nb[1] = (__u8)j;
@@ -415,12 +416,23 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, const
 				   const struct hop_list *l, const struct sluice_bpf_addr *hop, __u32 j)
 {
 	struct bpf_fib_lookup fib = {};
+	const int rc = route_to(ctx, o, hop, &fib);
 
-	if (!route_to(ctx, o, hop, &fib)) {
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* A route, but XDP cannot resolve a neighbour: the kernel's
+		 * forwarding path can (and queues the packet meanwhile), so the
+		 * re-encapsulated packet goes up to it. Its source stays the
+		 * LB's: the stack drops a packet that arrives from one of its
+		 * own addresses as a martian. */
+		readdress(o, l, hop, j, 1);
+		count(SLUICE_DECAP_HOPS_VIA_KERNEL);
+		return XDP_PASS;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		count(SLUICE_DECAP_HOPS_NO_ROUTE);
 		return deliver(ctx, l->strip, l->inner_family, SLUICE_DECAP_GUE);
 	}
-	readdress(o, l, hop, j);
+	readdress(o, l, hop, j, 0);
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	count(SLUICE_DECAP_HOPS_FORWARDED);

@@ -417,8 +417,11 @@ struct sluice_bpf_endpoint {
  *   hops_unknown        a hop list of another magic or version (delivered)
  *   hops_malformed      a hop list that does not parse: left to the kernel undecapsulated
  *   hops_forwarded      re-encapsulated to the next hop and transmitted
- *   hops_no_route       no route or neighbour to the next hop in the
- *                       kernel's FIB (delivered) */
+ *   hops_no_route       no route to the next hop in the kernel's FIB, or
+ *                       forwarding off on the interface (delivered)
+ *   hops_via_kernel     a route but no resolved neighbour: re-encapsulated
+ *                       (outer source still the LB's) and passed to the
+ *                       kernel, whose forwarding resolves the neighbour */
 #define SLUICE_DECAP_COUNTERS(X)                                               \
 	X(IPIP, "ipip", COUNTER)                                               \
 	X(GUE, "gue", COUNTER)                                                 \
@@ -431,7 +434,8 @@ struct sluice_bpf_endpoint {
 	X(HOPS_UNKNOWN, "hops_unknown", COUNTER)                               \
 	X(HOPS_MALFORMED, "hops_malformed", COUNTER)                           \
 	X(HOPS_FORWARDED, "hops_forwarded", COUNTER)                           \
-	X(HOPS_NO_ROUTE, "hops_no_route", COUNTER)
+	X(HOPS_NO_ROUTE, "hops_no_route", COUNTER)                             \
+	X(HOPS_VIA_KERNEL, "hops_via_kernel", COUNTER)
 
 #define SLUICE_X_STEER_INDEX(name, str, kind) SLUICE_STEER_##name,
 #define SLUICE_X_DECAP_INDEX(name, str, kind) SLUICE_DECAP_##name,

@@ -258,13 +258,29 @@ TEST_CASE("Second chance: a packet no local socket knows goes on to the next hop
         CHECK(r.verdict == XDP_TX);
         CHECK(r.out == reencapsulated(o, inner, h, 2, DecapLab::kMac0, DecapLab::kHopMac0));
     }
-    SECTION("no route or no neighbour: delivered here") {
+    SECTION("a route but no neighbour: re-encapsulated, still from the LB, up to the kernel to forward") {
+        const GueOuter o = outer_to_us(false);
+        const auto inner = tcp_inner("198.18.100.1", DecapLab::kVip4, kAck);
+        const HopListSpec h{{o.dst, DecapLab::kNoNeigh4}};
+        const auto before = d.stats();
+        const Result r = d.run(gue0_frame(o, inner, h), lab.ifindex0);
+        CHECK(r.verdict == XDP_PASS);
+        GueOuter want = o;  // MACs and source as they came: the kernel routes it
+        want.dst = DecapLab::kNoNeigh4;
+        want.ttl = 64;
+        HopListSpec wh = h;
+        wh.next = 1;
+        CHECK(r.out == gue0_frame(want, inner, wh));
+        CHECK(ipv4_header_ok(r.out));
+        check_moved(before, d.stats(), {SLUICE_DECAP_HOPS_VIA_KERNEL});
+    }
+    SECTION("no route: delivered here") {
         for (const bool v6 : {false, true}) {
             const GueOuter o = outer_to_us(v6);
             const auto inner = tcp_inner(v6 ? "2001:db8:100::1" : "198.18.100.1",
                                          v6 ? DecapLab::kVip6 : DecapLab::kVip4, kAck);
             for (const char* hop : v6 ? std::vector<const char*>{DecapLab::kNoRoute6}
-                                      : std::vector<const char*>{DecapLab::kNoRoute4, DecapLab::kNoNeigh4}) {
+                                      : std::vector<const char*>{DecapLab::kNoRoute4}) {
                 INFO(hop);
                 const auto before = d.stats();
                 const Result r = d.run(gue0_frame(o, inner, {{o.dst, hop}}), lab.ifindex0);
