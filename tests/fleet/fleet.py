@@ -90,6 +90,10 @@ def backend_ip6(j):
     return f"2001:db8::{10 + j}"
 
 
+def backend_mac(j):
+    return f"02:5e:f1:00:00:{0x10 + j:02x}"
+
+
 def prefix_of(vip_address):
     """'198.18.1.1:80/tcp' -> '198.18.1.1/32', '[2001:db8:1::1]:80/tcp' -> '2001:db8:1::1/128'."""
     host = vip_address.split("/")[0]
@@ -182,10 +186,18 @@ class Fleet:
     its configuration, bgp_contract.md); the fleet only writes the BIRD
     configuration an operator would (device protocol and the include).
     services=False starts the backends without their echo services (their
-    health checks then fail until start_services())."""
+    health checks then fail until start_services()). up=k starts only the
+    first k nodes; the others are wired to the router (its sessions to them
+    wait) and a test starts them with start_node(). backend_forwarding turns
+    forwarding on on the backends' eth0: sluice-decap's second chance asks
+    the kernel's FIB from XDP (bpf_fib_lookup) for the next hop, which
+    answers only on an interface that forwards; and GRO on on the router's
+    ends of the backends' veths: a frame a backend sends back out with
+    XDP_TX reaches a veth peer only when the peer runs NAPI (an XDP program
+    or GRO), which a real NIC does not need."""
 
     def __init__(self, nodes=3, backends=3, vips=None, heartbeat_timeout_ms=300,
-                 drain_wait_s=2, services=True, tag=""):
+                 drain_wait_s=2, services=True, tag="", up=None, backend_forwarding=False):
         self.prefix = f"fl{os.getpid()}{tag}"
         self.services = services  # start the backends' echo services with the fleet
         self.nbackends = backends
@@ -196,6 +208,8 @@ class Fleet:
         self.router_ns, self.client_ns = f"{self.prefix}-rt", f"{self.prefix}-cl"
         self.backend_ns = [f"{self.prefix}-b{j}" for j in range(1, backends + 1)]
         self.nodes = [Node(self, i) for i in range(1, nodes + 1)]
+        self.up = nodes if up is None else up
+        self.backend_forwarding = backend_forwarding
         self.router_socket = os.path.join(self.tmp, "router-bird.ctl")
         self.procs = {}
         self._old_handlers = {}
@@ -211,7 +225,7 @@ class Fleet:
             self.timings["namespaces"] = time.time() - t
             self._start_backends()
             self._start_router_bird()
-            for n in self.nodes:
+            for n in self.nodes[:self.up]:
                 self.start_node(n)
             self.timings["up"] = time.time() - t
         except BaseException:
@@ -354,6 +368,10 @@ class Fleet:
         for i in ifaces:
             if i != "br0":
                 _quiet_offloads(rt, i)
+        if self.backend_forwarding:
+            for j in range(1, self.nbackends + 1):
+                subprocess.run(["ip", "netns", "exec", rt, "ethtool", "-K", f"b{j}", "gro", "on"],
+                               capture_output=True, timeout=10)
 
         cl = self.client_ns
         _sysctl(cl, ["net.ipv6.conf.all.disable_ipv6=0", "net.ipv4.tcp_tw_reuse=1"])
@@ -379,13 +397,15 @@ class Fleet:
         for j, ns in enumerate(self.backend_ns, 1):
             _sysctl(ns, ["net.ipv6.conf.all.disable_ipv6=0", "net.ipv4.conf.all.rp_filter=0",
                          "net.ipv4.conf.default.rp_filter=0"])
-            cmds = ["link set lo up", f"link set eth0 address 02:5e:f1:00:00:{0x10 + j:02x}", "link set eth0 up",
+            cmds = ["link set lo up", f"link set eth0 address {backend_mac(j)}", "link set eth0 up",
                     f"addr add {backend_ip4(j)}/24 dev eth0", f"addr add {backend_ip6(j)}/64 dev eth0 nodad",
                     "route add default via 198.18.0.1", "route add ::/0 via 2001:db8::1"]
             for v in range(1, 6):
                 cmds += [f"addr add 198.18.1.{v}/32 dev lo", f"addr add 2001:db8:1::{v}/128 dev lo nodad"]
             _ip_batch(ns, cmds)
-            _sysctl(ns, ["net.ipv4.conf.eth0.rp_filter=0"])
+            _sysctl(ns, ["net.ipv4.conf.eth0.rp_filter=0"] +
+                    (["net.ipv4.conf.eth0.forwarding=1", "net.ipv6.conf.eth0.forwarding=1"]
+                     if self.backend_forwarding else []))
             _quiet_offloads(ns, "eth0")
 
         # Every neighbour resolved once: the first packets of a test need not wait.
@@ -405,17 +425,18 @@ class Fleet:
             self.start_services(ECHO_PORT)
             self.start_services(SPARE_PORT)
 
-    def start_services(self, port):
+    def start_services(self, port, kind="echo"):
         for j in range(1, self.nbackends + 1):
-            self.start_service(j, port)
+            self.start_service(j, port, kind)
 
     def stop_services(self, port):
         for j in range(1, self.nbackends + 1):
             self.stop_service(j, port)
 
-    def start_service(self, j, port):
+    def start_service(self, j, port, kind="echo"):
+        """backend_server.py's `kind` service ("echo" or "seq") on backend j."""
         name = f"be{j}-{port}"
-        self.spawn(name, self.backend_ns[j - 1], [SYS_PYTHON, BACKEND_SERVER, f"be{j}", "--echo", str(port)])
+        self.spawn(name, self.backend_ns[j - 1], [SYS_PYTHON, BACKEND_SERVER, f"be{j}", f"--{kind}", str(port)])
         self.wait_log(name, "serving")
 
     def stop_service(self, j, port):
@@ -530,8 +551,21 @@ template bgp nodes {{
         config["vip"] = vips
         return config
 
-    def start_node(self, n, wait=True):
-        """sluiced, its configuration, the dataplane and BIRD on node n."""
+    def running_nodes(self):
+        """The nodes whose sluiced runs (their dataplane may be dead)."""
+        return [n for n in self.nodes if self.procs.get(n.proc("sluiced")) is not None]
+
+    def start_node(self, n, wait=True, fresh=False, before_announce=None):
+        """sluiced, its configuration, the dataplane and BIRD on node n.
+        fresh: the node joins as a new machine would, without the state,
+        shared memory or connection table of an earlier run. before_announce(n)
+        runs once the configuration is applied and the dataplane runs, before
+        BIRD starts (nothing is announced before it returns)."""
+        if fresh:
+            for path in [n.state, n.shm, n.conn_file, n.include, n.bird_socket, n.socket] + \
+                    [f"{n.conn_file}.{w}" for w in range(4)]:
+                _unlink(path)
+            shutil.rmtree(f"/var/run/dpdk/{n.file_prefix}", ignore_errors=True)
         self.spawn(n.proc("sluiced"), n.ns,
                    [SLUICED, "--socket", n.socket, "--shm", n.shm, "--state", n.state,
                     "--tunnel-source4", n.tunnel_source4, "--tunnel-source6", n.tunnel_source6,
@@ -541,6 +575,8 @@ template bgp nodes {{
             f.write(to_toml(self.node_config(n)))
         self.ctl(n, "apply", "-f", n.config)
         self.start_dataplane(n)
+        if before_announce is not None:
+            before_announce(n)
         with open(n.bird_conf, "w") as f:
             # What an operator writes (bgp_contract.md): the rest is sluiced's include.
             f.write(f'log stderr all;\nprotocol device {{ }}\ninclude "{n.include}";\n')
@@ -592,16 +628,18 @@ template bgp nodes {{
     def wait_healthy(self, vip, nodes=None, timeout=15, want="active"):
         """Waits until every backend of `vip` is `want` on every node, as a
         check found it."""
+        nodes = nodes or self.running_nodes()
+
         def ok():
             return all(all(s == want and last for s, last in self.backend_states(n, vip).values())
-                       for n in nodes or self.nodes)
+                       for n in nodes)
         return _wait(ok, timeout, f"{vip}: all backends {want}",
-                     lambda: {n.name: self.backend_states(n, vip) for n in nodes or self.nodes})
+                     lambda: {n.name: self.backend_states(n, vip) for n in nodes})
 
     def wait_ready(self, timeout=30):
         """Steering maps in sync and every VIP's backends healthy on every node."""
         t = time.time()
-        for n in self.nodes:
+        for n in self.running_nodes():
             _wait(lambda: self.ctl(n, "status", as_json=True)["xdp_maps"].startswith("in sync"), 10,
                   f"{n.name}: XDP steering maps in sync")
         for v in self.vips:
@@ -753,6 +791,15 @@ class FleetClient:
 
     def stop(self):
         return self._call("stop")
+
+    def long_open(self, addr, port, n, sources, interval_ms):
+        return self._call(f"long_open {addr} {port} {n} {','.join(sources)} {interval_ms}")
+
+    def long_status(self):
+        return self._call("long_status")
+
+    def long_close(self, drain_s):
+        return self._call(f"long_close {drain_s}")
 
 
 def quiet_flows(f, seconds=3.0):

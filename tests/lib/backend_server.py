@@ -6,12 +6,21 @@ clients can tell which backend holds a long-lived connection.
 On each echo port it answers every received line with its name and the line,
 so a client checks that its own data went both ways.
 
+On each seq port (the second-chance tests' long-lived connections) the client
+sends lines "<n> <padding>" with n = 0, 1, 2, ... and the server checks that
+sequence: each line is answered with "<name> <m> <line>", m = 0, 1, 2, ... the
+server's own sequence, which the client checks. A line out of sequence means
+the connection lost or reordered data: the server closes it at once (FIN,
+then RST on whatever arrives), so the client sees the break.
+
 usage: backend_server.py NAME --http PORT [--http PORT ...] [--lines PORT ...] [--echo PORT ...]
+                         [--seq PORT ...]
 """
 import argparse
 import http.server
 import socket
 import socketserver
+import struct
 import threading
 
 
@@ -21,6 +30,7 @@ def main():
     ap.add_argument("--http", type=int, action="append", default=[])
     ap.add_argument("--lines", type=int, action="append", default=[])
     ap.add_argument("--echo", type=int, action="append", default=[])
+    ap.add_argument("--seq", type=int, action="append", default=[])
     args = ap.parse_args()
     body = (args.name + "\n").encode()
 
@@ -46,6 +56,20 @@ def main():
                 self.wfile.write(args.name.encode() + b" " + line)
                 self.wfile.flush()
 
+    class Seq(socketserver.StreamRequestHandler):
+        def handle(self):
+            want, m = 0, 0
+            for line in self.rfile:
+                words = line.split(maxsplit=1)
+                if not words or words[0] != str(want).encode():
+                    # Data lost or out of order: close, never answer past a gap.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    print(f"{args.name}: seq: got {line[:40]!r}, want {want}: closing", flush=True)
+                    return
+                self.wfile.write(f"{args.name} {m} ".encode() + line)
+                self.wfile.flush()
+                want, m = want + 1, m + 1
+
     class Server(socketserver.ThreadingTCPServer):
         # One dual-stack socket per port: IPv6 and IPv4 (as mapped addresses).
         address_family = socket.AF_INET6
@@ -62,9 +86,10 @@ def main():
     servers = [Server(("::", p), Http) for p in args.http]
     servers += [Server(("::", p), Lines) for p in args.lines]
     servers += [Server(("::", p), Echo) for p in args.echo]
+    servers += [Server(("::", p), Seq) for p in args.seq]
     for s in servers[1:]:
         threading.Thread(target=s.serve_forever, daemon=True).start()
-    print(f"{args.name}: serving http {args.http} lines {args.lines} echo {args.echo}", flush=True)
+    print(f"{args.name}: serving http {args.http} lines {args.lines} echo {args.echo} seq {args.seq}", flush=True)
     servers[0].serve_forever()
 
 
