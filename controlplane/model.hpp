@@ -140,7 +140,7 @@ struct RetiredSet {
 // Previous owners a packet can name (the hop list's later hops).
 inline constexpr size_t kPreviousOwners = SLUICE_GUE_MAX_HOPS - 1;
 // Retired sets kept per VIP. More sets than previous owners: a table entry
-// names the last two backends that owned *it*, and most changes do not move
+// names the last three backends that owned *it*, and most changes do not move
 // a given entry, so a connection through a run of deploys still finds the
 // backend it started on (a backend change moves about 1/N of the entries).
 inline constexpr size_t kMaxRetiredSets = 8;

@@ -200,7 +200,7 @@
  * inner IP packet right after the UDP header), as before hops existed. A
  * re-encapsulated packet's outer source is the address the previous hop
  * received it on; its outer TTL / hop limit starts again at 64. */
-#define SLUICE_GUE_MAX_HOPS 3u /* the chosen backend and two previous owners */
+#define SLUICE_GUE_MAX_HOPS 4u /* the chosen backend and three previous owners */
 #define SLUICE_GUE_HOPS_MAGIC 0x534cu
 #define SLUICE_GUE_HOPS_VERSION 1u
 #define SLUICE_GUE_HEADER_LEN 4u
@@ -287,7 +287,7 @@ struct sluice_config {
 	__u64 vip_addr_protos[SLUICE_MAX_VIPS][4];
 	struct sluice_backend backends[SLUICE_MAX_BACKENDS];
 	__u16 maglev_pool[SLUICE_MAGLEV_POOL_SLOTS]; /* values: backend slot */
-	/* Second chance, in step with maglev_pool (same index): the last two
+	/* Second chance, in step with maglev_pool (same index): the last three
 	 * distinct backends that owned the entry before, in the backend sets
 	 * sluiced still keeps for the VIP (its recent changes, within the
 	 * retention), most recent first, never the current owner,

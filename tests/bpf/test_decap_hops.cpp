@@ -345,7 +345,7 @@ TEST_CASE("Second chance: a hop list that does not parse is left to the kernel u
     HopListSpec bad_hlen{two};
     bad_hlen.hlen = static_cast<int>(SLUICE_GUE_HOPS_WORDS(SLUICE_FAMILY_V4, 2)) + 1;
     HopListSpec one{{DecapLab::kLocal4}};
-    HopListSpec four{{DecapLab::kLocal4, DecapLab::kHopTx4, DecapLab::kHopTx4, DecapLab::kHopTx4}};
+    HopListSpec five{{DecapLab::kLocal4, DecapLab::kHopTx4, DecapLab::kHopTx4, DecapLab::kHopTx4, DecapLab::kHopTx4}};
     HopListSpec next_past{two};
     next_past.next = 2;
     HopListSpec v6_hops{{DecapLab::kLocal6, DecapLab::kHopTx6}};  // in an IPv4 outer header
@@ -360,7 +360,7 @@ TEST_CASE("Second chance: a hop list that does not parse is left to the kernel u
     std::vector<Case> cases = {
         {"hlen one word too long", gue0_frame(o, inner, bad_hlen)},
         {"count 1", gue0_frame(o, inner, one)},
-        {"count 4", gue0_frame(o, inner, four)},
+        {"count 5 (more than SLUICE_GUE_MAX_HOPS)", gue0_frame(o, inner, five)},
         {"next >= count", gue0_frame(o, inner, next_past)},
         {"IPv6 hops in IPv4", gue0_frame(o, inner, v6_hops)},
         {"family 5", gue0_frame(o, inner, bad_family)},

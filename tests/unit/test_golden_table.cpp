@@ -459,13 +459,13 @@ void refusal_rows(std::vector<Row>& rows) {
         Pkt big6{kClient6, "2001:db8:1::4", 6, 40039, 80};
         big6.data.assign(1500 - 40 - 20, 'b');
         // A GUE VIP has second chance on: the MTU leaves room for outer
-        // IPv6 (40) + UDP (8) + GUE header (4) + a hop list of three IPv6
-        // addresses (8 + 3 * 16), shm_abi.h "GUE hop list".
-        rows.push_back(answer("1500-byte IPv6 TCP to GUE VIP (outer IPv6 + UDP + a full hop list) -> ICMPv6 packet too big, MTU 1392, from the VIP",
+        // IPv6 (40) + UDP (8) + GUE header (4) + a hop list of four IPv6
+        // addresses (8 + 4 * 16), shm_abi.h "GUE hop list".
+        rows.push_back(answer("1500-byte IPv6 TCP to GUE VIP (outer IPv6 + UDP + a full hop list) -> ICMPv6 packet too big, MTU 1376, from the VIP",
                               from_client().then(l3(big6)).bytes(),
                               to_client()
                                   .ipv6("2001:db8:1::4", kClient6)
-                                  .icmp(2, 0, 1500 - 40 - 8 - 4 - (8 + 3 * 16))
+                                  .icmp(2, 0, 1500 - 40 - 8 - 4 - (8 + 4 * 16))
                                   .payload(head(l3(big6), 1280 - 48))
                                   .bytes()));
         rows.back().also_counted = DropReason::kTooBig;

@@ -30,6 +30,7 @@
 
 #include "sluice/common.hpp"
 #include "sluice/flow.hpp"
+#include "sluice/shm_abi.h"
 
 namespace sluice {
 
@@ -50,7 +51,7 @@ struct ConnEntry {
         // taken when the entry was made. They stay with the flow for its
         // life, not only for the history's retention: a flow that arrived
         // here mid-connection keeps reaching the backend that holds it.
-        uint16_t later_hops[3];
+        uint16_t later_hops[SLUICE_GUE_MAX_HOPS - 1];
     };
     uint32_t uid;         // backend uid (to-backend entries) or VIP uid (NAT replies)
 };

@@ -40,7 +40,7 @@ inline constexpr uint16_t kMaxBurst = 32;
 // Second chance: the backend slots besides the chosen one that may hold a
 // flow (its Maglev entry's previous owners, shm_abi.h maglev_prev).
 struct LaterHops {
-    uint16_t slot[SLUICE_GUE_MAX_HOPS - 1] = {SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY};
+    uint16_t slot[SLUICE_GUE_MAX_HOPS - 1] = {SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY};
 };
 
 // The later hops of a GUE packet to `be`: backends still configured (a slot
