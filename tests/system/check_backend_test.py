@@ -146,10 +146,10 @@ def test_backends():
             by.setdefault(c["vip"], {})[c["name"]] = c
         # Inner packets the dataplane sends at MTU 1500: minus the outer
         # header(s), and on a second-chance VIP minus room for a full hop list
-        # (GUE header and 3 addresses: 24 bytes over IPv4, 60 over IPv6).
+        # (GUE header, list head and 4 addresses: 28 bytes over IPv4, 76 over IPv6).
         sc_on = {v["vip"]: v.get("second_chance", False) for v in lab.ctl("vip", "list", as_json=True)}
         print(f"    second chance on: {sc_on}")
-        for vip, inner in ((IPIP4, 1480), (GUE4, 1472 - (24 if sc_on[GUE4] else 0))):
+        for vip, inner in ((IPIP4, 1480), (GUE4, 1472 - (4 + 8 + 4 * 4 if sc_on[GUE4] else 0))):
             expect(by[vip], "decap", True)
             expect(by[vip], "vip_on_loopback", True, "SYN-ACK")
             rp = expect(by[vip], "reverse_path", True, LB_CLIENT4)
@@ -171,7 +171,7 @@ def test_backends():
         expect(got, "vip_on_loopback", True, "SYN-ACK")
         expect(got, "reverse_path", True, LB_CLIENT6)
         expect(got, "mtu", True, "1500-byte tunnel packets",
-               f"inner packets of up to {1452 - (60 if sc_on[GUE6] else 0)} bytes")  # 1500 - 40 - 8
+               f"inner packets of up to {1452 - (4 + 8 + 4 * 16 if sc_on[GUE6] else 0)} bytes")  # 1500 - 40 - 8
         expect(got, "second_chance", DECAP_HAS_SECOND_CHANCE)
         # Exit 0 when every check of a VIP passes, none skipped.
         whole = [(BE1, IPIP4), (BE1, DSR4), (BE1, NAT4)]
