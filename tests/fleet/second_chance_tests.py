@@ -84,7 +84,7 @@ STALL_S = 5.0  # fleet_client.py: an answer this overdue breaks the connection
 MIN_CARRY = 0.10  # a node "carries" connections when it takes more than this share of their packets
 
 OPTIONS = {"short": False, "mode": "both", "fresh": True, "prime": True}
-MAX_CHANGES = 2  # backend changes second chance covers (the hop list's previous owners)
+MAX_CHANGES = 3  # previous owners per entry the hop list names (a change moves only some entries)
 SHORT = ["a", "d"]
 FULL = ["a", "b", "c", "d", "e", "all"]
 
