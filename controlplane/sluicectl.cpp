@@ -582,7 +582,7 @@ int main(int argc, char** argv) {
                                    "GUE second chance: the previous backend sets this node's packets name");
     scc->require_subcommand(1);
     auto* sc_show = scc->add_subcommand(
-        "show", "Each GUE VIP's retired backend sets (at most 2, none older than the retention)");
+        "show", "Each GUE VIP's retired backend sets (the last 8 changes at most, none older than the retention)");
     json_flag(sc_show);
     sc_show->callback([&] { req.cmd = "second_chance.show"; });
     std::string history_path;

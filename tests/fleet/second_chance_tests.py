@@ -41,15 +41,16 @@ usage: second_chance_tests.py [--short] [--same] [--mode=on|off|both] [--no-prim
   connections for each scenario; --short: scenarios a and d only; --mode: one
   of the two runs only; --same: the same connections through every scenario;
   --no-prime: the backends do not learn each other's MACs first (see
-  prime_neighbours: today every forward then fails, hops_no_route).
+  prime_neighbours: without them a forward to an unresolved neighbour goes through the
+  kernel, hops_via_kernel, which needs forwarding on there; see tests/fleet/README.md).
 
-Second chance names a connection's previous backends for the last two
-backend changes (README, "What breaks a connection"); a connection that
-lived through more, and then is rehashed to a node without its entry, may
+Second chance names the last three previous owners of a connection's
+Maglev entry (README, "What breaks a connection"); a connection whose
+entry had more, and then is rehashed to a node without its entry, may
 break by design. So by default each scenario opens new connections (they
 live through at most its two changes) and none may break; with --same the
 connections live through all nine changes, and only those broken after at
-most two changes fail the test (the others are counted as "beyond two").
+most MAX_CHANGES changes fail the test (the others are counted as beyond).
   TEST: second_chance (the only one)."""
 import json
 import os
