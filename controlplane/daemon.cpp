@@ -378,8 +378,7 @@ nlohmann::json Daemon::vip_json(const Vip& v) const {
                         {"backends", backends}};
     if (v.mode == SLUICE_MODE_GUE) {
         j["gue_port"] = v.gue_port;
-        j["second_chance"] = v.second_chance;
-        j["retired_sets"] = v.history.size();
+        j["second_chance"] = v.second_chance;  // its history is state: second-chance show
     }
     if (!v.allow.empty()) j["allow"] = allow_list_json(v.allow);
     j["min_healthy"] = v.announce.min_healthy;
