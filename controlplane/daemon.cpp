@@ -205,8 +205,16 @@ int64_t Daemon::second_chance_retention_ms() const {
 }
 
 void Daemon::expire_second_chance() {
+    // Once a second: look before copying the model (and its cached tables).
+    // A commit already pruned everything but age, so only age can change.
+    const int64_t now = realtime_ms(), retention = second_chance_retention_ms();
+    const bool due = std::any_of(model_.vips().begin(), model_.vips().end(), [&](const auto& kv) {
+        return std::any_of(kv.second.history.begin(), kv.second.history.end(),
+                           [&](const RetiredSet& r) { return r.retired_ms + retention <= now; });
+    });
+    if (!due) return;
     Model next = model_;
-    if (!next.roll_history(model_, realtime_ms(), second_chance_retention_ms())) return;
+    if (!next.roll_history(model_, now, retention)) return;
     try {
         commit(std::move(next));
     } catch (const std::exception& e) {
