@@ -33,9 +33,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (p.has_l4 && (p.proto == sluice::net::kProtoTcp || p.proto == sluice::net::kProtoUdp)) {
         static const uint8_t kAddr[16] = {198, 18, 0, 11};
         if (p.family == 4)
-            sluice::detail::rewrite_addr_port<4>(pkt.data(), p, sluice::net::kIpv4OffDst, kAddr, 2, 8080);
+            sluice::nat::rewrite_addr_port<4>(pkt.data(), p, sluice::net::kIpv4OffDst, kAddr, 2, 8080);
         else
-            sluice::detail::rewrite_addr_port<6>(pkt.data(), p, sluice::net::kIpv6OffDst, kAddr, 2, 8080);
+            sluice::nat::rewrite_addr_port<6>(pkt.data(), p, sluice::net::kIpv6OffDst, kAddr, 2, 8080);
     }
     return 0;
 }

@@ -31,10 +31,9 @@
 #include "sluice/common.hpp"
 #include "sluice/flow.hpp"
 #include "sluice/shm_abi.h"
+#include "sluice/tcp_state.hpp"
 
 namespace sluice {
-
-enum class TcpState : uint8_t { kNone = 0, kSynSent, kEstablished, kClosing };
 
 struct ConnEntry {
     FlowKey key;
@@ -66,14 +65,6 @@ struct alignas(64) ConnBucket {
     ConnEntry entries[kConnWays];
 };
 static_assert(sizeof(ConnBucket) == 64 * kConnWays, "64 bytes per flow");
-
-struct ConnTimeouts {
-    uint32_t tcp_syn_ms = 30'000;
-    uint32_t tcp_established_ms = 300'000;
-    uint32_t tcp_closing_ms = 10'000;
-    uint32_t udp_ms = 60'000;
-    uint32_t other_ms = 60'000;
-};
 
 inline constexpr uint32_t kSigEstablished = 1u;
 

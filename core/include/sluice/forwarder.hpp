@@ -10,6 +10,10 @@
 #include "sluice/drop_reason.hpp"
 #include "sluice/encap.hpp"
 #include "sluice/flow.hpp"
+#include "sluice/nat.hpp"
+#include "sluice/second_chance.hpp"
+#include "sluice/steering.hpp"
+#include "sluice/tcp_state.hpp"
 #include "sluice/net/checksum.hpp"
 #include "sluice/net/icmp.hpp"
 #include "sluice/net/parser.hpp"
@@ -23,45 +27,12 @@ namespace sluice {
 // kHandoff: the packet belongs to another worker (see Steering).
 enum class Action : uint8_t { kDrop, kToBackend, kToClient, kHandoff };
 
-// Several workers: RSS keeps each direction of a 5-tuple on one queue, but
-// not a NAT flow's two directions (different tuples) nor a datagram's
-// fragments (no ports after the first). Those packets belong to the worker
-// picked by the client's address, which all of them carry; any other worker
-// hands them over (kToOwner) and the owner processes them as arrived
-// (kArrived, RX already counted). One worker: kSingle, no check at all.
-enum class Steering : uint8_t { kSingle, kToOwner, kArrived };
-
 // The most packets process_burst decides in one pass (its scratch space);
 // a longer burst is split into passes of this many.
 inline constexpr uint16_t kMaxBurst = 32;
 
 // One packet: the forwarder may move `data` back into the headroom
 // (encapsulation, ICMP errors) and change `len`.
-// Second chance: the backend slots besides the chosen one that may hold a
-// flow (its Maglev entry's previous owners, shm_abi.h maglev_prev).
-struct LaterHops {
-    uint16_t slot[SLUICE_GUE_MAX_HOPS - 1] = {SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY};
-};
-
-// The later hops of a GUE packet to `be`: backends still configured (a slot
-// freed since has uid 0), of the outer family (the hop list has one), on
-// another host than `be`. A slot reused by a new backend since the entry was
-// made names that backend instead: it has no socket for the flow and passes
-// the packet on or, as the last hop, answers as it would without hops.
-SLUICE_ALWAYS_INLINE void collect_later_hops(const sluice_config& cfg, const sluice_backend& be,
-                                             const LaterHops& hops, EncapTarget& t) {
-    // Filled in order: no first previous owner, none at all (the common
-    // case, every flow whose entry did not move).
-    if (SLUICE_LIKELY(hops.slot[0] == SLUICE_MAGLEV_EMPTY)) return;
-    for (uint16_t slot : hops.slot) {
-        if (slot == SLUICE_MAGLEV_EMPTY || slot >= SLUICE_MAX_BACKENDS) continue;
-        const sluice_backend& o = cfg.backends[slot];
-        if (o.uid == 0 || o.family != be.family || std::memcmp(o.addr, be.addr, sizeof o.addr) == 0)
-            continue;
-        t.later_hops[t.later_hop_count++] = o.addr;
-    }
-}
-
 struct PacketBuf {
     uint8_t* data;
     uint16_t len;
@@ -150,7 +121,7 @@ private:
     void keep_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                               const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
                               uint32_t timeout_ms, const ConnHandle& fwd);
-    uint32_t timeout_for(uint8_t proto, TcpState st) const;
+    uint32_t timeout_for(uint8_t proto, TcpState st) const { return sluice::timeout_for(opt_.timeouts, proto, st); }
     uint16_t owner(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s) const;
 
     SLUICE_ALWAYS_INLINE void count(Counter c, uint64_t v = 1) {
@@ -180,150 +151,6 @@ private:
     ForwarderOptions opt_;
     TokenBucket icmp_tokens_;  // refilled once per pass
 };
-
-namespace detail {
-
-SLUICE_ALWAYS_INLINE TcpState initial_tcp_state(uint8_t flags) {
-    if (flags & (net::kTcpFin | net::kTcpRst)) return TcpState::kClosing;
-    if ((flags & (net::kTcpSyn | net::kTcpAck)) == net::kTcpSyn) return TcpState::kSynSent;
-    return TcpState::kEstablished;  // mid-flow: an ECMP change or a dataplane restart
-}
-
-SLUICE_ALWAYS_INLINE TcpState next_tcp_state(TcpState st, uint8_t flags) {
-    if (flags & (net::kTcpFin | net::kTcpRst)) return TcpState::kClosing;
-    if (st == TcpState::kSynSent && (flags & (net::kTcpSyn | net::kTcpAck)) == net::kTcpAck)
-        return TcpState::kEstablished;
-    return st;
-}
-
-SLUICE_ALWAYS_INLINE uint8_t* l4_checksum_field(uint8_t* pkt, const net::ParsedPacket& p) {
-    return pkt + p.l4_offset +
-           (p.proto == net::kProtoTcp ? net::kTcpOffChecksum : net::kUdpOffChecksum);
-}
-
-// Rewrites one address (and, for TCP/UDP with an L4 header in this packet,
-// the port next to it) and fixes the IPv4 header and TCP/UDP checksums
-// incrementally (RFC 1624). `addr_off`/`port_off` select source or
-// destination.
-template <unsigned kFamily>
-SLUICE_ALWAYS_INLINE void rewrite_addr_port(uint8_t* pkt, const net::ParsedPacket& p,
-                                            unsigned addr_off, const uint8_t* new_addr,
-                                            unsigned port_off, uint16_t new_port) {
-    constexpr unsigned kAddrLen = kFamily == 4 ? 4 : 16;
-    uint8_t* addr = pkt + p.l3_offset + addr_off;
-    uint8_t* port = pkt + p.l4_offset + port_off;
-    uint8_t port_bytes[2];
-    store_be16(port_bytes, new_port);
-    const bool has_l4_csum = p.has_l4 && (p.proto == net::kProtoTcp || p.proto == net::kProtoUdp);
-    if (has_l4_csum) {
-        uint8_t* csum = l4_checksum_field(pkt, p);
-        if (p.proto == net::kProtoUdp) {
-            net::udp_csum_replace(csum, addr, new_addr, kAddrLen, kFamily == 4);
-            net::udp_csum_replace(csum, port, port_bytes, 2, kFamily == 4);
-        } else {
-            net::csum_replace(csum, addr, new_addr, kAddrLen);
-            net::csum_replace(csum, port, port_bytes, 2);
-        }
-        std::memcpy(port, port_bytes, 2);
-    } else if (kFamily == 6 && p.has_l4 && p.proto == net::kProtoIcmpv6) {
-        // The ICMPv6 checksum covers the pseudo-header addresses.
-        net::csum_replace(pkt + p.l4_offset + 2, addr, new_addr, kAddrLen);
-    }
-    if constexpr (kFamily == 4)
-        net::csum_replace(pkt + p.l3_offset + net::kIpv4OffChecksum, addr, new_addr, 4);
-    std::memcpy(addr, new_addr, kAddrLen);
-}
-
-SLUICE_ALWAYS_INLINE void set_macs(uint8_t* pkt, const uint8_t* dst, const uint8_t* src) {
-    std::memcpy(pkt, dst, 6);
-    std::memcpy(pkt + 6, src, 6);
-}
-
-// NAT of an ICMP error towards a backend: the quoted packet (VIP:port ->
-// client) becomes backend:port -> client, with the quoted IPv4 header
-// checksum and the ICMP checksum kept valid; the backend's kernel matches the
-// error to its socket by the quoted header.
-SLUICE_ALWAYS_INLINE void nat_translate_quote(uint8_t* pkt, const net::ParsedPacket& p,
-                                              const net::QuotedPacket& q, const sluice_backend& be) {
-    const unsigned alen = p.family == 4 ? 4 : 16;
-    uint8_t* icmp_csum = pkt + p.l4_offset + 2;
-    uint8_t* qsrc = pkt + q.l3_offset + (p.family == 4 ? net::kIpv4OffSrc : net::kIpv6OffSrc);
-    uint8_t port[2];
-    store_be16(port, be.port);
-    // A backend of an every-port VIP (port 0) serves the port the client
-    // used, which the quote already carries.
-    const bool new_port = q.has_ports && be.port != 0;
-    // The quoted transport checksum covers the quoted addresses and ports
-    // too: kept right when the quote holds it (Linux's NAT does the same,
-    // nf_nat_proto.c), so the quote is the head of what the backend sent.
-    const uint32_t qcsum_off = q.proto == net::kProtoUdp ? net::kUdpOffChecksum
-                               : q.proto == net::kProtoTcp ? net::kTcpOffChecksum
-                                                           : 0;
-    if (q.has_ports && qcsum_off && q.l4_offset + qcsum_off + 2u <= p.l3_end) {
-        uint8_t* qcs = pkt + q.l4_offset + qcsum_off;
-        const uint8_t before[2] = {qcs[0], qcs[1]};
-        if (q.proto == net::kProtoUdp) {
-            net::udp_csum_replace(qcs, qsrc, be.addr, alen, p.family == 4);
-            if (new_port) net::udp_csum_replace(qcs, pkt + q.l4_offset, port, 2, p.family == 4);
-        } else {
-            net::csum_replace(qcs, qsrc, be.addr, alen);
-            if (new_port) net::csum_replace(qcs, pkt + q.l4_offset, port, 2);
-        }
-        net::csum_replace(icmp_csum, before, qcs, 2);
-    }
-    if (p.family == 4) {
-        uint8_t* qcsum = pkt + q.l3_offset + net::kIpv4OffChecksum;
-        const uint8_t before[2] = {qcsum[0], qcsum[1]};
-        net::csum_replace(qcsum, qsrc, be.addr, 4);
-        net::csum_replace(icmp_csum, before, qcsum, 2);
-    }
-    net::csum_replace(icmp_csum, qsrc, be.addr, alen);
-    std::memcpy(qsrc, be.addr, alen);
-    if (new_port) {
-        net::csum_replace(icmp_csum, pkt + q.l4_offset, port, 2);
-        std::memcpy(pkt + q.l4_offset, port, 2);
-    }
-}
-
-// The key of a NAT flow's replies (backend:port -> client:port) from its
-// forward key (client:port -> VIP:port).
-SLUICE_ALWAYS_INLINE FlowKey nat_reply_key(const FlowKey& fwd, const sluice_backend& be) {
-    FlowKey rk{};
-    std::memcpy(rk.src, be.addr, sizeof rk.src);
-    std::memcpy(rk.dst, fwd.src, sizeof rk.dst);
-    const bool ports = fwd.proto == net::kProtoTcp || fwd.proto == net::kProtoUdp;
-    rk.src_port = ports ? (be.port ? be.port : fwd.dst_port) : 0;
-    rk.dst_port = ports ? fwd.src_port : 0;
-    rk.proto = fwd.proto;
-    rk.family = fwd.family;
-    rk.direction = FlowDirection::kNatReply;
-    return rk;
-}
-
-// A NAT reply (or a fragment of one) leaves from the VIP. The source port
-// becomes the VIP's; an every-port VIP (port 0) answers from the port the
-// client used, which its backend answered from too, so the port stays. A
-// later fragment has no port to change (has_l4 is false).
-SLUICE_ALWAYS_INLINE void nat_rewrite_reply(uint8_t* pkt, const net::ParsedPacket& p, const sluice_vip& vip) {
-    const uint16_t port = vip.port != SLUICE_PORT_ANY ? vip.port : p.l4.src_port;
-    if (p.family == 4)
-        rewrite_addr_port<4>(pkt, p, net::kIpv4OffSrc, vip.addr, 0, port);
-    else
-        rewrite_addr_port<6>(pkt, p, net::kIpv6OffSrc, vip.addr, 0, port);
-}
-
-}  // namespace detail
-
-inline uint32_t Forwarder::timeout_for(uint8_t proto, TcpState st) const {
-    switch (proto) {
-    case net::kProtoTcp:
-        return st == TcpState::kEstablished ? opt_.timeouts.tcp_established_ms
-               : st == TcpState::kSynSent   ? opt_.timeouts.tcp_syn_ms
-                                            : opt_.timeouts.tcp_closing_ms;
-    case net::kProtoUdp: return opt_.timeouts.udp_ms;
-    default: return opt_.timeouts.other_ms;
-    }
-}
 
 SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const PacketBuf& b,
                                               Scratch& s) const {
@@ -435,7 +262,7 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
                                            const Scratch& s, const sluice_backend& be,
                                            uint16_t backend_slot, uint32_t now_ms,
                                            uint32_t timeout_ms, bool embryonic, const ConnHandle& fwd) {
-    const FlowKey rk = detail::nat_reply_key(s.key, be);
+    const FlowKey rk = nat::reply_key(s.key, be);
     const uint64_t rhash = flow_hash(rk, cfg.hash_seed);
     ConnHandle rh = table_.lookup(rhash, rk, now_ms);
     if (!rh) rh = claim(rk, rhash, now_ms, embryonic);
@@ -481,7 +308,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::keep_nat_reply_entry(const sluice_config& c
                       fe.tcp_state != TcpState::kClosing))
         return;
     const uint32_t slack = timeout_ms / 4;
-    const FlowKey rk = detail::nat_reply_key(s.key, be);
+    const FlowKey rk = nat::reply_key(s.key, be);
     if (const ConnHandle rh = table_.at(link.loc, rk, now_ms); SLUICE_LIKELY(rh)) {
         rh.extend_expiry(now_ms, timeout_ms + slack);
         set_reply_link(fe, {link.loc, reply_tick(now_ms + timeout_ms + slack)});
@@ -517,16 +344,16 @@ SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg,
     const net::ParsedPacket& p = s.parsed;
     switch (vip.mode) {
     case SLUICE_MODE_NAT: {
-        if (s.kind == Kind::kIcmpError) detail::nat_translate_quote(b.data, p, s.quoted, be);
+        if (s.kind == Kind::kIcmpError) nat::translate_quote(b.data, p, s.quoted, be);
         const uint16_t port = be.port ? be.port : p.l4.dst_port;  // 0: an every-port VIP
         if (p.family == 4)
-            detail::rewrite_addr_port<4>(b.data, p, net::kIpv4OffDst, be.addr, 2, port);
+            nat::rewrite_addr_port<4>(b.data, p, net::kIpv4OffDst, be.addr, 2, port);
         else
-            detail::rewrite_addr_port<6>(b.data, p, net::kIpv6OffDst, be.addr, 2, port);
+            nat::rewrite_addr_port<6>(b.data, p, net::kIpv6OffDst, be.addr, 2, port);
     }
         [[fallthrough]];
     case SLUICE_MODE_DSR:
-        detail::set_macs(b.data, be.mac, opt_.backend_port_mac);
+        net::set_macs(b.data, be.mac, opt_.backend_port_mac);
         return Action::kToBackend;
     default: {
         const bool gue = vip.mode == SLUICE_MODE_GUE;
@@ -593,7 +420,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             count(Counter::kConnBackendGone);
             reselect = true;
         } else if (SLUICE_UNLIKELY(e.tcp_state == TcpState::kClosing &&
-                                   detail::initial_tcp_state(tcp_flags) == TcpState::kSynSent)) {
+                                   initial_tcp_state(tcp_flags) == TcpState::kSynSent)) {
             reselect = true;  // a new connection reusing a closing 5-tuple
         }
     }
@@ -610,7 +437,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
         }
         if (vip.flags & SLUICE_VIP_SECOND_CHANCE)
             std::memcpy(hops.slot, cfg.maglev_prev[entry], sizeof hops.slot);
-        const TcpState state = tcp ? detail::initial_tcp_state(tcp_flags) : TcpState::kNone;
+        const TcpState state = tcp ? initial_tcp_state(tcp_flags) : TcpState::kNone;
         if (!h) h = claim(s.key, s.hash, now_ms, state == TcpState::kSynSent);
         count(Counter::kNewFlows);
         counter_add(stats_.backend_new_flows[backend_slot], 1);
@@ -633,7 +460,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     } else {
         ConnEntry& e = h.entry();
         if (tcp) {
-            e.tcp_state = detail::next_tcp_state(e.tcp_state, tcp_flags);
+            e.tcp_state = next_tcp_state(e.tcp_state, tcp_flags);
             h.set_established(e.tcp_state == TcpState::kEstablished);
         }
         backend_slot = e.backend_slot;
@@ -646,7 +473,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     if (vip.mode == SLUICE_MODE_NAT) {
         if (reselect)
             add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout,
-                                tcp && detail::initial_tcp_state(tcp_flags) == TcpState::kSynSent, h);
+                                tcp && initial_tcp_state(tcp_flags) == TcpState::kSynSent, h);
         else
             keep_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout, h);
     }
@@ -671,7 +498,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, Packe
         return Action::kDrop;
     }
     if (p.proto == net::kProtoTcp) {
-        e.tcp_state = detail::next_tcp_state(e.tcp_state, p.l4.tcp_flags);
+        e.tcp_state = next_tcp_state(e.tcp_state, p.l4.tcp_flags);
         h.set_established(e.tcp_state != TcpState::kClosing);
     }
     // Pushed out, never back, unless the flow closes: the forward direction
@@ -687,8 +514,8 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, Packe
         s.vip_slot = e.vip_slot;
         remember_fragments(cfg, b.data, s, e.backend_slot, vip.uid, true, now_ms, e.peer_mac);
     }
-    detail::nat_rewrite_reply(b.data, p, vip);
-    detail::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
+    nat::rewrite_reply(b.data, p, vip);
+    net::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
     count(Counter::kToClient);
     return Action::kToClient;
 }
@@ -738,8 +565,8 @@ inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, 
             s.drop = DropReason::kVipGone;
             return Action::kDrop;
         }
-        detail::nat_rewrite_reply(b.data, p, vip);
-        detail::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
+        nat::rewrite_reply(b.data, p, vip);
+        net::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
         count(Counter::kFragmentsForwarded);
         count(Counter::kToClient);
         return Action::kToClient;
@@ -783,9 +610,7 @@ SLUICE_ALWAYS_INLINE uint16_t Forwarder::owner(const sluice_config& cfg, const u
     }
     default: return opt_.worker;
     }
-    uint32_t h = 0;
-    for (unsigned i = 0; i < p.addr_len(); i += 4) h = (h ^ load_be32(client + i)) * 0x9e3779b1u;
-    return static_cast<uint16_t>((static_cast<uint64_t>(h) * opt_.workers) >> 32);
+    return owner_worker(client, p.addr_len(), opt_.workers);
 }
 
 template <Steering kSteering>

@@ -37,6 +37,12 @@ SLUICE_ALWAYS_INLINE DropReason parse_ethernet(const uint8_t* pkt, uint32_t len,
     return DropReason::kNone;
 }
 
+// Both MACs of a frame being sent on.
+SLUICE_ALWAYS_INLINE void set_macs(uint8_t* pkt, const uint8_t* dst, const uint8_t* src) {
+    std::memcpy(pkt, dst, 6);
+    std::memcpy(pkt + 6, src, 6);
+}
+
 SLUICE_ALWAYS_INLINE uint8_t* eth_dst(uint8_t* pkt) { return pkt; }
 SLUICE_ALWAYS_INLINE uint8_t* eth_src(uint8_t* pkt) { return pkt + 6; }
 
