@@ -110,20 +110,29 @@ struct ConnHandle {
     unsigned way = 0;
     bool evicted = false;  // insert reused a live way
 
-    explicit operator bool() const { return bucket != nullptr; }
-    ConnEntry& entry() const { return bucket->entries[way]; }
-    void set_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
+    SLUICE_ALWAYS_INLINE explicit operator bool() const { return bucket != nullptr; }
+    SLUICE_ALWAYS_INLINE ConnEntry& entry() const { return bucket->entries[way]; }
+    SLUICE_ALWAYS_INLINE void set_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
         bucket->expires[way] = now_ms + timeout_ms;
     }
     // Moves the expiry to now + timeout unless it is already later.
-    void extend_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
+    SLUICE_ALWAYS_INLINE void extend_expiry(uint32_t now_ms, uint32_t timeout_ms) const {
         const uint32_t until = now_ms + timeout_ms;
         if (static_cast<int32_t>(until - bucket->expires[way]) > 0) bucket->expires[way] = until;
     }
     // Established entries are protected from eviction by embryonic ones.
-    void set_established(bool on) const {
-        bucket->sig[way] = on ? bucket->sig[way] | kSigEstablished : bucket->sig[way] & ~kSigEstablished;
+    SLUICE_ALWAYS_INLINE void set_established(bool on) const {
+        bucket->sig[way] = (bucket->sig[way] & ~kSigEstablished) | static_cast<uint32_t>(on);
     }
+};
+
+// A key's two candidate buckets and its signature, derived from its hash
+// once per packet and then used by every stage of the burst (prefetch,
+// entry prefetch, lookup, insert) instead of being derived again in each.
+struct ConnProbe {
+    ConnBucket* b1;
+    ConnBucket* b2;
+    uint32_t sig;
 };
 
 class ConnTable {
@@ -149,10 +158,15 @@ public:
                     visit_entry(buckets_[b].entries[w]);
     }
 
-    SLUICE_ALWAYS_INLINE void prefetch(uint64_t hash) const {
-        prefetch_read(primary(hash));
-        prefetch_read(secondary(hash));
+    SLUICE_ALWAYS_INLINE ConnProbe probe(uint64_t hash) const {
+        return {primary(hash), secondary(hash), signature(hash)};
     }
+
+    SLUICE_ALWAYS_INLINE void prefetch(const ConnProbe& p) const {
+        prefetch_read(p.b1);
+        prefetch_read(p.b2);
+    }
+    SLUICE_ALWAYS_INLINE void prefetch(uint64_t hash) const { prefetch(probe(hash)); }
 
     // The second stage of a burst's prefetch, once prefetch() has brought the
     // signature lines in: the entry a lookup will compare (the live way whose
@@ -161,28 +175,44 @@ public:
     // a single-stage prefetch leaves to the packet loop. Absent keys get
     // nothing: prefetching the way an insert would take measured slower (the
     // extra misses crowd the fill buffers the burst's other lines need).
-    SLUICE_ALWAYS_INLINE void prefetch_entry(uint64_t hash, uint32_t now_ms) const {
-        const uint32_t sig = signature(hash);
-        const ConnBucket* b = primary(hash);
+    // Returns that way as a hint for lookup_hinted (empty when no live way
+    // matches), so the packet loop does not search the buckets again.
+    SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms) const {
+        const uint32_t sig = p.sig;
+        ConnBucket* b = p.b1;
         unsigned ways = match_mask(b, sig) & live_mask(b, now_ms);
         if (!ways) {
-            const ConnBucket* b2 = secondary(hash);
+            ConnBucket* b2 = p.b2;
             ways = match_mask(b2, sig) & live_mask(b2, now_ms);
-            if (!ways) return;
+            if (!ways) return {};
             b = b2;
         }
-        const ConnEntry* e = &b->entries[__builtin_ctz(ways)];
+        const unsigned way = static_cast<unsigned>(__builtin_ctz(ways));
+        const ConnEntry* e = &b->entries[way];
         prefetch_write(e);
         prefetch_write(reinterpret_cast<const uint8_t*>(e) + sizeof(ConnEntry) - 1);
+        return ConnHandle{b, way, false};
     }
 
-    SLUICE_ALWAYS_INLINE ConnHandle lookup(uint64_t hash, const FlowKey& key,
-                                           uint32_t now_ms) const {
-        const uint32_t sig = signature(hash);
-        ConnBucket* b1 = primary(hash);
-        if (ConnHandle h = find_in(b1, sig, key, now_ms)) return h;
-        ConnBucket* b2 = secondary(hash);
-        return b2 != b1 ? find_in(b2, sig, key, now_ms) : ConnHandle{};
+    // lookup(), starting from the way prefetch_entry found for the same
+    // hash at the same now_ms. Between the two, earlier packets of the burst
+    // may have evicted that way or inserted the key (a flow's first packets
+    // arriving together), so the hint is only taken when the way still holds
+    // the key live, and a miss (or no hint) falls back to the full lookup.
+    SLUICE_ALWAYS_INLINE ConnHandle lookup_hinted(ConnHandle hint, const ConnProbe& p, const FlowKey& key,
+                                                  uint32_t now_ms) const {
+        if (SLUICE_LIKELY(static_cast<bool>(hint)) && hint.bucket->sig[hint.way] != 0 &&
+            !expired(hint.bucket->expires[hint.way], now_ms) && hint.entry().key == key)
+            return hint;
+        return lookup(p, key, now_ms);
+    }
+
+    SLUICE_ALWAYS_INLINE ConnHandle lookup(const ConnProbe& p, const FlowKey& key, uint32_t now_ms) const {
+        if (ConnHandle h = find_in(p.b1, p.sig, key, now_ms)) return h;
+        return p.b2 != p.b1 ? find_in(p.b2, p.sig, key, now_ms) : ConnHandle{};
+    }
+    SLUICE_ALWAYS_INLINE ConnHandle lookup(uint64_t hash, const FlowKey& key, uint32_t now_ms) const {
+        return lookup(probe(hash), key, now_ms);
     }
 
     // Claims a way for `key` (the caller has checked it is absent): a free or
@@ -193,7 +223,11 @@ public:
     // result is then empty when both buckets hold only established ones.
     SLUICE_ALWAYS_INLINE ConnHandle insert(uint64_t hash, const FlowKey& key, uint32_t now_ms,
                                            bool embryonic = false) {
-        ConnBucket* const candidates[2] = {primary(hash), secondary(hash)};
+        return insert(probe(hash), key, now_ms, embryonic);
+    }
+    SLUICE_ALWAYS_INLINE ConnHandle insert(const ConnProbe& p, const FlowKey& key, uint32_t now_ms,
+                                           bool embryonic = false) {
+        ConnBucket* const candidates[2] = {p.b1, p.b2};
         const unsigned live[2] = {live_mask(candidates[0], now_ms), live_mask(candidates[1], now_ms)};
         const unsigned free_ways[2] = {static_cast<unsigned>(__builtin_popcount(~live[0] & kAllWays)),
                                        static_cast<unsigned>(__builtin_popcount(~live[1] & kAllWays))};
@@ -225,7 +259,7 @@ public:
             if (victim_left == INT32_MAX) return {};
             evicted = true;
         }
-        victim_bucket->sig[victim] = signature(hash) | (embryonic ? 0 : kSigEstablished);
+        victim_bucket->sig[victim] = p.sig | (embryonic ? 0 : kSigEstablished);
         victim_bucket->entries[victim] = ConnEntry{};
         victim_bucket->entries[victim].key = key;
         return ConnHandle{victim_bucket, victim, evicted};

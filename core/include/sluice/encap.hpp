@@ -126,14 +126,19 @@ SLUICE_ALWAYS_INLINE void write_gue_hops(uint8_t* at, const EncapTarget& t, uint
 // the old Ethernet header and the headroom). The caller has checked the MTU.
 // VLAN tags (802.1Q / 802.1ad, between the MACs and the EtherType) stay: the
 // frame leaves on the port, and so in the VLAN, it came in on.
+// Specialised per outer family and GUE or not (the caller knows both from
+// the VIP's mode and the backend), so that no branch on them runs per
+// packet; t.outer_family and t.gue must equal kOuterFamily and kGue.
+template <uint8_t kOuterFamily, bool kGue>
 SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len, uint16_t headroom,
                                             uint16_t l3, uint16_t l3_end, uint8_t inner_family,
                                             const EncapTarget& t, const sluice_config& cfg,
                                             uint64_t hash) {
+    static_assert(kOuterFamily == 4 || kOuterFamily == 6);
     uint8_t* inner = frame + l3;
     const uint16_t inner_len = static_cast<uint16_t>(l3_end - l3);
-    const uint16_t hops_len = t.gue ? gue_hops_overhead(t.outer_family, t.later_hop_count) : 0;
-    const uint16_t overhead = static_cast<uint16_t>(encap_overhead(t.outer_family, t.gue) + hops_len);
+    const uint16_t hops_len = kGue ? gue_hops_overhead(kOuterFamily, t.later_hop_count) : 0;
+    const uint16_t overhead = static_cast<uint16_t>(encap_overhead(kOuterFamily, kGue) + hops_len);
     uint8_t* outer = inner - overhead;
     uint8_t* eth = outer - l3;  // the same L2 header length: MACs, tags, EtherType
     if (SLUICE_UNLIKELY(eth < frame - headroom)) return DropReason::kNoHeadroom;
@@ -145,10 +150,10 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     std::memcpy(&tags, frame + 12, sizeof tags);
     std::memcpy(eth + 12, &tags, sizeof tags);
     const uint8_t inner_proto = inner_family == 4 ? kProtoIpip : kProtoIpv6InIp;
-    const uint8_t next = t.gue ? net::kProtoUdp : inner_proto;
+    const uint8_t next = kGue ? net::kProtoUdp : inner_proto;
     const uint8_t tos = inner_family == 4 ? inner[1]
                                           : static_cast<uint8_t>((load_be16(inner) >> 4) & 0xff);
-    if (t.outer_family == 4) {
+    if constexpr (kOuterFamily == 4) {
         const uint16_t ver_tos = static_cast<uint16_t>(0x4500u | tos);
         const auto total_len = static_cast<uint16_t>(overhead + inner_len);
         const uint16_t frag = inner_family == 6 || (inner[6] & 0x40u) ? 0x4000 : 0;  // DF
@@ -171,15 +176,15 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
         prefix_with_hash6(outer + net::kIpv6OffSrc, cfg.tunnel_src6, cfg.tunnel_src6_len, hash);
         std::memcpy(outer + net::kIpv6OffDst, t.dst, 16);
     }
-    if (t.gue) {
-        uint8_t* udp = outer + (t.outer_family == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen);
+    if constexpr (kGue) {
+        uint8_t* udp = outer + (kOuterFamily == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen);
         const uint16_t udp_len = static_cast<uint16_t>(net::kUdpHeaderLen + hops_len + inner_len);
         if (hops_len) write_gue_hops(udp + net::kUdpHeaderLen, t, inner_family);
         store_be16(udp, static_cast<uint16_t>(kGueSourcePortBase | ((hash >> 32) & 0x3fff)));
         store_be16(udp + 2, t.gue_port);
         store_be16(udp + 4, udp_len);
         store_be16(udp + 6, 0);  // RFC 768 allows none over IPv4
-        if (t.outer_family == 6) {
+        if constexpr (kOuterFamily == 6) {
             // RFC 8200 §8.1 requires a checksum over IPv6.
             const uint32_t pseudo = net::pseudo_header_sum6(outer + net::kIpv6OffSrc,
                                                             outer + net::kIpv6OffDst, udp_len,
@@ -190,7 +195,7 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     }
     std::memcpy(eth, t.dst_mac, 6);
     std::memcpy(eth + 6, t.src_mac, 6);
-    store_be16(eth + l3 - 2, t.outer_family == 4 ? net::kEtherTypeIpv4 : net::kEtherTypeIpv6);
+    store_be16(eth + l3 - 2, kOuterFamily == 4 ? net::kEtherTypeIpv4 : net::kEtherTypeIpv6);
     frame = eth;
     frame_len = static_cast<uint16_t>(l3 + overhead + inner_len);
     return DropReason::kNone;

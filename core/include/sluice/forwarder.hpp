@@ -5,6 +5,8 @@
 // never allocates, locks, logs or throws.
 #pragma once
 
+#include <array>
+
 #include "sluice/common.hpp"
 #include "sluice/conn_table.hpp"
 #include "sluice/drop_reason.hpp"
@@ -98,20 +100,61 @@ private:
         net::ParsedPacket parsed;
         FlowKey key;
         uint64_t hash;
+        ConnProbe probe;  // the table's view of hash, derived once
+        ConnHandle hint;  // the live way prefetch_entry found for the key
         int vip_slot;
         Kind kind;
         DropReason drop;
         net::QuotedPacket quoted;
     };
 
-    void classify(const sluice_config& cfg, const PacketBuf& b, Scratch& s) const;
-    Action to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
-    Action nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    // The last VIP a packet of this pass matched. A burst usually carries
+    // many packets to one busy VIP: they compare their key with this one
+    // (three words) instead of hashing and probing the index. Per pass, so
+    // a new configuration never meets a stale slot.
+    struct VipCache {
+        uint64_t addr[2]{};  // the key's address words and tail (vip_index.hpp)
+        uint32_t tail = 0;
+        int slot = -1;
+    };
+
+    SLUICE_ALWAYS_INLINE void classify(const sluice_config& cfg, const PacketBuf& b, Scratch& s, VipCache& cache) const;
+    // A packet to VIP s.vip_slot: its flow key (per the VIP's hash fields),
+    // hash and table probe, with the buckets' prefetch issued.
+    SLUICE_ALWAYS_INLINE void to_vip_key(const sluice_config& cfg, const uint8_t* pkt, Scratch& s) const {
+        const net::ParsedPacket& p = s.parsed;
+        s.kind = Kind::kToVip;
+        s.key = cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG
+                    ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
+                                    static_cast<uint16_t>(p.l4.tag))
+                    : make_flow_key(pkt, p, FlowDirection::kToBackend);
+        s.hash = flow_hash(s.key, cfg.hash_seed);
+        s.probe = table_.probe(s.hash);
+        table_.prefetch(s.probe);
+    }
+    template <uint8_t kMode>
+    SLUICE_ALWAYS_INLINE Action to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    SLUICE_ALWAYS_INLINE Action nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
     Action icmp_error(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
     Action later_fragment(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
-    Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+    template <uint8_t kMode>
+    SLUICE_ALWAYS_INLINE Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                            const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
                            const LaterHops& hops = {});
+    template <uint8_t kOuterFamily, bool kGue>
+    SLUICE_ALWAYS_INLINE Action encapsulate_to(const sluice_config& cfg, PacketBuf& b, Scratch& s, const sluice_vip& vip,
+                          const sluice_backend& be, uint64_t hash, const LaterHops& hops);
+    // The rare paths (ICMP errors, later fragments) pick the mode's
+    // specialisation per packet.
+    Action send_to_backend_any(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                               const sluice_vip& vip, const sluice_backend& be, uint64_t hash) {
+        switch (vip.mode) {
+        case SLUICE_MODE_NAT: return send_to_backend<SLUICE_MODE_NAT>(cfg, b, s, vip, be, hash);
+        case SLUICE_MODE_DSR: return send_to_backend<SLUICE_MODE_DSR>(cfg, b, s, vip, be, hash);
+        case SLUICE_MODE_GUE: return send_to_backend<SLUICE_MODE_GUE>(cfg, b, s, vip, be, hash);
+        default: return send_to_backend<SLUICE_MODE_IPIP>(cfg, b, s, vip, be, hash);
+        }
+    }
     void remember_fragments(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                             uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms,
                             const uint8_t* client_mac = nullptr);
@@ -121,23 +164,60 @@ private:
     void keep_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
                               const sluice_backend& be, uint16_t backend_slot, uint32_t now_ms,
                               uint32_t timeout_ms, const ConnHandle& fwd);
-    uint32_t timeout_for(uint8_t proto, TcpState st) const { return sluice::timeout_for(opt_.timeouts, proto, st); }
+    // TCP's timeouts by state, from timeout_for itself: one load per packet.
+    SLUICE_ALWAYS_INLINE uint32_t timeout_for(uint8_t proto, TcpState st) const {
+        if (SLUICE_LIKELY(proto == net::kProtoTcp)) return tcp_timeout_[static_cast<unsigned>(st) & 3u];
+        return sluice::timeout_for(opt_.timeouts, proto, st);
+    }
     uint16_t owner(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s) const;
 
-    SLUICE_ALWAYS_INLINE void count(Counter c, uint64_t v = 1) {
-        counter_add(stats_.counters[static_cast<size_t>(c)], v);
+    // Counters are summed per pass and written to shared memory once at its
+    // end (flush_counters): a packet adds to a local slot and marks it, as
+    // VPP's nodes count per frame. Readers (sluiced, telemetry) see a
+    // pass's packets at once, never a torn value.
+    SLUICE_ALWAYS_INLINE void count(Counter c, uint32_t v = 1) {
+        const auto i = static_cast<size_t>(c);
+        pending_[i] += v;
+        pending_mask_ |= uint64_t{1} << i;
     }
-    // A fresh entry for an absent key; evicting a live one is counted.
+    // The VIP's counters run per VIP: a burst's packets to one VIP add to
+    // one running pair, written when the VIP changes or the pass ends.
+    // Backends change from packet to packet (Maglev spreads them), so they
+    // are written directly.
     SLUICE_ALWAYS_INLINE void count_vip_backend(int vip_slot, uint16_t backend_slot, uint16_t len) {
-        counter_add(stats_.vip_packets[vip_slot], 1);
-        counter_add(stats_.vip_bytes[vip_slot], len);
+        if (SLUICE_UNLIKELY(vip_slot != vip_run_.slot)) {
+            flush_vip_run();
+            vip_run_.slot = vip_slot;
+        }
+        ++vip_run_.packets;
+        vip_run_.bytes += len;
         counter_add(stats_.backend_packets[backend_slot], 1);
         counter_add(stats_.backend_bytes[backend_slot], len);
+    }
+    SLUICE_ALWAYS_INLINE void flush_vip_run() {
+        if (vip_run_.slot >= 0) {
+            counter_add(stats_.vip_packets[vip_run_.slot], vip_run_.packets);
+            counter_add(stats_.vip_bytes[vip_run_.slot], vip_run_.bytes);
+        }
+        vip_run_ = {};
+    }
+    void flush_counters() {
+        for (uint64_t m = pending_mask_; m; m &= m - 1) {
+            const auto i = static_cast<size_t>(__builtin_ctzll(m));
+            counter_add(stats_.counters[i], pending_[i]);
+            pending_[i] = 0;
+        }
+        pending_mask_ = 0;
+        flush_vip_run();
     }
     // May be empty for an embryonic flow (see ConnTable::insert).
     SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, uint64_t hash, uint32_t now_ms,
                                           bool embryonic = false) {
-        const ConnHandle h = table_.insert(hash, key, now_ms, embryonic);
+        return claim(key, table_.probe(hash), now_ms, embryonic);
+    }
+    SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, const ConnProbe& probe, uint32_t now_ms,
+                                          bool embryonic = false) {
+        const ConnHandle h = table_.insert(probe, key, now_ms, embryonic);
         if (h.evicted) count(Counter::kConnEvictions);
         return h;
     }
@@ -149,19 +229,43 @@ private:
     ConnTable& table_;
     sluice_lcore_stats& stats_;
     ForwarderOptions opt_;
+    const std::array<uint32_t, 4> tcp_timeout_{
+        sluice::timeout_for(opt_.timeouts, net::kProtoTcp, TcpState::kNone),
+        sluice::timeout_for(opt_.timeouts, net::kProtoTcp, TcpState::kSynSent),
+        sluice::timeout_for(opt_.timeouts, net::kProtoTcp, TcpState::kEstablished),
+        sluice::timeout_for(opt_.timeouts, net::kProtoTcp, TcpState::kClosing)};
+    uint32_t pending_[SLUICE_COUNTER_SLOTS]{};  // per pass, see count()
+    uint64_t pending_mask_ = 0;
+    struct VipRun {
+        int slot = -1;
+        uint32_t packets = 0;
+        uint64_t bytes = 0;
+    } vip_run_;
+    // The ports' MACs as the low 48 bits of a little-endian word, compared
+    // with an 8-byte load of a frame's source MAC and the two bytes after it.
+    uint64_t client_mac_word_ = mac_word(opt_.client_port_mac);
+    uint64_t backend_mac_word_ = mac_word(opt_.backend_port_mac);
+    static uint64_t mac_word(const uint8_t* mac) {
+        uint64_t w = 0;
+        std::memcpy(&w, mac, 6);
+        return w;
+    }
     TokenBucket icmp_tokens_;  // refilled once per pass
 };
 
 SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const PacketBuf& b,
-                                              Scratch& s) const {
+                                              Scratch& s, VipCache& cache) const {
     const uint8_t* pkt = b.data;
     net::ParsedPacket& p = s.parsed;
     s.drop = net::parse_packet(pkt, b.len, p);
     if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return;
     // A port that also shows us the node's outgoing frames (AF_PACKET) must
     // not make us forward what we, or the node's kernel, sent.
-    if (SLUICE_UNLIKELY(std::memcmp(pkt + 6, opt_.client_port_mac, 6) == 0 ||
-                        std::memcmp(pkt + 6, opt_.backend_port_mac, 6) == 0)) {
+    // (The parser has checked the 14-byte Ethernet header is there.)
+    uint64_t src_mac;
+    std::memcpy(&src_mac, pkt + 6, 8);
+    src_mac &= 0xffff'ffff'ffffull;
+    if (SLUICE_UNLIKELY(src_mac == client_mac_word_ || src_mac == backend_mac_word_)) {
         s.drop = DropReason::kOwnFrame;
         return;
     }
@@ -171,22 +275,30 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         s.kind = Kind::kLaterFragment;
         s.key = fragment_key(pkt, p);
         s.hash = flow_hash(s.key, cfg.hash_seed);
-        table_.prefetch(s.hash);
+        s.probe = table_.probe(s.hash);
+        table_.prefetch(s.probe);
         return;
     }
-    const auto to_vip_key = [&] {
-        s.kind = Kind::kToVip;
-        s.key = cfg.vips[s.vip_slot].hash_fields == SLUICE_HASH_3TUPLE_TAG
-                    ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
-                                    static_cast<uint16_t>(p.l4.tag))
-                    : make_flow_key(pkt, p, FlowDirection::kToBackend);
-        s.hash = flow_hash(s.key, cfg.hash_seed);
-        table_.prefetch(s.hash);
-    };
     const uint8_t* dst = p.dst_addr(pkt);
-    s.vip_slot = find_vip(cfg, make_vip_key(dst, p.family, p.l4.dst_port, p.proto));
+    uint64_t addr[2] = {0, 0};
+    if (p.family == 4) {
+        uint32_t a;
+        std::memcpy(&a, dst, 4);
+        addr[0] = a;
+    } else {
+        std::memcpy(addr, dst, 16);
+    }
+    const uint32_t tail = vip_key_tail(p.l4.dst_port, p.proto, p.family);
+    if (SLUICE_LIKELY(cache.slot >= 0 &&
+                      ((addr[0] ^ cache.addr[0]) | (addr[1] ^ cache.addr[1]) | (tail ^ cache.tail)) == 0)) {
+        s.vip_slot = cache.slot;
+        to_vip_key(cfg, pkt, s);
+        return;
+    }
+    s.vip_slot = find_vip(cfg, make_vip_key_tail(dst, p.family, tail));
     if (SLUICE_LIKELY(s.vip_slot >= 0)) {
-        to_vip_key();
+        cache = {{addr[0], addr[1]}, tail, s.vip_slot};
+        to_vip_key(cfg, pkt, s);
         return;
     }
     // Not this port's VIP. To a VIP address at all? If not, a NAT reply.
@@ -195,7 +307,8 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         s.kind = Kind::kNatReply;
         s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
         s.hash = flow_hash(s.key, cfg.hash_seed);
-        table_.prefetch(s.hash);
+        s.probe = table_.probe(s.hash);
+        table_.prefetch(s.probe);
         return;
     }
     if (p.proto != (p.family == 4 ? net::kProtoIcmp : net::kProtoIcmpv6) || !p.has_l4) {
@@ -211,7 +324,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
             s.drop = DropReason::kNoVip;  // a port no VIP of this protocol has
             return;
         }
-        to_vip_key();
+        to_vip_key(cfg, pkt, s);
         return;
     }
     // ICMP of the address's family: echo is answered, an error goes to the
@@ -250,7 +363,8 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         k.direction = FlowDirection::kToBackend;
         s.kind = Kind::kIcmpError;
         s.hash = flow_hash(k, cfg.hash_seed);
-        table_.prefetch(s.hash);
+        s.probe = table_.probe(s.hash);
+        table_.prefetch(s.probe);
         return;
     }
     s.drop = DropReason::kIcmpUnmatched;
@@ -335,67 +449,81 @@ inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_
     fh.set_expiry(now_ms, opt_.fragment_timeout_ms);
 }
 
-// Rewrites per the VIP's mode and picks the egress. Tunnel modes may turn the
-// packet into an ICMP error back to the client when it would not fit.
+// Rewrites per the VIP's mode (kMode, the VIP's own: the caller dispatched
+// on it) and picks the egress. Tunnel modes may turn the packet into an ICMP
+// error back to the client when it would not fit.
+template <uint8_t kMode>
 SLUICE_ALWAYS_INLINE Action Forwarder::send_to_backend(const sluice_config& cfg, PacketBuf& b,
                                                        Scratch& s, const sluice_vip& vip,
                                                        const sluice_backend& be, uint64_t hash,
                                                        const LaterHops& hops) {
     const net::ParsedPacket& p = s.parsed;
-    switch (vip.mode) {
-    case SLUICE_MODE_NAT: {
-        if (s.kind == Kind::kIcmpError) nat::translate_quote(b.data, p, s.quoted, be);
-        const uint16_t port = be.port ? be.port : p.l4.dst_port;  // 0: an every-port VIP
-        if (p.family == 4)
-            nat::rewrite_addr_port<4>(b.data, p, net::kIpv4OffDst, be.addr, 2, port);
-        else
-            nat::rewrite_addr_port<6>(b.data, p, net::kIpv6OffDst, be.addr, 2, port);
-    }
-        [[fallthrough]];
-    case SLUICE_MODE_DSR:
+    if constexpr (kMode == SLUICE_MODE_NAT || kMode == SLUICE_MODE_DSR) {
+        if constexpr (kMode == SLUICE_MODE_NAT) {
+            if (SLUICE_UNLIKELY(s.kind == Kind::kIcmpError)) nat::translate_quote(b.data, p, s.quoted, be);
+            const uint16_t port = be.port ? be.port : p.l4.dst_port;  // 0: an every-port VIP
+            if (p.family == 4)
+                nat::rewrite_addr_port<4>(b.data, p, net::kIpv4OffDst, be.addr, 2, port);
+            else
+                nat::rewrite_addr_port<6>(b.data, p, net::kIpv6OffDst, be.addr, 2, port);
+        }
         net::set_macs(b.data, be.mac, opt_.backend_port_mac);
         return Action::kToBackend;
-    default: {
-        const bool gue = vip.mode == SLUICE_MODE_GUE;
-        EncapTarget t{be.addr, be.family, gue, vip.gue_port, be.mac, opt_.backend_port_mac};
-        uint16_t overhead = encap_overhead(be.family, gue);
-        if (gue && (vip.flags & SLUICE_VIP_SECOND_CHANCE)) {
+    } else {
+        constexpr bool kGue = kMode == SLUICE_MODE_GUE;
+        return be.family == 4 ? encapsulate_to<4, kGue>(cfg, b, s, vip, be, hash, hops)
+                              : encapsulate_to<6, kGue>(cfg, b, s, vip, be, hash, hops);
+    }
+}
+
+template <uint8_t kOuterFamily, bool kGue>
+SLUICE_ALWAYS_INLINE Action Forwarder::encapsulate_to(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                                      const sluice_vip& vip, const sluice_backend& be,
+                                                      uint64_t hash, const LaterHops& hops) {
+    const net::ParsedPacket& p = s.parsed;
+    EncapTarget t{be.addr, kOuterFamily, kGue, vip.gue_port, be.mac, opt_.backend_port_mac};
+    uint16_t overhead = encap_overhead(kOuterFamily, kGue);
+    if constexpr (kGue) {
+        if (vip.flags & SLUICE_VIP_SECOND_CHANCE) {
             // The MTU is checked against a full hop list whether or not this
             // packet has one: a flow's packets start carrying hops when a
             // backend change moves its entry, and must not start failing
             // then (a client behind a filter that eats ICMP would hang).
-            overhead = static_cast<uint16_t>(overhead + SLUICE_GUE_HOPS_MAX_OVERHEAD(be.family));
+            overhead = static_cast<uint16_t>(overhead + SLUICE_GUE_HOPS_MAX_OVERHEAD(kOuterFamily));
             collect_later_hops(cfg, be, hops, t);
         }
-        const uint16_t inner_len = static_cast<uint16_t>(p.l3_end - p.l3_offset);
-        if (SLUICE_UNLIKELY(inner_len + overhead > opt_.mtu)) {
-            s.drop = DropReason::kTooBig;
-            // Never answer an ICMP error with another (RFC 1122 §3.2.2).
-            if (s.kind == Kind::kIcmpError) return Action::kDrop;
-            // The packet is too big either way; only the message about it
-            // is rate-limited (counted apart, besides too_big_for_tunnel).
-            if (SLUICE_UNLIKELY(!icmp_tokens_.take())) {
-                counter_add(stats_.drops[static_cast<size_t>(DropReason::kIcmpRateLimited)], 1);
-                return Action::kDrop;
-            }
-            if (!net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
-                                    static_cast<uint32_t>(opt_.mtu - overhead), opt_.client_port_mac))
-                return Action::kDrop;
-            counter_add(stats_.drops[static_cast<size_t>(DropReason::kTooBig)], 1);
-            count(Counter::kIcmpTooBigSent);
-            return Action::kToClient;
+    }
+    const uint16_t inner_len = static_cast<uint16_t>(p.l3_end - p.l3_offset);
+    if (SLUICE_UNLIKELY(inner_len + overhead > opt_.mtu)) {
+        s.drop = DropReason::kTooBig;
+        // Never answer an ICMP error with another (RFC 1122 §3.2.2).
+        if (s.kind == Kind::kIcmpError) return Action::kDrop;
+        // The packet is too big either way; only the message about it
+        // is rate-limited (counted apart, besides too_big_for_tunnel).
+        if (SLUICE_UNLIKELY(!icmp_tokens_.take())) {
+            counter_add(stats_.drops[static_cast<size_t>(DropReason::kIcmpRateLimited)], 1);
+            return Action::kDrop;
         }
-        s.drop = encapsulate(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family, t, cfg, hash);
-        if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return Action::kDrop;
-        count(Counter::kEncapsulated);
+        if (!net::build_too_big(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family,
+                                static_cast<uint32_t>(opt_.mtu - overhead), opt_.client_port_mac))
+            return Action::kDrop;
+        counter_add(stats_.drops[static_cast<size_t>(DropReason::kTooBig)], 1);
+        count(Counter::kIcmpTooBigSent);
+        return Action::kToClient;
+    }
+    s.drop = encapsulate<kOuterFamily, kGue>(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family, t,
+                                             cfg, hash);
+    if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return Action::kDrop;
+    count(Counter::kEncapsulated);
+    if constexpr (kGue)
         if (t.later_hop_count) count(Counter::kGueHopLists);
-        return Action::kToBackend;
-    }
-    }
+    return Action::kToBackend;
 }
 
+template <uint8_t kMode>
 SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                               uint32_t now_ms) {
+    constexpr bool kSecondChance = kMode == SLUICE_MODE_GUE;
     const sluice_vip& vip = cfg.vips[s.vip_slot];
     // The VIP's source allow-list, before any state: on every packet, not
     // only a flow's first, so a narrowed list cuts the flows of sources it no
@@ -408,7 +536,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     const net::ParsedPacket& p = s.parsed;
     const bool tcp = p.proto == net::kProtoTcp;
     const uint8_t tcp_flags = tcp ? p.l4.tcp_flags : 0;
-    ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
+    ConnHandle h = table_.lookup_hinted(s.hint, s.probe, s.key, now_ms);
     bool reselect = !h;
     if (h) {
         const ConnEntry& e = h.entry();
@@ -435,10 +563,10 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             s.drop = DropReason::kNoBackend;
             return Action::kDrop;
         }
-        if (vip.flags & SLUICE_VIP_SECOND_CHANCE)
-            std::memcpy(hops.slot, cfg.maglev_prev[entry], sizeof hops.slot);
+        if constexpr (kSecondChance)
+            if (vip.flags & SLUICE_VIP_SECOND_CHANCE) std::memcpy(hops.slot, cfg.maglev_prev[entry], sizeof hops.slot);
         const TcpState state = tcp ? initial_tcp_state(tcp_flags) : TcpState::kNone;
-        if (!h) h = claim(s.key, s.hash, now_ms, state == TcpState::kSynSent);
+        if (!h) h = claim(s.key, s.probe, now_ms, state == TcpState::kSynSent);
         count(Counter::kNewFlows);
         counter_add(stats_.backend_new_flows[backend_slot], 1);
         if (SLUICE_LIKELY(static_cast<bool>(h))) {
@@ -448,7 +576,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             e.uid = cfg.backends[backend_slot].uid;
             e.tcp_state = state;
             // NAT entries keep their ReplyLink where later_hops would be.
-            if (vip.mode != SLUICE_MODE_NAT) std::memcpy(e.later_hops, hops.slot, sizeof hops.slot);
+            if constexpr (kMode != SLUICE_MODE_NAT) std::memcpy(e.later_hops, hops.slot, sizeof hops.slot);
             h.set_established(!tcp || state == TcpState::kEstablished);
         } else {
             // Both buckets hold only established flows (a SYN flood): the
@@ -464,13 +592,14 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             h.set_established(e.tcp_state == TcpState::kEstablished);
         }
         backend_slot = e.backend_slot;
-        if (vip.flags & SLUICE_VIP_SECOND_CHANCE) std::memcpy(hops.slot, e.later_hops, sizeof hops.slot);
+        if constexpr (kSecondChance)
+            if (vip.flags & SLUICE_VIP_SECOND_CHANCE) std::memcpy(hops.slot, e.later_hops, sizeof hops.slot);
         timeout = timeout_for(p.proto, e.tcp_state);
         count(Counter::kConnHits);
     }
     if (h) h.set_expiry(now_ms, timeout);
     const sluice_backend& be = cfg.backends[backend_slot];
-    if (vip.mode == SLUICE_MODE_NAT) {
+    if constexpr (kMode == SLUICE_MODE_NAT) {
         if (reselect)
             add_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout,
                                 tcp && initial_tcp_state(tcp_flags) == TcpState::kSynSent, h);
@@ -480,13 +609,13 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
         remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
     count_vip_backend(s.vip_slot, backend_slot, b.len);
-    return send_to_backend(cfg, b, s, vip, be, s.hash, hops);
+    return send_to_backend<kMode>(cfg, b, s, vip, be, s.hash, hops);
 }
 
 SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                                  uint32_t now_ms) {
     const net::ParsedPacket& p = s.parsed;
-    ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
+    ConnHandle h = table_.lookup_hinted(s.hint, s.probe, s.key, now_ms);
     if (!h) {
         s.drop = DropReason::kNoVip;
         return Action::kDrop;
@@ -533,7 +662,7 @@ inline Action Forwarder::icmp_error(const sluice_config& cfg, PacketBuf& b, Scra
         return Action::kDrop;
     }
     uint16_t slot;
-    if (ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
+    if (ConnHandle h = table_.lookup_hinted(s.hint, s.probe, s.key, now_ms);
         h && cfg.backends[h.entry().backend_slot].uid == h.entry().uid) {
         slot = h.entry().backend_slot;
     } else {
@@ -545,12 +674,12 @@ inline Action Forwarder::icmp_error(const sluice_config& cfg, PacketBuf& b, Scra
         }
     }
     count(Counter::kIcmpErrorsToBackend);
-    return send_to_backend(cfg, b, s, vip, cfg.backends[slot], s.hash);
+    return send_to_backend_any(cfg, b, s, vip, cfg.backends[slot], s.hash);
 }
 
 inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                         uint32_t now_ms) {
-    ConnHandle h = table_.lookup(s.hash, s.key, now_ms);
+    ConnHandle h = table_.lookup_hinted(s.hint, s.probe, s.key, now_ms);
     if (!h) {
         s.drop = DropReason::kFragmentUnknown;
         return Action::kDrop;
@@ -578,7 +707,7 @@ inline Action Forwarder::later_fragment(const sluice_config& cfg, PacketBuf& b, 
     }
     s.vip_slot = e.vip_slot;
     count_vip_backend(s.vip_slot, e.backend_slot, b.len);
-    const Action a = send_to_backend(cfg, b, s, vip, be, s.hash);
+    const Action a = send_to_backend_any(cfg, b, s, vip, be, s.hash);
     if (a == Action::kToBackend) {
         count(Counter::kFragmentsForwarded);
         count(Counter::kToBackend);
@@ -634,6 +763,7 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
             drops[i] = DropReason::kNotConfigured;
         }
         counter_add(stats_.drops[static_cast<size_t>(DropReason::kNotConfigured)], n);
+        flush_counters();
         return;
     }
     icmp_tokens_.refill(now_ms);
@@ -641,10 +771,14 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
     // signature line, pass 2 the entries those signatures point to, so pass
     // 3 finds both in cache (the batching of DPDK l3fwd and VPP nodes, and
     // rte_hash's staged bulk lookup).
-    for (uint16_t i = 0; i < n; ++i) classify(cfg, pkts[i], scratch[i]);
-    for (uint16_t i = 0; i < n; ++i)
-        if (SLUICE_LIKELY(scratch[i].drop == DropReason::kNone && scratch[i].kind != Kind::kEcho))
-            table_.prefetch_entry(scratch[i].hash, now_ms);
+    VipCache vip_cache;
+    for (uint16_t i = 0; i < n; ++i) classify(cfg, pkts[i], scratch[i], vip_cache);
+    for (uint16_t i = 0; i < n; ++i) {
+        Scratch& s = scratch[i];
+        s.hint = SLUICE_LIKELY(s.drop == DropReason::kNone && s.kind != Kind::kEcho)
+                     ? table_.prefetch_entry(s.probe, now_ms)
+                     : ConnHandle{};
+    }
     for (uint16_t i = 0; i < n; ++i) {
         Scratch& s = scratch[i];
         Action a = Action::kDrop;
@@ -663,7 +797,14 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
         if (SLUICE_LIKELY(s.drop == DropReason::kNone)) {
             switch (s.kind) {
             case Kind::kToVip:
-                a = to_vip(cfg, pkts[i], s, now_ms);
+                // One specialisation per mode: within it no branch asks the
+                // mode again (VPP's lb node per encapsulation).
+                switch (cfg.vips[s.vip_slot].mode) {
+                case SLUICE_MODE_NAT: a = to_vip<SLUICE_MODE_NAT>(cfg, pkts[i], s, now_ms); break;
+                case SLUICE_MODE_DSR: a = to_vip<SLUICE_MODE_DSR>(cfg, pkts[i], s, now_ms); break;
+                case SLUICE_MODE_GUE: a = to_vip<SLUICE_MODE_GUE>(cfg, pkts[i], s, now_ms); break;
+                default: a = to_vip<SLUICE_MODE_IPIP>(cfg, pkts[i], s, now_ms); break;
+                }
                 if (a == Action::kToBackend) count(Counter::kToBackend);
                 break;
             case Kind::kNatReply: a = nat_reply(cfg, pkts[i], s, now_ms); break;
@@ -685,6 +826,7 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
         drops[i] = a == Action::kDrop ? s.drop : DropReason::kNone;
         if (a == Action::kDrop) counter_add(stats_.drops[static_cast<size_t>(s.drop)], 1);
     }
+    flush_counters();
 }
 
 }  // namespace sluice
