@@ -153,11 +153,11 @@ def configure_vip(ctl, vip, mode, pattern):
                        check=True, capture_output=True)
 
 
-def run_sluice(tmp, pcap, scen, seconds):
+def run_sluice(tmp, pcap, scen, seconds, conn_capacity=2 << 20):
     name, mode, _, vip, pattern = scen
     packets = pcap_packets(pcap)
     extra = ["--tcp-syn-timeout-ms", "1"] if name.endswith("-new") else []
-    replay_args = ["--conn-capacity", str(2 << 20), "--client-port", "net_pcap0", "--backend-port", "net_null0",
+    replay_args = ["--conn-capacity", str(conn_capacity), "--client-port", "net_pcap0", "--backend-port", "net_null0",
                    "--mbufs", str(packets + 16384), "--mbuf-size", str(MBUF_SIZE)]
     with sluice_stack(tmp, "b", eal_ports(pcap), replay_args + extra) as ctl:
         def sample():
@@ -485,6 +485,21 @@ def sluice_forwarded(name, r):
     return r
 
 
+def sluice_mix(tmp, pcaps, n, seconds):
+    """sluice-dataplane, IPv4 tunnel, --tcp-syn-timeout-ms 1, on mix-v4-n
+    (bench/gen_pcaps.py --mix: n/2 established flows and n/2 SYNs,
+    alternating) with a table of the power of two >= n ways: the established
+    flows' entries (300 s timeout) stay live and fill it about half, the
+    SYNs' expire within a millisecond, so every pass inserts them again
+    into a half-full table. Half the packets are new flows."""
+    capacity = 1 << max(3, (n - 1).bit_length())
+    r = sluice_forwarded("ipip4-new-mix", run_sluice(tmp, os.path.join(pcaps, f"mix-v4-{n}.pcap"), NEW_FLOW_SCENARIO,
+                                                     seconds, conn_capacity=capacity))
+    r["conn_capacity"] = capacity
+    r["established_fill"] = (n // 2) / capacity
+    return r
+
+
 def replay_new_flows(pcap, flows, capacity=REPLAY_CONN_CAPACITY):
     """New flows per second per lcore from the forwarder alone:
     sluice-forwarder-replay --new-flows (the clock jumps past every timeout
@@ -583,7 +598,10 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds, latency=True, instructio
                     # New flows: SYNs of n flows, the table of 2^21 ways.
                     ("sluice-forwarder-new", "new_flows_mps", lambda: replay_new_flows(syn, n)),
                     ("sluice-ipip4-new", "new_flows_mps",
-                     lambda: sluice_forwarded("ipip4-new", run_sluice(tmp, syn, NEW_FLOW_SCENARIO, seconds)))]
+                     lambda: sluice_forwarded("ipip4-new", run_sluice(tmp, syn, NEW_FLOW_SCENARIO, seconds))),
+                    # The same SYN replay beside established flows that keep
+                    # the table half full of live entries.
+                    ("sluice-ipip4-new-mix", "new_flows_mps", lambda: sluice_mix(tmp, pcaps, n, seconds))]
         metric = {name: key for name, key, _ in systems}
         per_round = []
         for rnd in range(rounds):
@@ -676,6 +694,13 @@ def peer_targets(peers):
             (s.get("sluice-forwarder-new") or {}).get("new_flows_mps"), ">=", NEW_FLOWS_TARGET, "M/s")
         row("new flows per lcore, sluice-dataplane SYN replay (IPv4 tunnel, --tcp-syn-timeout-ms 1)", int(big),
             (s.get("sluice-ipip4-new") or {}).get("new_flows_mps"), ">=", NEW_FLOWS_TARGET, "M/s")
+        mix = [e["results"]["sluice-ipip4-new-mix"] for e in peers["flows"][big]["rounds"]
+               if "sluice-ipip4-new-mix" in e["results"]]
+        if mix:
+            row("new flows per lcore, sluice-dataplane, SYNs alternating with established flows that keep the "
+                "table half full (mix-v4)", int(big), s["sluice-ipip4-new-mix"]["new_flows_mps"], None, None, "M/s",
+                note=f"{spread(r['mpps'] for r in mix)['median']:.2f} Mpps in all, established flows filling "
+                     f"{mix[0]['established_fill']:.2f} of the table")
     lat = peers.get("latency")
     if lat:
         short = lat.get("rounds_offered_short", 0)
@@ -871,8 +896,8 @@ def main():
     try:
         if {"replay", "instructions", "control", "peers"} & set(args.parts):
             wanted = set(args.flows) | (set(args.peer_flows) | {INSTRUCTION_FLOWS} if "peers" in args.parts else set())
-            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, sorted(wanted))], check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, sorted(wanted)),
+                            *(["--mix"] if "peers" in args.parts else [])], check=True, stdout=subprocess.DEVNULL)
         if "replay" in args.parts:
             results["replay"] = []
             for n in args.flows:
