@@ -22,7 +22,13 @@ TCP flows) in interleaved rounds: DPDK l3fwd in exact-match mode on the
 same net_pcap -> net_null ports and core as sluice and testpmd io, and
 Katran's XDP balancer timed with BPF_PROG_TEST_RUN beside sluice's
 forwarder (sluice-forwarder-replay). Medians with min-max, ratios per
-round, load average per round."""
+round, load average per round. The peers part also measures issue 15's
+targets (sluice over l3fwd-em per mode, the IPv6 tunnel over l3fwd-em on
+IPv6 rules, Katran over sluice's forwarder, new flows per second at the
+largest flow count, p99 over memif at half of sluice's saturating rate
+beside testpmd io, callgrind per mode) and ends with a pass/miss targets
+table, in the log and in results.json ("targets");
+`bench/run.py --markdown [--out DIR]` prints it again in Markdown."""
 import argparse
 import contextlib
 import json
