@@ -647,7 +647,8 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds, latency=True, instructio
             e = lat[-1]
             log(f"latency round {rnd + 1}/{rounds}: saturated testpmd io "
                 f"{e['saturated']['testpmd-io']['forwarded_mpps']:.2f} Mpps, sluice IPv4 tunnel "
-                f"{e['saturated']['sluice-ipip4']['forwarded_mpps']:.2f} Mpps; at {e['half_rate_mpps']:.2f} Mpps p50/p99 "
+                f"{e['saturated']['sluice-ipip4']['forwarded_mpps']:.2f} Mpps; at {e['half_rate_mpps']:.2f} Mpps "
+                f"p50/p99 "
                 f"testpmd io {e['p50_us']['testpmd-io']:.1f}/{e['p99_us']['testpmd-io']:.1f} us, sluice "
                 f"{e['p50_us']['sluice-ipip4']:.1f}/{e['p99_us']['sluice-ipip4']:.1f} us, p99 difference "
                 f"{e['p99_diff_us']:+.1f} us  (load {os.getloadavg()[0]:.2f})" +
