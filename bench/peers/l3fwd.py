@@ -31,7 +31,8 @@ and looks up the IPv6 table), with the same every-packet-hit proof.
 
 Standalone it generates the pcaps with bench/gen_pcaps.py (est-v4-N: N
 established TCP flows, 60-byte frames; with --ipv6 est-v6-N, 74-byte
-frames) into a temporary directory and prints one JSON document. Run it under `flock /tmp/sluice-bench.lock`."""
+frames) into a temporary directory and prints one JSON document. Run it
+under `flock /tmp/sluice-bench.lock`."""
 import argparse
 import collections
 import json
