@@ -11,6 +11,11 @@ For each flow count it writes, per destination family:
   syn-v4-<N>.pcap  TCP SYNs from distinct sources (new connections)
   est-v6-<N>.pcap  the same over IPv6: 74-byte frames, the smallest an
                    IPv6 TCP segment can be (78 on the wire)
+With --mix, also:
+  mix-v4-<N>.pcap  N/2 established flows (ACKs) and N/2 new ones (SYNs from
+                   other sources), alternating: a SYN replay into a table
+                   that established flows keep half full (bench/run.py's
+                   peers part)
 VIPs: 198.18.1.1-4 / 2001:db8:1::1-4 port 80, chosen by --vip-index.
 Addresses are from 198.18.0.0/15 and 2001:db8::/32 only."""
 import argparse
@@ -59,6 +64,15 @@ def frame_v6(i, vip, flags):
     return LB_MAC + CLIENT_MAC + b"\x86\xdd" + ip + seg
 
 
+def frames_mix_v4(n, vip):
+    # Flow i < n/2 is established (the est-v4 pcap's flow i); the SYNs come
+    # from flows n/2.. so that no SYN finds an established flow's entry.
+    half = n // 2
+    for i in range(half):
+        yield frame_v4(i, vip, 0x10)
+        yield frame_v4(half + i, vip, 0x02)
+
+
 def write_pcap(path, frames):
     with open(path, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
@@ -72,14 +86,20 @@ def main():
     ap.add_argument("outdir")
     ap.add_argument("--flows", type=int, nargs="+", default=[1000, 100000, 1000000])
     ap.add_argument("--vip-index", type=int, default=1, help="last byte of the VIP address")
+    ap.add_argument("--mix", action="store_true", help="also mix-v4-N: half established flows, half SYNs")
     args = ap.parse_args()
     os.makedirs(args.outdir, exist_ok=True)
     for n in args.flows:
-        for name, fn, flags in (("est-v4", frame_v4, 0x10), ("syn-v4", frame_v4, 0x02), ("est-v6", frame_v6, 0x10)):
+        kinds = [(name, lambda fn=fn, flags=flags: (fn(i, args.vip_index, flags) for i in range(n)))
+                 for name, fn, flags in (("est-v4", frame_v4, 0x10), ("syn-v4", frame_v4, 0x02),
+                                         ("est-v6", frame_v6, 0x10))]
+        if args.mix:
+            kinds.append(("mix-v4", lambda: frames_mix_v4(n, args.vip_index)))
+        for name, frames in kinds:
             path = os.path.join(args.outdir, f"{name}-{n}.pcap")
             if os.path.exists(path):
                 continue
-            write_pcap(path + ".tmp", (fn(i, args.vip_index, flags) for i in range(n)))
+            write_pcap(path + ".tmp", frames())
             os.rename(path + ".tmp", path)
             print(f"wrote {path}")
 

@@ -22,7 +22,13 @@ TCP flows) in interleaved rounds: DPDK l3fwd in exact-match mode on the
 same net_pcap -> net_null ports and core as sluice and testpmd io, and
 Katran's XDP balancer timed with BPF_PROG_TEST_RUN beside sluice's
 forwarder (sluice-forwarder-replay). Medians with min-max, ratios per
-round, load average per round."""
+round, load average per round. The peers part also measures issue 15's
+targets (sluice over l3fwd-em per mode, the IPv6 tunnel over l3fwd-em on
+IPv6 rules, Katran over sluice's forwarder, new flows per second at the
+largest flow count, p99 over memif at half of sluice's saturating rate
+beside testpmd io, callgrind per mode) and ends with a pass/miss targets
+table, in the log and in results.json ("targets");
+`bench/run.py --markdown [--out DIR]` prints it again in Markdown."""
 import argparse
 import contextlib
 import json
@@ -153,11 +159,11 @@ def configure_vip(ctl, vip, mode, pattern):
                        check=True, capture_output=True)
 
 
-def run_sluice(tmp, pcap, scen, seconds):
+def run_sluice(tmp, pcap, scen, seconds, conn_capacity=2 << 20):
     name, mode, _, vip, pattern = scen
     packets = pcap_packets(pcap)
     extra = ["--tcp-syn-timeout-ms", "1"] if name.endswith("-new") else []
-    replay_args = ["--conn-capacity", str(2 << 20), "--client-port", "net_pcap0", "--backend-port", "net_null0",
+    replay_args = ["--conn-capacity", str(conn_capacity), "--client-port", "net_pcap0", "--backend-port", "net_null0",
                    "--mbufs", str(packets + 16384), "--mbuf-size", str(MBUF_SIZE)]
     with sluice_stack(tmp, "b", eal_ports(pcap), replay_args + extra) as ctl:
         def sample():
@@ -425,9 +431,35 @@ def core_bench():
 # system once per round, the order rotated each round) so that a noisy
 # neighbour on this VM moves every system alike; each figure is the median
 # over rounds with its min-max, and every round records the load average.
-# l3fwd-em and Katran see IPv4 TCP: every sluice mode on it.
+# l3fwd-em and Katran see IPv4 TCP: every sluice mode on it; l3fwd-em also
+# runs the IPv6 pcap (IPv6 rules, --ipv6) beside sluice's IPv6 tunnel.
 PEER_SCENARIOS = [s for s in SCENARIOS if s[2] == "est-v4"] + [("gue4", "gue", "est-v4", "198.18.1.1:80/tcp",
                                                                  "198.18.0.{}")]
+PEER_SCENARIOS_V6 = [s for s in SCENARIOS if s[2] == "est-v6"]
+NEW_FLOW_SCENARIO = next(s for s in SCENARIOS if s[0] == "ipip4-new")
+# The connection-table capacity of every replay (run_sluice's, and the one
+# sluice-forwarder-replay --new-flows gets): 1,000,000 flows fill it half.
+REPLAY_CONN_CAPACITY = 2 << 20
+REPLAY = os.path.join(BUILD, "bench", "sluice-forwarder-replay")
+REPLAY_CPU = 1  # the forwarding lcore of every other figure
+
+# Issue 15's targets: (key, what is compared, target). Ratios of sluice's
+# dataplane Mpps over l3fwd-em's on the same pcap, at every peer flow count.
+L3FWD_TARGETS = [("ipip4", "sluice IPv4 tunnel / l3fwd-em, Mpps", 0.8),
+                 ("gue4", "sluice GUE / l3fwd-em, Mpps", 0.8),
+                 ("dsr", "sluice DSR / l3fwd-em, Mpps", 0.8),
+                 ("nat", "sluice NAT / l3fwd-em, Mpps", 0.7),
+                 ("ipip6", "sluice IPv6 tunnel / l3fwd-em IPv6, Mpps", 0.7)]
+KATRAN_TARGET = 2.0        # Katran ns/packet over sluice's: sluice <= 0.5x Katran's
+NEW_FLOWS_TARGET = 10.0    # M new flows/s per lcore at 1,000,000 flows
+LATENCY_TARGET_US = 5.0    # p99(sluice) - p99(testpmd io) at half of sluice's saturating rate
+INSTRUCTIONS_TARGET = 250  # per established IPv4-tunnel packet
+# callgrind per mode (1,000 flows): name, VIP mode, pcap kind.
+INSTRUCTION_MODES = [("ipip4", "ipip", "est-v4", "IPv4 tunnel"), ("gue4", "gue", "est-v4", "GUE"),
+                     ("dsr", "dsr", "est-v4", "DSR"), ("nat", "nat", "est-v4", "NAT"),
+                     ("ipip6", "ipip", "est-v6", "IPv6 tunnel")]
+INSTRUCTION_FLOWS = 1000
+LATENCY_FLOWS = 1000
 
 
 def load_peer(name):
@@ -448,20 +480,134 @@ def spread(values):
     return {"median": v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2, "min": v[0], "max": v[-1], "n": len(v)}
 
 
-def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
+def sluice_forwarded(name, r):
+    """The dataplane's proof that it forwarded: what it received in the
+    window went out (tx over rx; the counters are read together, so the
+    packets between the two differ by at most a burst or two)."""
+    if r["forwarded_share"] < 0.99:
+        raise RuntimeError(f"{name}: sluice-dataplane forwarded {r['forwarded_share']:.4f} of what it received: "
+                           f"{json.dumps(r)}")
+    r["new_flows_mps"] = r["new_flows_per_s"] / 1e6
+    return r
+
+
+def sluice_mix(tmp, pcaps, n, seconds):
+    """sluice-dataplane, IPv4 tunnel, --tcp-syn-timeout-ms 1, on mix-v4-n
+    (bench/gen_pcaps.py --mix: n/2 established flows and n/2 SYNs,
+    alternating) with a table of the power of two >= n ways: the established
+    flows' entries (300 s timeout) stay live and fill it about half, the
+    SYNs' expire within a millisecond, so every pass inserts them again
+    into a half-full table. Half the packets are new flows."""
+    capacity = 1 << max(3, (n - 1).bit_length())
+    r = sluice_forwarded("ipip4-new-mix", run_sluice(tmp, os.path.join(pcaps, f"mix-v4-{n}.pcap"), NEW_FLOW_SCENARIO,
+                                                     seconds, conn_capacity=capacity))
+    r["conn_capacity"] = capacity
+    r["established_fill"] = (n // 2) / capacity
+    return r
+
+
+def replay_new_flows(pcap, flows, capacity=REPLAY_CONN_CAPACITY):
+    """New flows per second per lcore from the forwarder alone:
+    sluice-forwarder-replay --new-flows (the clock jumps past every timeout
+    between passes, so every packet of every pass inserts its flow anew) on
+    a SYN pcap, IPv4 tunnel, pinned to the replay's CPU. With 1,000,000 flows
+    and 2^21 ways the table holds one entry per flow, half of its ways (the
+    previous pass's entries expired by the clock, this pass's live). Fails
+    unless every packet was forwarded (the tool's exit code)."""
+    if not os.access(REPLAY, os.X_OK):
+        raise RuntimeError(f"{REPLAY} is missing: ninja -C {BUILD} bench/sluice-forwarder-replay")
+    passes = max(3, 3_000_000 // flows + 1)  # about 3M timed packets
+    cmd = ["taskset", "-c", str(REPLAY_CPU), REPLAY, pcap, "--mode", "ipip", "--passes", str(passes),
+           "--new-flows", "--conn-capacity", str(capacity)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"sluice-forwarder-replay --new-flows did not forward every packet (exit "
+                           f"{p.returncode}): {p.stdout[-1500:]}{p.stderr[-1500:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    timed = r["packets"] * (r["passes"] - 1)
+    # The first (untimed) pass inserts every flow into the empty table.
+    r["new_flow_share"] = (r["new_flows"] - r["packets"]) / timed
+    r["new_flows_mps"] = r["new_flow_share"] * 1e3 / r["ns_per_packet"]
+    r["conn_capacity"] = capacity
+    r["table_fill"] = r["packets"] / capacity
+    return r
+
+
+def memif_once(tmp, kind, rate, seconds):
+    """One sluice-gen run over memif through `kind` (testpmd or a sluice VIP
+    mode), LATENCY_FLOWS flows; fails when nothing came back."""
+    sock = os.path.join(tmp, "memif.sock")
+    with memif_forwarder(tmp, sock, kind):
+        r = run_gen(tmp, sock, LATENCY_FLOWS, rate, 0, seconds)
+    if not r["received"]:
+        raise RuntimeError(f"memif {kind} at {rate or 'max'} Mpps: nothing came back: {json.dumps(r)}")
+    return r
+
+
+def latency_round(tmp, seconds, rnd):
+    """Issue 15's latency target, one round: testpmd io's and sluice IPv4
+    tunnel's saturating forwarded rate over memif, then each at half of
+    sluice's (the same offered rate for both); p99(sluice) - p99(testpmd).
+    The order of the two forwarders alternates from round to round."""
+    kinds = [("testpmd-io", "testpmd"), ("sluice-ipip4", "ipip")]
+    if rnd % 2:
+        kinds.reverse()
+    sat = {name: memif_once(tmp, kind, 0, seconds) for name, kind in kinds}
+    half = sat["sluice-ipip4"]["forwarded_mpps"] / 2
+    at_half = {name: memif_once(tmp, kind, round(half, 3), seconds) for name, kind in kinds}
+    p99 = {name: r["latency_ns"]["p99"] / 1e3 for name, r in at_half.items()}
+    p50 = {name: r["latency_ns"]["p50"] / 1e3 for name, r in at_half.items()}
+    # sluice-gen shares the machine too: when it could not offer the rate
+    # asked, the comparison is at a lower load than the target says.
+    short = {name: r["offered_mpps"] for name, r in at_half.items() if r["offered_mpps"] < 0.95 * half}
+    return {"round": rnd, "loadavg_before": os.getloadavg()[0], "saturated": sat, "half_rate_mpps": half,
+            "at_half": at_half, "p99_us": p99, "p50_us": p50, "p99_diff_us": p99["sluice-ipip4"] - p99["testpmd-io"],
+            "offered_short": short}
+
+
+def peer_instructions(tmp, pcaps):
+    """callgrind instructions per established packet per mode, 1,000 flows
+    (exact: one run each, no rounds)."""
+    out = {}
+    for name, mode, kind, _ in INSTRUCTION_MODES:
+        ipp = instructions_per_packet(tmp, os.path.join(pcaps, f"{kind}-{INSTRUCTION_FLOWS}.pcap"), mode)
+        if ipp:
+            out[name] = ipp
+            log(f"instructions/packet {name:<6} ({INSTRUCTION_FLOWS} flows, callgrind): "
+                f"{ipp['instructions_per_packet']:.0f}")
+        else:
+            log(f"instructions/packet {name}: not measured (valgrind or {REPLAY_V3} missing)")
+    return out
+
+
+def run_peers(tmp, pcaps, flow_counts, seconds, rounds, latency=True, instructions=True):
     l3fwd, katran = load_peer("l3fwd"), load_peer("katran")
     l3fwd_bin = l3fwd.build(log)
     katran_obj = katran.build(log)
     out = {"rounds": rounds, "seconds": seconds, "l3fwd": l3fwd_bin, "katran": katran_obj, "flows": {}}
     for n in flow_counts:
         pcap = os.path.join(pcaps, f"est-v4-{n}.pcap")
+        pcap6 = os.path.join(pcaps, f"est-v6-{n}.pcap")
+        syn = os.path.join(pcaps, f"syn-v4-{n}.pcap")
         # name, the figure compared, how to measure it once
         systems = [("testpmd-io", "mpps", lambda: run_testpmd(tmp, pcap, "io", seconds)),
                    ("l3fwd-em", "mpps", lambda: l3fwd.run(l3fwd_bin, pcap, tmp, seconds, ports=eal_ports(pcap),
                                                          mbuf_size=MBUF_SIZE))]
-        systems += [(f"sluice-{s[0]}", "mpps", lambda s=s: run_sluice(tmp, pcap, s, seconds)) for s in PEER_SCENARIOS]
+        systems += [(f"sluice-{s[0]}", "mpps", lambda s=s: sluice_forwarded(s[0], run_sluice(tmp, pcap, s, seconds)))
+                    for s in PEER_SCENARIOS]
+        systems += [("l3fwd-em-v6", "mpps", lambda: l3fwd.run(l3fwd_bin, pcap6, tmp, seconds, ports=eal_ports(pcap6),
+                                                             mbuf_size=MBUF_SIZE))]
+        systems += [(f"sluice-{s[0]}", "mpps", lambda s=s: sluice_forwarded(s[0], run_sluice(tmp, pcap6, s, seconds)))
+                    for s in PEER_SCENARIOS_V6]
         systems += [("katran", "ns_per_packet", lambda: katran.run(katran_obj, pcap, n, tmp, log=log)),
-                    ("sluice-forwarder-ipip", "ns_per_packet", lambda: katran.replay_sluice(pcap, n, log=log))]
+                    ("sluice-forwarder-ipip", "ns_per_packet", lambda: katran.replay_sluice(pcap, n, log=log)),
+                    # New flows: SYNs of n flows, the table of 2^21 ways.
+                    ("sluice-forwarder-new", "new_flows_mps", lambda: replay_new_flows(syn, n)),
+                    ("sluice-ipip4-new", "new_flows_mps",
+                     lambda: sluice_forwarded("ipip4-new", run_sluice(tmp, syn, NEW_FLOW_SCENARIO, seconds))),
+                    # The same SYN replay beside established flows that keep
+                    # the table half full of live entries.
+                    ("sluice-ipip4-new-mix", "new_flows_mps", lambda: sluice_mix(tmp, pcaps, n, seconds))]
         metric = {name: key for name, key, _ in systems}
         per_round = []
         for rnd in range(rounds):
@@ -471,16 +617,21 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
             for name, key, fn in order:
                 entry["results"][name] = fn()
                 r = entry["results"][name]
-                figure = f"{r['mpps']:7.2f} Mpps" if key == "mpps" else f"{r['ns_per_packet']:7.1f} ns/packet"
+                figure = {"mpps": lambda: f"{r['mpps']:7.2f} Mpps",
+                          "ns_per_packet": lambda: f"{r['ns_per_packet']:7.1f} ns/packet",
+                          "new_flows_mps": lambda: f"{r['new_flows_mps']:7.2f} M new flows/s"}[key]()
                 log(f"peers {n:>8} flows round {rnd + 1}/{rounds} {name:<22} {figure}  "
                     f"(load {os.getloadavg()[0]:.2f})")
             entry["loadavg_after"] = os.getloadavg()[0]
             res = entry["results"]
-            # Ratios within the round: sluice's Mpps over l3fwd-em's; and
-            # Katran's ns/packet over the forwarder's, so that for both
-            # ratios above 1 means sluice is faster.
+            # Ratios within the round: sluice's Mpps over l3fwd-em's (the
+            # IPv6 tunnel over l3fwd-em on the IPv6 pcap); and Katran's
+            # ns/packet over the forwarder's, so that for both ratios above
+            # 1 means sluice is faster.
             entry["ratios"] = {f"{s[0]}/l3fwd-em": res[f"sluice-{s[0]}"]["mpps"] / res["l3fwd-em"]["mpps"]
                                for s in PEER_SCENARIOS}
+            entry["ratios"].update({f"{s[0]}/l3fwd-em-v6": res[f"sluice-{s[0]}"]["mpps"] / res["l3fwd-em-v6"]["mpps"]
+                                    for s in PEER_SCENARIOS_V6})
             entry["ratios"]["ipip4/katran"] = res["katran"]["ns_per_packet"] / res["sluice-forwarder-ipip"]["ns_per_packet"]
             per_round.append(entry)
         summary = {}
@@ -489,7 +640,118 @@ def run_peers(tmp, pcaps, flow_counts, seconds, rounds):
         ratios = {r: spread(e["ratios"][r] for e in per_round) for r in per_round[0]["ratios"]}
         out["flows"][str(n)] = {"rounds": per_round, "summary": summary, "ratios": ratios,
                                 "loadavg": [e["loadavg_before"] for e in per_round]}
+    if latency:
+        lat = []
+        for rnd in range(rounds):
+            lat.append(latency_round(tmp, seconds, rnd))
+            e = lat[-1]
+            log(f"latency round {rnd + 1}/{rounds}: saturated testpmd io "
+                f"{e['saturated']['testpmd-io']['forwarded_mpps']:.2f} Mpps, sluice IPv4 tunnel "
+                f"{e['saturated']['sluice-ipip4']['forwarded_mpps']:.2f} Mpps; at {e['half_rate_mpps']:.2f} Mpps "
+                f"p50/p99 "
+                f"testpmd io {e['p50_us']['testpmd-io']:.1f}/{e['p99_us']['testpmd-io']:.1f} us, sluice "
+                f"{e['p50_us']['sluice-ipip4']:.1f}/{e['p99_us']['sluice-ipip4']:.1f} us, p99 difference "
+                f"{e['p99_diff_us']:+.1f} us  (load {os.getloadavg()[0]:.2f})" +
+                "".join(f"; {k} offered only {v:.2f} Mpps" for k, v in e["offered_short"].items()))
+        out["latency"] = {"flows": LATENCY_FLOWS, "rounds": lat,
+                          "p99_diff_us": spread(e["p99_diff_us"] for e in lat),
+                          "half_rate_mpps": spread(e["half_rate_mpps"] for e in lat),
+                          "p99_us": {k: spread(e["p99_us"][k] for e in lat) for k in ("testpmd-io", "sluice-ipip4")},
+                          "p50_us": {k: spread(e["p50_us"][k] for e in lat) for k in ("testpmd-io", "sluice-ipip4")},
+                          "rounds_offered_short": sum(1 for e in lat if e["offered_short"]),
+                          "saturated_mpps": {k: spread(e["saturated"][k]["forwarded_mpps"] for e in lat)
+                                             for k in ("testpmd-io", "sluice-ipip4")}}
+    if instructions:
+        out["instructions"] = peer_instructions(tmp, pcaps)
     return out
+
+
+def peer_targets(peers):
+    """Issue 15's targets from results.json's "peers": one row per target
+    and flow count with the median (min-max) over the rounds and pass/miss
+    (the median against the target). Rows without a target ("report") are
+    the per-mode figures the issue asks to list."""
+    rows = []
+
+    def row(what, flows, s, op, limit, unit="", note=None):
+        if not s:
+            status = "not measured"
+        elif op is None:
+            status = "report"
+        else:
+            status = "pass" if (s["median"] >= limit if op == ">=" else s["median"] <= limit) else "miss"
+        rows.append({"target": what, "flows": flows, "op": op, "limit": limit, "unit": unit, "status": status,
+                     **({"note": note} if note else {}),
+                     **({k: s[k] for k in ("median", "min", "max", "n")} if s else {})})
+
+    flows = sorted(peers.get("flows", {}), key=int)
+    for n in flows:
+        ratios = peers["flows"][n]["ratios"]
+        for scen, what, limit in L3FWD_TARGETS:
+            key = f"{scen}/l3fwd-em-v6" if scen == "ipip6" else f"{scen}/l3fwd-em"
+            row(what, int(n), ratios.get(key), ">=", limit, "x")
+        row("Katran ns/packet / sluice forwarder ns/packet (IPv4 tunnel)", int(n), ratios.get("ipip4/katran"), ">=",
+            KATRAN_TARGET, "x")
+    if flows:
+        # The new-flow target is at 1,000,000 flows; with fewer, the largest
+        # flow count run (the row says which).
+        big = flows[-1]
+        s = peers["flows"][big]["summary"]
+        row("new flows per lcore, sluice-forwarder-replay --new-flows (SYN, IPv4 tunnel, 2^21-way table)", int(big),
+            (s.get("sluice-forwarder-new") or {}).get("new_flows_mps"), ">=", NEW_FLOWS_TARGET, "M/s")
+        row("new flows per lcore, sluice-dataplane SYN replay (IPv4 tunnel, --tcp-syn-timeout-ms 1)", int(big),
+            (s.get("sluice-ipip4-new") or {}).get("new_flows_mps"), ">=", NEW_FLOWS_TARGET, "M/s")
+        mix = [e["results"]["sluice-ipip4-new-mix"] for e in peers["flows"][big]["rounds"]
+               if "sluice-ipip4-new-mix" in e["results"]]
+        if mix:
+            row("new flows per lcore, sluice-dataplane, SYNs alternating with established flows that keep the "
+                "table half full (mix-v4)", int(big), s["sluice-ipip4-new-mix"]["new_flows_mps"], None, None, "M/s",
+                note=f"{spread(r['mpps'] for r in mix)['median']:.2f} Mpps in all, established flows filling "
+                     f"{mix[0]['established_fill']:.2f} of the table")
+    lat = peers.get("latency")
+    if lat:
+        short = lat.get("rounds_offered_short", 0)
+        row("p99 round trip, sluice IPv4 tunnel - testpmd io, memif, at half of sluice's saturating rate",
+            lat["flows"], lat["p99_diff_us"], "<=", LATENCY_TARGET_US, "us",
+            note=f"sluice-gen offered under 95% of the rate in {short} of {len(lat['rounds'])} rounds" if short
+            else None)
+        if 2 * short > len(lat["rounds"]) and rows[-1]["status"] in ("pass", "miss"):
+            # A generator that could not keep the rate was descheduled: its
+            # p99 then measures the machine's scheduler, not the forwarders.
+            rows[-1]["status"] = "inconclusive"
+    for name, ipp in (peers.get("instructions") or {}).items():
+        v = ipp["instructions_per_packet"]
+        s = {"median": v, "min": v, "max": v, "n": 1}
+        label = next((m[3] for m in INSTRUCTION_MODES if m[0] == name), name)
+        what = f"instructions per established packet, {label} (callgrind)"
+        if name == "ipip4":
+            row(what, INSTRUCTION_FLOWS, s, "<=", INSTRUCTIONS_TARGET, "")
+        else:
+            row(what, INSTRUCTION_FLOWS, s, None, None, "")
+    return rows
+
+
+def targets_table(rows):
+    """Issue 15's targets table in Markdown (bench/README.md), from
+    peer_targets() or results.json's "targets"."""
+    def num(x, unit):
+        if unit == "x":
+            return f"{x:.3f}"
+        return f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
+    lines = ["| target | flows | median (min-max) | goal | |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        if "median" in r:
+            fig = num(r["median"], r["unit"]) + (f" ({num(r['min'], r['unit'])}-{num(r['max'], r['unit'])})"
+                                                 if r["n"] > 1 else "")
+            fig += f" {r['unit']}" if r["unit"] not in ("", "x") else ""
+        else:
+            fig = "-"
+        goal = f"{'≥' if r['op'] == '>=' else '≤'} {r['limit']:g}" if r["op"] else ""
+        status = {"pass": "**pass**", "miss": "miss"}.get(r["status"], r["status"])
+        if r.get("note"):
+            status += f" ({r['note']})"
+        lines.append(f"| {r['target']} | {r['flows']:,} | {fig} | {goal} | {status} |")
+    return "\n".join(lines)
 
 
 def peer_table(peers):
@@ -498,18 +760,21 @@ def peer_table(peers):
         if not s:
             return "-"
         return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
-    lines = ["| flows | system | Mpps (one lcore) | ns/packet | sluice/peer |", "|---:|---|---:|---:|---:|"]
+    lines = ["| flows | system | Mpps (one lcore) | ns/packet | M new flows/s | sluice/peer |",
+             "|---:|---|---:|---:|---:|---:|"]
     for n, f in peers["flows"].items():
         for name, s in f["summary"].items():
             ratio = ""
-            if name.startswith("sluice-") and name != "sluice-forwarder-ipip":
+            if name in [f"sluice-{sc[0]}" for sc in PEER_SCENARIOS]:
                 ratio = fmt(f["ratios"].get(f"{name[len('sluice-'):]}/l3fwd-em"), 3) + " of l3fwd-em"
+            elif name in [f"sluice-{sc[0]}" for sc in PEER_SCENARIOS_V6]:
+                ratio = fmt(f["ratios"].get(f"{name[len('sluice-'):]}/l3fwd-em-v6"), 3) + " of l3fwd-em-v6"
             elif name == "sluice-forwarder-ipip":
-                ratio = fmt(f["ratios"].get("ipip4/katran"), 3) + " of Katran's speed"
+                ratio = "Katran's ns/packet over this: " + fmt(f["ratios"].get("ipip4/katran"), 3)
             lines.append(f"| {int(n):,} | {name} | {fmt(s.get('mpps'), 2)} | {fmt(s.get('ns_per_packet'), 1)} | "
-                         f"{ratio} |")
+                         f"{fmt(s.get('new_flows_mps'), 2)} | {ratio} |")
         loads = ", ".join(f"{x:.2f}" for x in f["loadavg"])
-        lines.append(f"| {int(n):,} | load average before each round | {loads} | | |")
+        lines.append(f"| {int(n):,} | load average before each round | {loads} | | | |")
     return "\n".join(lines)
 
 
@@ -609,9 +874,22 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                     help="what to run; results of parts not run are kept from the existing results.json")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="peers part without the memif latency rounds (issue 15's latency target)")
+    ap.add_argument("--no-instructions", action="store_true",
+                    help="peers part without callgrind's instructions per packet per mode")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the peer and targets tables of OUT/results.json in Markdown and exit")
     args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
+    if args.markdown:
+        with open(path) as f:
+            done = json.load(f)
+        if "peers" not in done:
+            sys.exit(f"{path} has no peers part")
+        print(peer_table(done["peers"]) + "\n\n" + targets_table(peer_targets(done["peers"])))
+        return
+    os.makedirs(args.out, exist_ok=True)
     results = {}
     if set(args.parts) != set(PARTS) and os.path.exists(path):
         with open(path) as f:
@@ -624,9 +902,9 @@ def main():
     pcaps = os.path.join(tmp, "pcaps")
     try:
         if {"replay", "instructions", "control", "peers"} & set(args.parts):
-            wanted = set(args.flows) | (set(args.peer_flows) if "peers" in args.parts else set())
-            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, sorted(wanted))], check=True,
-                           stdout=subprocess.DEVNULL)
+            wanted = set(args.flows) | (set(args.peer_flows) | {INSTRUCTION_FLOWS} if "peers" in args.parts else set())
+            subprocess.run([sys.executable, GEN_PCAPS, pcaps, "--flows", *map(str, sorted(wanted)),
+                            *(["--mix"] if "peers" in args.parts else [])], check=True, stdout=subprocess.DEVNULL)
         if "replay" in args.parts:
             results["replay"] = []
             for n in args.flows:
@@ -666,8 +944,12 @@ def main():
             results["publish"] = publish_latency(tmp)
             log(f"sluicectl backend add -> dataplane on the new table: median {results['publish']['median_ms']:.1f} ms")
         if "peers" in args.parts:
-            results["peers"] = run_peers(tmp, pcaps, args.peer_flows, args.seconds, args.rounds)
+            results["peers"] = run_peers(tmp, pcaps, args.peer_flows, args.seconds, args.rounds,
+                                         latency=not args.no_latency, instructions=not args.no_instructions)
             log(peer_table(results["peers"]))
+            results["targets"] = peer_targets(results["peers"])
+            log("issue 15 targets (median over the rounds, min-max):")
+            log(targets_table(results["targets"]))
         if "core" in args.parts:
             results["core_bench"] = core_bench()
             log(results["core_bench"])

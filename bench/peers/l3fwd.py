@@ -3,7 +3,7 @@
 benchmark: the same pcap, ports, mbuf pool and core as sluice-dataplane and
 testpmd get in bench/run.py.
 
-  bench/peers/l3fwd.py [--flows 1000 1000000] [--seconds 4] [--core 1]
+  bench/peers/l3fwd.py [--flows 1000 1000000] [--seconds 4] [--core 1] [--ipv6]
                        [--testpmd] [--sanity] [--dpdk-src DIR]
 
 As a module (bench/run.py --parts peers):
@@ -25,9 +25,14 @@ during the whole run and port 1 transmitted what port 0 received in the
 window. --sanity runs the same with every tenth flow's rule left out and
 checks that exactly those packets come back out of port 0.
 
+The rules are the pcap's own flows in its family: an IPv6 pcap (est-v6-N)
+gets one IPv6 rule per flow and l3fwd runs with --ipv6 (its EM then fills
+and looks up the IPv6 table), with the same every-packet-hit proof.
+
 Standalone it generates the pcaps with bench/gen_pcaps.py (est-v4-N: N
-established TCP flows, 60-byte frames) into a temporary directory and prints
-one JSON document. Run it under `flock /tmp/sluice-bench.lock`."""
+established TCP flows, 60-byte frames; with --ipv6 est-v6-N, 74-byte
+frames) into a temporary directory and prints one JSON document. Run it
+under `flock /tmp/sluice-bench.lock`."""
 import argparse
 import collections
 import json
@@ -340,11 +345,11 @@ def run(binary, pcap, tmp, seconds, core=1, ports=None, mbuf_size=MBUF_SIZE, omi
     return result
 
 
-def sanity(binary, pcaps, tmp, seconds, core):
+def sanity(binary, pcaps, tmp, seconds, core, kind="est-v4"):
     """Every tenth flow without a rule: exactly those packets must come
     back out of port 0 and the rest go to port 1, or the check that run()
     makes could not tell a miss from a hit."""
-    r = run(binary, os.path.join(pcaps, "est-v4-1000.pcap"), tmp, seconds, core, omit_every=10,
+    r = run(binary, os.path.join(pcaps, f"{kind}-1000.pcap"), tmp, seconds, core, omit_every=10,
             require_all_matched=False)
     expect = r["omitted_rules"] / r["flows"]
     ok = (r["returned_packets"] > 0 and abs(r["returned_share"] - expect) < 0.002
@@ -360,6 +365,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--core", type=int, default=1)
     ap.add_argument("--dpdk-src", help="DPDK source tree of the installed version (default: apt-get source)")
+    ap.add_argument("--ipv6", action="store_true", help="the IPv6 pcaps (est-v6-N) and IPv6 rules")
     ap.add_argument("--testpmd", action="store_true", help="also run bench/run.py's testpmd io on the same pcap")
     ap.add_argument("--sanity", action="store_true",
                     help="only the check that a flow without a rule shows as a miss (1,000 flows)")
@@ -369,15 +375,16 @@ def main():
     try:
         pcaps = os.path.join(tmp, "pcaps")
         flows = [1000] if args.sanity else args.flows
+        kind = "est-v6" if args.ipv6 else "est-v4"
         subprocess.run(["/usr/bin/python3", GEN_PCAPS, pcaps, "--flows", *map(str, flows)], check=True,
                        stdout=subprocess.DEVNULL)
         if args.sanity:
-            r = sanity(binary, pcaps, tmp, args.seconds, args.core)
+            r = sanity(binary, pcaps, tmp, args.seconds, args.core, kind)
             print(json.dumps({"sanity": r}, indent=1))
             return 0 if r["ok"] else 1
         out = {"binary": binary, "runs": []}
         for n in flows:
-            pcap = os.path.join(pcaps, f"est-v4-{n}.pcap")
+            pcap = os.path.join(pcaps, f"{kind}-{n}.pcap")
             entry = {"flows": n, "l3fwd_em": run(binary, pcap, tmp, args.seconds, args.core)}
             print(f"{n:>8} flows  l3fwd-em: {entry['l3fwd_em']['mpps']:7.2f} Mpps", file=sys.stderr)
             if args.testpmd:
