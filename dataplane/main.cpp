@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <time.h>
@@ -59,13 +60,20 @@ constexpr uint16_t kRxDescriptors = 1024;
 constexpr uint32_t kMaxTimeoutMs = 86'400'000;
 constexpr uint16_t kTxDescriptors = 1024;
 constexpr unsigned kMbufCache = 256;
-// Idle back-off: after this many empty polls, sleep, doubling up to the cap.
-// An idle worker then wakes about 1000 times a second (about 1% of a core
-// here), and the first packet after a quiet spell waits at most ~1 ms; under
-// load the worker never sleeps. On a small machine this leaves the cores to
-// the kernel threads that carry veth traffic.
-constexpr unsigned kIdlePollsBeforeSleep = 256;
+// Idle back-off: after no packet for kIdleSpinUs, sleep, doubling up to the
+// cap. An idle worker then wakes about 1000 times a second (about 1% of a
+// core here), and the first packet after a quiet spell waits at most ~1 ms.
+// The threshold is time, not a count of empty polls: steady traffic above
+// about 20,000 packets a second never meets a sleep. (A count of 256 empty
+// polls, some microseconds, let a forwarder at half its saturating rate over
+// memif sleep between the generator's bursts; its p99 round trip reached
+// 0.5 ms against testpmd's 40 us: bench/README.md, "Latency".) On a small machine the
+// back-off leaves the cores to the kernel threads that carry veth traffic.
+constexpr unsigned kIdleSpinUs = 50;
 constexpr unsigned kMaxIdleSleepUs = 1000;
+// A worker's sleeps are short; the kernel's default timer slack (50 us)
+// would stretch a 1 us sleep fifty-fold. Set per worker thread at start.
+constexpr unsigned long kWorkerTimerSlackNs = 1000;
 // Workers beat once per iteration; the smallest heartbeat timeout sluiced
 // accepts is 20 ms (heartbeat_timeout_ms), which an idle sleep must not eat.
 static_assert(kMaxIdleSleepUs * 10 <= 20'000, "idle back-off too long for the heartbeat timeout");
@@ -381,7 +389,9 @@ int worker_loop(Worker& w) {
     FlowCensus census;
     SlotStatsKeeper slot_stats;
     const uint64_t tsc_per_ms = rte_get_tsc_hz() / 1000;
-    unsigned idle_polls = 0, sleep_us = 1, busy_since_census = 0;
+    const uint64_t idle_spin_tsc = rte_get_tsc_hz() / 1'000'000 * kIdleSpinUs;
+    prctl(PR_SET_TIMERSLACK, kWorkerTimerSlackNs, 0, 0, 0);  // at start, never on the packet path
+    unsigned sleep_us = 1, busy_since_census = 0;
     uint64_t last_rx_tsc = rte_rdtsc();
     auto& busy_polls = st.counters[static_cast<size_t>(Counter::kBusyPolls)];
     auto& idle_counter = st.counters[static_cast<size_t>(Counter::kIdlePolls)];
@@ -409,7 +419,6 @@ int worker_loop(Worker& w) {
             reader.quiescent();
             counter_add(busy_polls, 1);
             counter_add(busy_cycles, rte_rdtsc() - start);
-            idle_polls = 0;
             sleep_us = 1;
             last_rx_tsc = start;
             continue;
@@ -421,7 +430,7 @@ int worker_loop(Worker& w) {
             g_quit = true;
             break;
         }
-        if (++idle_polls >= kIdlePollsBeforeSleep) {
+        if (start - last_rx_tsc >= idle_spin_tsc) {
             rte_delay_us_sleep(sleep_us);
             sleep_us = std::min(sleep_us * 2, kMaxIdleSleepUs);
         }
