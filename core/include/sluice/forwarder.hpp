@@ -110,7 +110,8 @@ private:
 
     // The last VIP a packet of this pass matched. A burst usually carries
     // many packets to one busy VIP: they compare their key with this one
-    // (three words) instead of hashing and probing the index. Per pass, so
+    // (two address words and the port/proto/family word) instead of hashing
+    // and probing the index. Per pass, so
     // a new configuration never meets a stale slot.
     struct VipCache {
         uint64_t addr[2]{};  // the key's address words and tail (vip_index.hpp)
@@ -171,10 +172,12 @@ private:
     }
     uint16_t owner(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s) const;
 
-    // Counters are summed per pass and written to shared memory once at its
-    // end (flush_counters): a packet adds to a local slot and marks it, as
-    // VPP's nodes count per frame. Readers (sluiced, telemetry) see a
-    // pass's packets at once, never a torn value.
+    // The per-lcore counters (and the VIP pair below) are summed per pass
+    // and written to shared memory at its end (flush_counters): a packet
+    // adds to a local slot and marks it, as VPP's nodes count per frame.
+    // Drops and the backend counters are still written per packet, so a
+    // reader may see a pass's drops a moment before its rx_packets; each
+    // value is still written whole, never torn.
     SLUICE_ALWAYS_INLINE void count(Counter c, uint32_t v = 1) {
         const auto i = static_cast<size_t>(c);
         pending_[i] += v;
