@@ -13,14 +13,14 @@
 #include "sluice/encap.hpp"
 #include "sluice/flow.hpp"
 #include "sluice/nat.hpp"
-#include "sluice/second_chance.hpp"
-#include "sluice/steering.hpp"
-#include "sluice/tcp_state.hpp"
 #include "sluice/net/checksum.hpp"
 #include "sluice/net/icmp.hpp"
 #include "sluice/net/parser.hpp"
+#include "sluice/second_chance.hpp"
 #include "sluice/shm.hpp"
 #include "sluice/source_filter.hpp"
+#include "sluice/steering.hpp"
+#include "sluice/tcp_state.hpp"
 #include "sluice/token_bucket.hpp"
 #include "sluice/vip_index.hpp"
 
@@ -111,15 +111,16 @@ private:
     // The last VIP a packet of this pass matched. A burst usually carries
     // many packets to one busy VIP: they compare their key with this one
     // (two address words and the port/proto/family word) instead of hashing
-    // and probing the index. Per pass, so
-    // a new configuration never meets a stale slot.
+    // and probing the index. Per pass, so a new configuration never meets a
+    // stale slot.
     struct VipCache {
         uint64_t addr[2]{};  // the key's address words and tail (vip_index.hpp)
         uint32_t tail = 0;
         int slot = -1;
     };
 
-    SLUICE_ALWAYS_INLINE void classify(const sluice_config& cfg, const PacketBuf& b, Scratch& s, VipCache& cache) const;
+    SLUICE_ALWAYS_INLINE void classify(const sluice_config& cfg, const PacketBuf& b, Scratch& s,
+                                       VipCache& cache) const;
     // A packet to VIP s.vip_slot: its flow key (per the VIP's hash fields),
     // hash and table probe, with the buckets' prefetch issued.
     SLUICE_ALWAYS_INLINE void to_vip_key(const sluice_config& cfg, const uint8_t* pkt, Scratch& s) const {
@@ -135,16 +136,18 @@ private:
     }
     template <uint8_t kMode>
     SLUICE_ALWAYS_INLINE Action to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
-    SLUICE_ALWAYS_INLINE Action nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
+    SLUICE_ALWAYS_INLINE Action nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                          uint32_t now_ms);
     Action icmp_error(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
     Action later_fragment(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
     template <uint8_t kMode>
     SLUICE_ALWAYS_INLINE Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
-                           const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
-                           const LaterHops& hops = {});
+                                                const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
+                                                const LaterHops& hops = {});
     template <uint8_t kOuterFamily, bool kGue>
-    SLUICE_ALWAYS_INLINE Action encapsulate_to(const sluice_config& cfg, PacketBuf& b, Scratch& s, const sluice_vip& vip,
-                          const sluice_backend& be, uint64_t hash, const LaterHops& hops);
+    SLUICE_ALWAYS_INLINE Action encapsulate_to(const sluice_config& cfg, PacketBuf& b, Scratch& s,
+                                               const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
+                                               const LaterHops& hops);
     // The rare paths (ICMP errors, later fragments) pick the mode's
     // specialisation per packet.
     Action send_to_backend_any(const sluice_config& cfg, PacketBuf& b, Scratch& s,
