@@ -87,15 +87,15 @@ SLUICE_ALWAYS_INLINE uint16_t gue_hops_overhead(uint8_t outer_family, unsigned l
                  : uint16_t{0};
 }
 
+// Where an encapsulated packet goes. Its outer family and whether it is GUE
+// are encapsulate's template arguments, not fields: the caller knows both.
 struct EncapTarget {
-    const uint8_t* dst;  // backend address
-    uint8_t outer_family;
-    bool gue;
+    const uint8_t* dst;  // backend address, of the outer family
     uint16_t gue_port;
     const uint8_t* dst_mac;
     const uint8_t* src_mac;
     // GUE second chance: the previous owners of the flow's Maglev entry,
-    // most recent first, addresses of outer_family. With none the packet is
+    // most recent first, addresses of the outer family. With none the packet is
     // GUE variant 1.
     const uint8_t* later_hops[SLUICE_GUE_MAX_HOPS - 1] = {};
     uint8_t later_hop_count = 0;
@@ -104,16 +104,17 @@ struct EncapTarget {
 // GUE variant 0 header and hop list at `at` (draft-ietf-intarea-gue-09 §3.1,
 // private data as in shm_abi.h): the backend's address first, then the
 // later hops; the packet is addressed to hop 0.
+template <uint8_t kOuterFamily>
 SLUICE_ALWAYS_INLINE void write_gue_hops(uint8_t* at, const EncapTarget& t, uint8_t inner_family) {
     const unsigned count = 1u + t.later_hop_count;
-    const unsigned addr_len = t.outer_family == 4 ? 4u : 16u;
-    at[0] = static_cast<uint8_t>(SLUICE_GUE_HOPS_WORDS(t.outer_family, count));  // ver 0, C 0, hlen
+    constexpr unsigned addr_len = kOuterFamily == 4 ? 4u : 16u;
+    at[0] = static_cast<uint8_t>(SLUICE_GUE_HOPS_WORDS(kOuterFamily, count));  // ver 0, C 0, hlen
     at[1] = inner_family == 4 ? SLUICE_GUE_PROTO_IPV4 : SLUICE_GUE_PROTO_IPV6;
     store_be16(at + 2, 0);  // flags: no extension fields
     uint8_t* h = at + SLUICE_GUE_HEADER_LEN;
     store_be16(h, SLUICE_GUE_HOPS_MAGIC);
     h[2] = SLUICE_GUE_HOPS_VERSION;
-    h[3] = t.outer_family;
+    h[3] = kOuterFamily;
     h[4] = static_cast<uint8_t>(count);
     h[5] = 0;  // next: the packet goes to hops[0]
     store_be16(h + 6, 0);
@@ -128,7 +129,7 @@ SLUICE_ALWAYS_INLINE void write_gue_hops(uint8_t* at, const EncapTarget& t, uint
 // frame leaves on the port, and so in the VLAN, it came in on.
 // Specialised per outer family and GUE or not (the caller knows both from
 // the VIP's mode and the backend), so that no branch on them runs per
-// packet; t.outer_family and t.gue must equal kOuterFamily and kGue.
+// packet.
 template <uint8_t kOuterFamily, bool kGue>
 SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len, uint16_t headroom,
                                             uint16_t l3, uint16_t l3_end, uint8_t inner_family,
@@ -179,7 +180,7 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
     if constexpr (kGue) {
         uint8_t* udp = outer + (kOuterFamily == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen);
         const uint16_t udp_len = static_cast<uint16_t>(net::kUdpHeaderLen + hops_len + inner_len);
-        if (hops_len) write_gue_hops(udp + net::kUdpHeaderLen, t, inner_family);
+        if (hops_len) write_gue_hops<kOuterFamily>(udp + net::kUdpHeaderLen, t, inner_family);
         store_be16(udp, static_cast<uint16_t>(kGueSourcePortBase | ((hash >> 32) & 0x3fff)));
         store_be16(udp + 2, t.gue_port);
         store_be16(udp + 4, udp_len);
