@@ -121,8 +121,15 @@ private:
 
     SLUICE_ALWAYS_INLINE void classify(const sluice_config& cfg, const PacketBuf& b, Scratch& s,
                                        VipCache& cache) const;
+    // s.key is set: its hash and table probe, computed once for every later
+    // stage, and the prefetch of its two buckets issued.
+    SLUICE_ALWAYS_INLINE void look_up_soon(const sluice_config& cfg, Scratch& s) const {
+        s.hash = flow_hash(s.key, cfg.hash_seed);
+        s.probe = table_.probe(s.hash);
+        table_.prefetch(s.probe);
+    }
     // A packet to VIP s.vip_slot: its flow key (per the VIP's hash fields),
-    // hash and table probe, with the buckets' prefetch issued.
+    // then look_up_soon.
     SLUICE_ALWAYS_INLINE void to_vip_key(const sluice_config& cfg, const uint8_t* pkt, Scratch& s) const {
         const net::ParsedPacket& p = s.parsed;
         s.kind = Kind::kToVip;
@@ -130,9 +137,7 @@ private:
                     ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
                                     static_cast<uint16_t>(p.l4.tag))
                     : make_flow_key(pkt, p, FlowDirection::kToBackend);
-        s.hash = flow_hash(s.key, cfg.hash_seed);
-        s.probe = table_.probe(s.hash);
-        table_.prefetch(s.probe);
+        look_up_soon(cfg, s);
     }
     template <uint8_t kMode>
     SLUICE_ALWAYS_INLINE Action to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
@@ -280,9 +285,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         // (src, dst, protocol, identification).
         s.kind = Kind::kLaterFragment;
         s.key = fragment_key(pkt, p);
-        s.hash = flow_hash(s.key, cfg.hash_seed);
-        s.probe = table_.probe(s.hash);
-        table_.prefetch(s.probe);
+        look_up_soon(cfg, s);
         return;
     }
     const uint8_t* dst = p.dst_addr(pkt);
@@ -312,9 +315,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
     if (addr_slot < 0) {
         s.kind = Kind::kNatReply;
         s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
-        s.hash = flow_hash(s.key, cfg.hash_seed);
-        s.probe = table_.probe(s.hash);
-        table_.prefetch(s.probe);
+        look_up_soon(cfg, s);
         return;
     }
     if (p.proto != (p.family == 4 ? net::kProtoIcmp : net::kProtoIcmpv6) || !p.has_l4) {
@@ -368,9 +369,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         k.family = p.family;
         k.direction = FlowDirection::kToBackend;
         s.kind = Kind::kIcmpError;
-        s.hash = flow_hash(k, cfg.hash_seed);
-        s.probe = table_.probe(s.hash);
-        table_.prefetch(s.probe);
+        look_up_soon(cfg, s);
         return;
     }
     s.drop = DropReason::kIcmpUnmatched;
@@ -487,7 +486,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::encapsulate_to(const sluice_config& cfg, 
                                                       const sluice_vip& vip, const sluice_backend& be,
                                                       uint64_t hash, const LaterHops& hops) {
     const net::ParsedPacket& p = s.parsed;
-    EncapTarget t{be.addr, kOuterFamily, kGue, vip.gue_port, be.mac, opt_.backend_port_mac};
+    EncapTarget t{be.addr, vip.gue_port, be.mac, opt_.backend_port_mac};
     uint16_t overhead = encap_overhead(kOuterFamily, kGue);
     if constexpr (kGue) {
         if (vip.flags & SLUICE_VIP_SECOND_CHANCE) {
