@@ -210,7 +210,7 @@ void Daemon::expire_second_chance() {
     const int64_t now = realtime_ms(), retention = second_chance_retention_ms();
     const bool due = std::any_of(model_.vips().begin(), model_.vips().end(), [&](const auto& kv) {
         return std::any_of(kv.second.history.begin(), kv.second.history.end(),
-                           [&](const RetiredSet& r) { return r.retired_ms + retention <= now; });
+                           [&](const RetiredSet& r) { return r.expired(now, retention); });
     });
     if (!due) return;
     Model next = model_;

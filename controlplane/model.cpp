@@ -345,7 +345,7 @@ void prune_history(Vip& v, int64_t now_ms, int64_t retention_ms) {
                      [](const RetiredSet& a, const RetiredSet& b) { return a.retired_ms > b.retired_ms; });
     std::vector<RetiredSet> kept;
     for (RetiredSet& r : h) {
-        if (r.retired_ms + retention_ms <= now_ms || r.backends == placed || r.backends.empty()) continue;
+        if (r.expired(now_ms, retention_ms) || r.backends == placed || r.backends.empty()) continue;
         if (std::any_of(kept.begin(), kept.end(), [&](const RetiredSet& k) { return k.backends == r.backends; }))
             continue;  // the same set retired twice: the newer one says it all
         if (kept.size() < kMaxRetiredSets) kept.push_back(std::move(r));

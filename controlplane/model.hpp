@@ -136,6 +136,8 @@ struct RetiredSet {
     // The backends Maglev placed (effective weight > 0), sorted by endpoint.
     std::vector<std::pair<Endpoint, uint32_t>> backends;
     bool operator==(const RetiredSet&) const = default;
+    // Past the retention: its flows have timed out on every node.
+    bool expired(int64_t now_ms, int64_t retention_ms) const { return retired_ms + retention_ms <= now_ms; }
 };
 // Previous owners a packet can name (the hop list's later hops).
 inline constexpr size_t kPreviousOwners = SLUICE_GUE_MAX_HOPS - 1;
