@@ -67,8 +67,9 @@ constexpr unsigned kMbufCache = 256;
 // about 20,000 packets a second never meets a sleep. (A count of 256 empty
 // polls, some microseconds, let a forwarder at half its saturating rate over
 // memif sleep between the generator's bursts; its p99 round trip reached
-// 0.5 ms against testpmd's 40 us: bench/README.md, "Latency".) On a small machine the
-// back-off leaves the cores to the kernel threads that carry veth traffic.
+// 0.5 ms against testpmd's 40 us: bench/README.md, "Latency".) On a small
+// machine the back-off leaves the cores to the kernel threads that carry
+// veth traffic.
 constexpr unsigned kIdleSpinUs = 50;
 constexpr unsigned kMaxIdleSleepUs = 1000;
 // A worker's sleeps are short; the kernel's default timer slack (50 us)
