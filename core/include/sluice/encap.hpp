@@ -47,22 +47,38 @@ SLUICE_ALWAYS_INLINE T high_bits(unsigned len) {
     return len >= kBits ? static_cast<T>(~T{0}) : len == 0 ? T{0} : static_cast<T>(~T{0} << (kBits - len));
 }
 
-// The address `prefix/len` with its host bits taken from `hash`: address byte
-// i carries hash byte i % 8. Built in registers, a word at a time: the
-// outer header's checksum is then summed from values, never read back from
-// bytes just stored (which a load cannot forward from).
-SLUICE_ALWAYS_INLINE uint32_t prefix_with_hash4(const uint8_t* prefix, unsigned len, uint64_t hash) {
-    const uint32_t keep = high_bits<uint32_t>(len);
-    return (load_be32(prefix) & keep) | (__builtin_bswap32(static_cast<uint32_t>(hash)) & ~keep);
-}
+// The node's tunnel source prefixes (sluice_config tunnel_src4/6) as masks:
+// a tunnel packet's outer source is the prefix with its host bits taken from
+// the flow hash, so that the backends' ECMP and RSS spread flows (address
+// byte i carries hash byte i % 8). Derived once per pass, not per packet:
+// the masks depend only on the configuration.
+struct TunnelSource {
+    uint32_t net4 = 0, keep4 = 0;  // host order
+    uint64_t net6[2]{}, keep6[2]{};
 
-SLUICE_ALWAYS_INLINE void prefix_with_hash6(uint8_t* out, const uint8_t* prefix, unsigned len, uint64_t hash) {
-    const uint64_t host = __builtin_bswap64(hash);
-    const uint64_t keep_hi = high_bits<uint64_t>(len);
-    const uint64_t keep_lo = high_bits<uint64_t>(len > 64 ? len - 64 : 0);
-    store_be64(out, (load_be64(prefix) & keep_hi) | (host & ~keep_hi));
-    store_be64(out + 8, (load_be64(prefix + 8) & keep_lo) | (host & ~keep_lo));
-}
+    static TunnelSource of(const sluice_config& cfg) {
+        TunnelSource t;
+        t.keep4 = high_bits<uint32_t>(cfg.tunnel_src4_len);
+        t.net4 = load_be32(cfg.tunnel_src4) & t.keep4;
+        const unsigned len6 = cfg.tunnel_src6_len;
+        t.keep6[0] = high_bits<uint64_t>(len6);
+        t.keep6[1] = high_bits<uint64_t>(len6 > 64 ? len6 - 64 : 0);
+        t.net6[0] = load_be64(cfg.tunnel_src6) & t.keep6[0];
+        t.net6[1] = load_be64(cfg.tunnel_src6 + 8) & t.keep6[1];
+        return t;
+    }
+    // Built in registers, a word at a time: the outer header's checksum is
+    // then summed from values, never read back from bytes just stored (which
+    // a load cannot forward from).
+    SLUICE_ALWAYS_INLINE uint32_t addr4(uint64_t hash) const {
+        return net4 | (__builtin_bswap32(static_cast<uint32_t>(hash)) & ~keep4);
+    }
+    SLUICE_ALWAYS_INLINE void addr6(uint8_t* out, uint64_t hash) const {
+        const uint64_t host = __builtin_bswap64(hash);
+        store_be64(out, net6[0] | (host & ~keep6[0]));
+        store_be64(out + 8, net6[1] | (host & ~keep6[1]));
+    }
+};
 
 // Decrements the inner TTL / hop limit (RFC 2003 §3 / RFC 2473 §3.1).
 SLUICE_ALWAYS_INLINE bool decrement_inner_ttl(uint8_t* ip, uint8_t family) {
@@ -133,7 +149,7 @@ SLUICE_ALWAYS_INLINE void write_gue_hops(uint8_t* at, const EncapTarget& t, uint
 template <uint8_t kOuterFamily, bool kGue>
 SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len, uint16_t headroom,
                                             uint16_t l3, uint16_t l3_end, uint8_t inner_family,
-                                            const EncapTarget& t, const sluice_config& cfg,
+                                            const EncapTarget& t, const TunnelSource& source,
                                             uint64_t hash) {
     static_assert(kOuterFamily == 4 || kOuterFamily == 6);
     uint8_t* inner = frame + l3;
@@ -159,7 +175,7 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
         const auto total_len = static_cast<uint16_t>(overhead + inner_len);
         const uint16_t frag = inner_family == 6 || (inner[6] & 0x40u) ? 0x4000 : 0;  // DF
         const uint16_t ttl_proto = static_cast<uint16_t>(net::kDefaultHopLimit << 8 | next);
-        const uint32_t src = prefix_with_hash4(cfg.tunnel_src4, cfg.tunnel_src4_len, hash);
+        const uint32_t src = source.addr4(hash);
         const uint32_t dst = load_be32(t.dst);
         const uint32_t sum = uint32_t{ver_tos} + total_len + frag + ttl_proto + (src >> 16) + (src & 0xffff) +
                              (dst >> 16) + (dst & 0xffff);
@@ -174,7 +190,7 @@ SLUICE_ALWAYS_INLINE DropReason encapsulate(uint8_t*& frame, uint16_t& frame_len
         store_be16(outer + 4, static_cast<uint16_t>(overhead - net::kIpv6HeaderLen + inner_len));
         outer[6] = next;
         outer[7] = net::kDefaultHopLimit;
-        prefix_with_hash6(outer + net::kIpv6OffSrc, cfg.tunnel_src6, cfg.tunnel_src6_len, hash);
+        source.addr6(outer + net::kIpv6OffSrc, hash);
         std::memcpy(outer + net::kIpv6OffDst, t.dst, 16);
     }
     if constexpr (kGue) {

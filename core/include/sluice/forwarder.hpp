@@ -148,7 +148,7 @@ private:
     template <uint8_t kMode>
     SLUICE_ALWAYS_INLINE Action send_to_backend(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                                 const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
-                                                const LaterHops& hops = {});
+                                                const LaterHops& hops = kNoLaterHops);
     template <uint8_t kOuterFamily, bool kGue>
     SLUICE_ALWAYS_INLINE Action encapsulate_to(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                                const sluice_vip& vip, const sluice_backend& be, uint64_t hash,
@@ -262,6 +262,11 @@ private:
         return w;
     }
     TokenBucket icmp_tokens_;  // refilled once per pass
+    TunnelSource tunnel_src_;  // derived from the configuration once per pass
+    // A pass's per-packet state. A member, built once, not a local: as a
+    // local its members' initialisers ran for every slot of every pass.
+    // classify overwrites what later stages read.
+    Scratch scratch_[kMaxBurst];
 };
 
 SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const PacketBuf& b,
@@ -517,7 +522,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::encapsulate_to(const sluice_config& cfg, 
         return Action::kToClient;
     }
     s.drop = encapsulate<kOuterFamily, kGue>(b.data, b.len, b.headroom, p.l3_offset, p.l3_end, p.family, t,
-                                             cfg, hash);
+                                             tunnel_src_, hash);
     if (SLUICE_UNLIKELY(s.drop != DropReason::kNone)) return Action::kDrop;
     count(Counter::kEncapsulated);
     if constexpr (kGue)
@@ -559,7 +564,9 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     }
     uint16_t backend_slot;
     uint32_t timeout = 0;
-    LaterHops hops;
+    // Only GUE fills hops; the other modes use kNoLaterHops, so that no
+    // packet of theirs pays for initialising a copy.
+    [[maybe_unused]] LaterHops hops;
     if (reselect) {
         const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, cfg.hash_seed);
         const uint32_t entry = vip.table_offset + static_cast<uint32_t>(mh % vip.table_size);
@@ -581,7 +588,8 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             e.uid = cfg.backends[backend_slot].uid;
             e.tcp_state = state;
             // NAT entries keep their ReplyLink where later_hops would be.
-            if constexpr (kMode != SLUICE_MODE_NAT) std::memcpy(e.later_hops, hops.slot, sizeof hops.slot);
+            if constexpr (kMode != SLUICE_MODE_NAT)
+                std::memcpy(e.later_hops, (kSecondChance ? hops : kNoLaterHops).slot, sizeof hops.slot);
             h.set_established(!tcp || state == TcpState::kEstablished);
         } else {
             // Both buckets hold only established flows (a SYN flood): the
@@ -614,7 +622,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
         remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
     count_vip_backend(s.vip_slot, backend_slot, b.len);
-    return send_to_backend<kMode>(cfg, b, s, vip, be, s.hash, hops);
+    return send_to_backend<kMode>(cfg, b, s, vip, be, s.hash, kSecondChance ? hops : kNoLaterHops);
 }
 
 SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, PacketBuf& b, Scratch& s,
@@ -752,7 +760,7 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
                                     uint32_t now_ms, Action* actions, DropReason* drops,
                                     uint16_t* owners) {
     const uint16_t n = size.get();
-    Scratch scratch[kMaxBurst];
+    Scratch* const scratch = scratch_;
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) {
         prefetch_write(pkts[i].data);
@@ -772,6 +780,7 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
         return;
     }
     icmp_tokens_.refill(now_ms);
+    tunnel_src_ = TunnelSource::of(cfg);
     // Pass 1 parses and hashes the whole burst and prefetches every bucket's
     // signature line, pass 2 the entries those signatures point to, so pass
     // 3 finds both in cache (the batching of DPDK l3fwd and VPP nodes, and

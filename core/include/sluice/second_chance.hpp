@@ -13,6 +13,7 @@ namespace sluice {
 struct LaterHops {
     uint16_t slot[SLUICE_GUE_MAX_HOPS - 1] = {SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY, SLUICE_MAGLEV_EMPTY};
 };
+inline constexpr LaterHops kNoLaterHops{};
 
 // The later hops of a GUE packet to `be`: backends still configured (a slot
 // freed since has uid 0), of the outer family (the hop list has one), on
