@@ -8,6 +8,9 @@
 #include <cstring>
 
 #define SLUICE_ALWAYS_INLINE inline __attribute__((always_inline))
+// The same for a lambda, after its parameter list (GCC otherwise may leave a
+// lambda passed to an inline template out of line).
+#define SLUICE_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 #define SLUICE_LIKELY(x) __builtin_expect(!!(x), 1)
 #define SLUICE_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

@@ -157,11 +157,19 @@ private:
     // specialisation per packet.
     Action send_to_backend_any(const sluice_config& cfg, PacketBuf& b, Scratch& s,
                                const sluice_vip& vip, const sluice_backend& be, uint64_t hash) {
-        switch (vip.mode) {
-        case SLUICE_MODE_NAT: return send_to_backend<SLUICE_MODE_NAT>(cfg, b, s, vip, be, hash);
-        case SLUICE_MODE_DSR: return send_to_backend<SLUICE_MODE_DSR>(cfg, b, s, vip, be, hash);
-        case SLUICE_MODE_GUE: return send_to_backend<SLUICE_MODE_GUE>(cfg, b, s, vip, be, hash);
-        default: return send_to_backend<SLUICE_MODE_IPIP>(cfg, b, s, vip, be, hash);
+        return with_mode(vip.mode, [&]<uint8_t kMode>() SLUICE_ALWAYS_INLINE_LAMBDA {
+            return send_to_backend<kMode>(cfg, b, s, vip, be, hash);
+        });
+    }
+    // Calls f.operator()<kMode>() with a VIP's mode as a template argument:
+    // the one place where the mode becomes a specialisation.
+    template <typename F>
+    SLUICE_ALWAYS_INLINE static Action with_mode(uint8_t mode, F&& f) {
+        switch (mode) {
+        case SLUICE_MODE_NAT: return f.template operator()<SLUICE_MODE_NAT>();
+        case SLUICE_MODE_DSR: return f.template operator()<SLUICE_MODE_DSR>();
+        case SLUICE_MODE_GUE: return f.template operator()<SLUICE_MODE_GUE>();
+        default: return f.template operator()<SLUICE_MODE_IPIP>();
         }
     }
     void remember_fragments(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
@@ -813,12 +821,9 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
             case Kind::kToVip:
                 // One specialisation per mode: within it no branch asks the
                 // mode again (VPP's lb node per encapsulation).
-                switch (cfg.vips[s.vip_slot].mode) {
-                case SLUICE_MODE_NAT: a = to_vip<SLUICE_MODE_NAT>(cfg, pkts[i], s, now_ms); break;
-                case SLUICE_MODE_DSR: a = to_vip<SLUICE_MODE_DSR>(cfg, pkts[i], s, now_ms); break;
-                case SLUICE_MODE_GUE: a = to_vip<SLUICE_MODE_GUE>(cfg, pkts[i], s, now_ms); break;
-                default: a = to_vip<SLUICE_MODE_IPIP>(cfg, pkts[i], s, now_ms); break;
-                }
+                a = with_mode(cfg.vips[s.vip_slot].mode, [&]<uint8_t kMode>() SLUICE_ALWAYS_INLINE_LAMBDA {
+                    return to_vip<kMode>(cfg, pkts[i], s, now_ms);
+                });
                 if (a == Action::kToBackend) count(Counter::kToBackend);
                 break;
             case Kind::kNatReply: a = nat_reply(cfg, pkts[i], s, now_ms); break;
