@@ -263,6 +263,11 @@ def start_and_stop(lab, args, expect, ports=1, exits_by_itself=False):
             lines.append(line)
             if "sluice-dataplane: pid" in line:
                 break
+        if not any("sluice-dataplane: pid" in ln for ln in lines):
+            try:
+                lines.append(p.communicate(timeout=5)[0])
+            except subprocess.TimeoutExpired:
+                pass
         out = "".join(lines)
         check(any("sluice-dataplane: pid" in ln for ln in lines),
               f"[{run.label()}] did not start (exit {p.poll()}):\n{out[-2000:]}")
