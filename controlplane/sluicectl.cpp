@@ -25,6 +25,7 @@
 #include "config_file.hpp"
 #include "ipc.hpp"
 #include "model.hpp"
+#include "sluice/encap.hpp"  // kMinTunnelMtu, kMaxTunnelMtu: the dataplane's --mtu range
 
 namespace {
 
@@ -608,9 +609,10 @@ int main(int argc, char** argv) {
     checkb->add_option("address", cb.address, "The backend: ADDRESS[:PORT]")->required();
     checkb->add_option("--vip", cb.vip, "Only this VIP (ADDRESS:PORT/PROTOCOL); default: every VIP the backend is in");
     checkb->add_option("--mtu", cb.mtu,
-                       "The dataplane's MTU towards backends (its --mtu), 576-9216; default: this node's "
-                       "interface towards the backend")
-        ->check(CLI::Range(576u, 9216u));
+                       fmt::format("The dataplane's MTU towards backends (its --mtu), {}-{}; default: this node's "
+                                   "interface towards the backend",
+                                   sluice::kMinTunnelMtu, sluice::kMaxTunnelMtu))
+        ->check(CLI::Range(unsigned{sluice::kMinTunnelMtu}, unsigned{sluice::kMaxTunnelMtu}));
     checkb->add_option("--probe-timeout-ms", cb.probe_timeout_ms,
                        "How long one round of probes waits for answers, 50-2000 (up to 7 rounds per VIP)")
         ->check(CLI::Range(50u, 2000u))

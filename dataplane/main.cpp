@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -44,6 +45,7 @@
 
 #include "eal_process.hpp"
 #include "sluice/conn_table.hpp"
+#include "sluice/encap.hpp"
 #include "sluice/flow_census.hpp"
 #include "sluice/forwarder.hpp"
 #include "sluice/liveness.hpp"
@@ -478,18 +480,35 @@ int worker_entry(void* arg) {
     return one_armed ? worker_loop<true, false>(w) : worker_loop<false, false>(w);
 }
 
+// The arguments after the first "--", where EAL stops: sluice-dataplane's
+// own, in the reversed order CLI::App::parse(std::vector&) takes them.
+std::vector<std::string> own_arguments(int argc, char** argv) {
+    int i = 1;
+    while (i < argc && std::strcmp(argv[i], "--") != 0) ++i;
+    std::vector<std::string> args(argv + std::min(i + 1, argc), argv + argc);
+    std::reverse(args.begin(), args.end());
+    return args;
+}
+
+// CLI11 reads integers the way strtoull does with base 0: --mtu 0x400 would
+// be 1024 and --icmp-rate 010 eight. A number here is decimal digits; leading
+// zeros are dropped (010 is ten). Added before each option's range check.
+const CLI::Validator kDecimal(
+    [](std::string& s) {
+        if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
+            return fmt::format("Value '{}' is not a decimal number", s);
+        s.erase(0, std::min(s.find_first_not_of('0'), s.size() - 1));
+        return std::string{};
+    },
+    "DECIMAL");
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (!init_eal(argc, argv, "sluice-dataplane")) return 1;
-    // dpdk-dumpcap and dpdk-pdump attach as secondary processes and ask this
-    // one to mirror packets; that needs EAL's multi-process channel, which
-    // --in-memory (the tests' choice) turns off.
-    const bool capture = mp_channel_available() && rte_pdump_init() == 0;
-
     Options opt;
     CLI::App app{"sluice-dataplane: DPDK forwarding process of the sluice L4 load balancer.\n"
-                 "Usage: sluice-dataplane [EAL options, ports as --vdev/PCI] -- [options]"};
+                 "Usage: sluice-dataplane [EAL options, ports as --vdev/PCI] -- [options]",
+                 "sluice-dataplane"};
     app.add_option("--shm", opt.shm_path, "Shared-memory segment shared with sluiced")
         ->capture_default_str();
     app.add_option("--client-port", opt.client_port,
@@ -498,66 +517,97 @@ int main(int argc, char** argv) {
                    "Port facing backends (default: the second port, or the client port when "
                    "there is only one: one-armed)");
     app.add_option("--conn-capacity", opt.conn_capacity, "Connection-table flows per worker lcore")
-        ->check(CLI::Range(size_t{8}, size_t{1} << 30))
+        ->transform(kDecimal)
+        ->check(CLI::Range(size_t{kConnWays}, size_t{1} << 30))
         ->capture_default_str();
     app.add_option("--conn-file", opt.conn_file,
                    "Connection tables live in PATH.<worker>, kept across restarts (default: "
                    "/dev/hugepages/sluice-conn when hugetlbfs is mounted there, else "
                    "/dev/shm/sluice-conn)");
     app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms, "Idle timeout of a TCP flow before its handshake completes")
+        ->transform(kDecimal)
         ->check(CLI::Range(1u, kMaxTimeoutMs))
         ->capture_default_str();
     app.add_option("--tcp-established-timeout-ms", opt.timeouts.tcp_established_ms,
                    "Idle timeout of an established TCP flow")
+        ->transform(kDecimal)
         ->check(CLI::Range(1u, kMaxTimeoutMs))
         ->capture_default_str();
     app.add_option("--tcp-closing-timeout-ms", opt.timeouts.tcp_closing_ms, "Idle timeout after FIN or RST")
+        ->transform(kDecimal)
         ->check(CLI::Range(1u, kMaxTimeoutMs))
         ->capture_default_str();
     app.add_option("--udp-timeout-ms", opt.timeouts.udp_ms, "Idle timeout of a UDP flow")
+        ->transform(kDecimal)
         ->check(CLI::Range(1u, kMaxTimeoutMs))
         ->capture_default_str();
     app.add_option("--other-timeout-ms", opt.timeouts.other_ms, "Idle timeout of other protocols (GRE, ESP, ...)")
+        ->transform(kDecimal)
         ->check(CLI::Range(1u, kMaxTimeoutMs))
         ->capture_default_str();
     app.add_option("--exit-idle-ms", opt.exit_idle_ms,
                    "Exit after this long without packets (pcap replay); 0 = run until SIGTERM")
+        ->transform(kDecimal)
         ->check(CLI::Range(0u, kMaxTimeoutMs))
         ->capture_default_str();
-    app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous");
+    // A flag takes no value: CLI11 would read --no-promiscuous=0 as "promiscuous".
+    app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous")->disable_flag_override();
     app.add_option("--mbufs", opt.mbufs,
-                   "Packet buffers in the pool (default: enough for every queue's descriptors and the "
-                   "handoff rings; net_pcap with infinite_rx=1 keeps the whole file in buffers)")
-        ->check(CLI::Range(0u, 1u << 24));
+                   fmt::format("Packet buffers in the pool, at least every RX queue's descriptors and the "
+                               "workers' caches ({} per port and {} per worker, times the workers) "
+                               "(default: that, the TX descriptors and the handoff rings; net_pcap with "
+                               "infinite_rx=1 keeps the whole file in buffers)",
+                               kRxDescriptors, kMbufCache))
+        ->transform(kDecimal)
+        ->check(CLI::Range(kRxDescriptors + kMbufCache, 1u << 24));  // one worker on one port; more checked below
     app.add_option("--mbuf-size", opt.mbuf_data_room,
                    "Data room of a packet buffer in bytes, headroom included (at least the headroom "
                    "and a 128-byte frame; bench/run.py uses 384 so that a 1M-packet pcap fits in hugepages)")
+        ->transform(kDecimal)
         ->check(CLI::Range(RTE_PKTMBUF_HEADROOM + 128, 65535))
         ->capture_default_str();
     app.add_option("--mtu", opt.mtu,
                    "IP MTU towards backends; tunnelled packets that would exceed it are answered "
                    "with ICMP fragmentation-needed / packet-too-big (default: the backend "
                    "port's MTU)")
-        ->check(CLI::Range(0, 9216));
+        ->transform(kDecimal)
+        ->check(CLI::Range(kMinTunnelMtu, kMaxTunnelMtu));
     app.add_option("--icmp-rate", opt.icmp_rate,
                    "ICMP messages each worker lcore may generate per second (echo replies to VIP "
                    "addresses, fragmentation-needed / packet-too-big), a token bucket per worker, so "
                    "the node's total is this times the workers; those over the limit are not sent "
                    "and count as icmp_rate_limited. 0: generate none")
+        ->transform(kDecimal)
         ->check(CLI::Range(0u, 10000000u))
         ->capture_default_str();
     app.add_option("--icmp-burst", opt.icmp_burst,
                    "ICMP messages a worker may generate at once after a quiet spell (the token "
                    "bucket's size). 0: generate none")
+        ->transform(kDecimal)
         ->check(CLI::Range(0u, 10000000u))
         ->capture_default_str();
+    // Parsed before EAL starts: a refused command then maps no hugepage (EAL
+    // leaves its hugepage files behind unless --in-memory), probes no port
+    // and starts no lcore, and --help needs no EAL (its own --help goes
+    // before "--").
+    std::vector<std::string> own = own_arguments(argc, argv);
+    const size_t own_count = own.size();
     try {
-        app.parse(argc, argv);
+        app.parse(own);
     } catch (const CLI::ParseError& e) {
-        const int code = app.exit(e);
-        rte_eal_cleanup();
-        return code;
+        return app.exit(e);
     }
+
+    if (!init_eal(argc, argv, "sluice-dataplane")) return 1;
+    // EAL moves the words it does not take (no leading dash) behind "--".
+    if (static_cast<size_t>(argc - 1) != own_count)
+        die(fmt::format("unexpected argument '{}' before \"--\": EAL's options go before it, "
+                        "sluice-dataplane's after it",
+                        argv[1]));
+    // dpdk-dumpcap and dpdk-pdump attach as secondary processes and ask this
+    // one to mirror packets; that needs EAL's multi-process channel, which
+    // --in-memory (the tests' choice) turns off.
+    const bool capture = mp_channel_available() && rte_pdump_init() == 0;
 
     if (opt.conn_file.empty()) {
         struct statfs fs{};
@@ -573,18 +623,28 @@ int main(int argc, char** argv) {
     std::vector<uint16_t> ids;
     uint16_t pid;
     RTE_ETH_FOREACH_DEV(pid) ids.push_back(pid);
+    // Two ports: a side named takes its port and the other side the other
+    // port. One port: both sides are it (one-armed).
     Ports ports{ids[0], ids.size() > 1 ? ids[1] : ids[0], 0};
+    const auto other_port = [&](uint16_t p) { return ids.size() > 1 && p == ids[0] ? ids[1] : ids[0]; };
+    const auto named_port = [&](const char* option, const std::string& name) {
+        if (auto p = port_by_name(name)) return *p;
+        std::string known;
+        for (uint16_t p : ids) known += (known.empty() ? "" : ", ") + port_name(p);
+        die(fmt::format("{} {}: no such port (ports: {})", option, name, known));
+    };
     if (!opt.client_port.empty()) {
-        auto p = port_by_name(opt.client_port);
-        if (!p) die(fmt::format("--client-port {}: no such port", opt.client_port));
-        ports.client = *p;
-        if (ids.size() > 1) ports.backend = ports.client == ids[0] ? ids[1] : ids[0];
+        ports.client = named_port("--client-port", opt.client_port);
+        ports.backend = other_port(ports.client);
     }
     if (!opt.backend_port.empty()) {
-        auto p = port_by_name(opt.backend_port);
-        if (!p) die(fmt::format("--backend-port {}: no such port", opt.backend_port));
-        ports.backend = *p;
+        ports.backend = named_port("--backend-port", opt.backend_port);
+        if (opt.client_port.empty()) ports.client = other_port(ports.backend);
     }
+    if (ids.size() > 1 && ports.client == ports.backend)
+        die(fmt::format("--client-port and --backend-port both name {}: of two ports each side takes one "
+                        "(one port alone is one-armed)",
+                        port_name(ports.client)));
 
     // Every lcore forwards, the main one included (worker 0): -l 2 is one
     // worker, -l 0-1 two. Each has one RX/TX queue pair on every port.
@@ -593,14 +653,22 @@ int main(int argc, char** argv) {
     RTE_LCORE_FOREACH_WORKER(lcore) worker_lcores.push_back(lcore);
     const unsigned nb_workers = 1 + static_cast<unsigned>(worker_lcores.size());
     if (nb_workers > SLUICE_MAX_LCORES)
-        die(fmt::format("{} workers exceed the limit of {}", nb_workers, SLUICE_MAX_LCORES));
+        die(fmt::format("EAL was given {} lcores (-l, --lcores), each a worker; at most {} workers",
+                        nb_workers, SLUICE_MAX_LCORES));
     ports.queues = static_cast<uint16_t>(nb_workers);
+    // Fewer buffers than the RX descriptors can never fill the RX rings: a
+    // real NIC fails to start its queues or starves.
+    const unsigned min_mbufs = nb_workers * (nb_ports * kRxDescriptors + kMbufCache);
+    if (opt.mbufs && opt.mbufs < min_mbufs)
+        die(fmt::format("--mbufs {}: {} worker(s) on {} port(s) need at least {} ({} RX descriptors per "
+                        "port and {} cached per worker)",
+                        opt.mbufs, nb_workers, nb_ports, min_mbufs, kRxDescriptors, kMbufCache));
 
     std::optional<ShmSegment> shm;
     try {
         shm.emplace(ShmSegment::open_or_create(opt.shm_path));
     } catch (const std::exception& e) {
-        die(e.what());
+        die(fmt::format("--shm '{}': {}", opt.shm_path, e.what()));
     }
     const uint32_t other = __atomic_load_n(&(*shm)->header.dataplane_pid, __ATOMIC_ACQUIRE);
     if (other != static_cast<uint32_t>(getpid()) && process_alive(other))
@@ -618,7 +686,12 @@ int main(int argc, char** argv) {
         detach_stale_steering(p);  // after the live-dataplane check above
         setup_port(p, ports.queues, pool, !opt.no_promiscuous);
     }
-    if (opt.mtu == 0 && rte_eth_dev_get_mtu(ports.backend, &opt.mtu) != 0) opt.mtu = RTE_ETHER_MTU;
+    if (opt.mtu == 0) {
+        if (rte_eth_dev_get_mtu(ports.backend, &opt.mtu) != 0) opt.mtu = RTE_ETHER_MTU;
+        if (opt.mtu < kMinTunnelMtu)
+            die(fmt::format("backend port {} has MTU {}, below the {} that --mtu takes; give --mtu",
+                            port_name(ports.backend), opt.mtu, kMinTunnelMtu));
+    }
 
     std::vector<Worker> workers(nb_workers);
     for (unsigned i = 0; i < nb_workers; ++i) workers[i].to.assign(nb_workers, nullptr);

@@ -34,6 +34,17 @@ namespace sluice {
 inline constexpr uint8_t kProtoIpip = 4;
 inline constexpr uint8_t kProtoIpv6InIp = 41;
 inline constexpr uint16_t kGueSourcePortBase = 0xc000;  // RFC 6335 dynamic range
+// The IP MTU towards backends that sluice-dataplane --mtu and sluicectl
+// check-backend --mtu accept: from the 576 bytes every IPv4 host takes (RFC
+// 791) up to a 9216-byte jumbo frame. Above the largest encapsulation with
+// room for a minimal IPv4 packet (68 bytes, RFC 791) inside, so the MTU a
+// too-big message reports (MTU minus the encapsulation) is a real one, never
+// a wrapped subtraction.
+inline constexpr uint16_t kMinTunnelMtu = 576;
+inline constexpr uint16_t kMaxTunnelMtu = 9216;
+static_assert(net::kIpv6HeaderLen + net::kUdpHeaderLen + SLUICE_GUE_HOPS_MAX_OVERHEAD(SLUICE_FAMILY_V6) + 68 <=
+                  kMinTunnelMtu,
+              "the smallest MTU must hold the largest encapsulation and a minimal IPv4 packet");
 
 SLUICE_ALWAYS_INLINE uint16_t encap_overhead(uint8_t outer_family, bool gue) {
     return static_cast<uint16_t>((outer_family == 4 ? net::kIpv4MinHeaderLen : net::kIpv6HeaderLen) +
