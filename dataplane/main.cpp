@@ -84,8 +84,14 @@ static_assert(kMaxIdleSleepUs * 10 <= 20'000, "idle back-off too long for the he
 // single-producer single-consumer ring per ordered pair of workers.
 constexpr unsigned kHandoffRingSize = 2048;
 // The flow census walks this many buckets per idle poll, and per 64th busy
-// poll under load (about 4 bytes of table read per forwarded packet).
+// poll under load (about 4 bytes of table read per forwarded packet). An
+// idle poll inside the spin window (kIdleSpinUs) is the one a packet arrives
+// behind, so it walks few buckets: 64 took 2-3 us here and put the first
+// packet after a pause that much later (p50 round trip 2.0 us with 64, 0.9 us
+// with 8 at half rate over memif; bench/README.md, "Latency"). A worker
+// that has started sleeping walks the full step between sleeps.
 constexpr size_t kCensusBucketsIdle = 64;
+constexpr size_t kCensusBucketsSpinning = 8;
 constexpr size_t kCensusBucketsBusy = 16;
 constexpr unsigned kCensusBusyPollPeriod = 64;
 
@@ -104,6 +110,7 @@ struct Options {
     unsigned exit_idle_ms = 0;
     uint16_t mtu = 0;  // 0: the backend port's MTU
     bool no_promiscuous = false;
+    bool busy_poll = false;  // never sleep when idle (a dedicated core; lowest latency)
     std::string conn_file;  // default: /dev/hugepages/sluice-conn (or /dev/shm) + .<worker>
     unsigned mbufs = 0;      // 0: enough for the descriptors and rings
     uint16_t mbuf_data_room = RTE_MBUF_DEFAULT_BUF_SIZE;
@@ -426,14 +433,15 @@ int worker_loop(Worker& w) {
             last_rx_tsc = start;
             continue;
         }
-        census.step(table, cfg, st, now_ms, kCensusBucketsIdle);
+        const bool spinning = w.opt->busy_poll || start - last_rx_tsc < idle_spin_tsc;
+        census.step(table, cfg, st, now_ms, spinning ? kCensusBucketsSpinning : kCensusBucketsIdle);
         reader.quiescent();
         counter_add(idle_counter, 1);
         if (w.opt->exit_idle_ms && start - last_rx_tsc > w.opt->exit_idle_ms * tsc_per_ms) {
             g_quit = true;
             break;
         }
-        if (start - last_rx_tsc >= idle_spin_tsc) {
+        if (!spinning) {
             rte_delay_us_sleep(sleep_us);
             sleep_us = std::min(sleep_us * 2, kMaxIdleSleepUs);
         }
@@ -552,6 +560,12 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     // A flag takes no value: CLI11 would read --no-promiscuous=0 as "promiscuous".
     app.add_flag("--no-promiscuous", opt.no_promiscuous, "Leave ports non-promiscuous")->disable_flag_override();
+    app.add_flag("--busy-poll", opt.busy_poll,
+                 fmt::format("Never sleep when idle: each worker keeps a whole core busy, and the first packet "
+                             "after a pause waits no sleep (default: sleep after {} us without packets, "
+                             "{} us doubling up to {} us)",
+                             kIdleSpinUs, 1, kMaxIdleSleepUs))
+        ->disable_flag_override();
     app.add_option("--mbufs", opt.mbufs,
                    fmt::format("Packet buffers in the pool, at least every RX queue's descriptors and the "
                                "workers' caches ({} per port and {} per worker, times the workers) "
@@ -760,10 +774,10 @@ int main(int argc, char** argv) {
                            b[1], b[2], b[3], b[4], b[5]);
     };
     fmt::print("sluice-dataplane: pid {}, {} worker(s), client port {}, backend port {}{}, "
-               "{} flows per worker, MTU {}, shared memory {} (generation {})\n",
+               "{} flows per worker, MTU {}, idle workers {}, shared memory {} (generation {})\n",
                getpid(), nb_workers, port_desc(ports.client), port_desc(ports.backend),
                ports.client == ports.backend ? " (one-armed)" : "", opt.conn_capacity, opt.mtu,
-               opt.shm_path, shm_generation(shm->get()));
+               opt.busy_poll ? "busy-poll" : "sleep", opt.shm_path, shm_generation(shm->get()));
     fmt::print("sluice-dataplane: packet capture (dpdk-dumpcap --file-prefix <this process's prefix>) {}\n",
                capture ? "available" : "unavailable: no multi-process channel (--in-memory)");
     std::fflush(stdout);

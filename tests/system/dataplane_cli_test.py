@@ -56,6 +56,7 @@ EXPECTED = {
     "--other-timeout-ms": (1, MAX_MS),
     "--exit-idle-ms": (0, MAX_MS),
     "--no-promiscuous": "flag",
+    "--busy-poll": "flag",
     "--mbufs": (1024 + 256, 1 << 24),          # one RX ring and one cache
     "--mbuf-size": (128 + 128, 65535),         # RTE_PKTMBUF_HEADROOM + a 128-byte frame
     "--mtu": (576, 9216),                      # kMinTunnelMtu, kMaxTunnelMtu
@@ -219,6 +220,7 @@ def test_refusals():
             (["--mtu"], ["--mtu"]),                                   # value missing
             (["--shm", "/tmp/a", "--shm", "/tmp/b"], ["--shm"]),      # given twice
             (["--no-promiscuous=0"], ["no-promiscuous"]),             # was read as "promiscuous"
+            (["--busy-poll=0"], ["busy-poll"]),                       # a flag takes no value
         ]:
             lab.refused(args, needles)
             n += 1
@@ -301,11 +303,11 @@ def test_boundaries():
         start_and_stop(lab, ["--conn-capacity", "8", *[a for t in timeouts for a in (t, "1")], "--exit-idle-ms", "0",
                              "--mbufs", "1280", "--mbuf-size", "256", "--mtu", "0576", "--icmp-rate", "0",
                              "--icmp-burst", "0", "--no-promiscuous"],
-                       ["8 flows per worker", "MTU 576", "one-armed"])
+                       ["8 flows per worker", "MTU 576", "one-armed", "idle workers sleep"])
         start_and_stop(lab, [*[a for t in timeouts for a in (t, str(MAX_MS))], "--exit-idle-ms", str(MAX_MS),
                              "--mbufs", "1280", "--mbuf-size", "65535", "--mtu", "9216", "--icmp-rate", "10000000",
-                             "--icmp-burst", "10000000"],
-                       ["MTU 9216"])
+                             "--icmp-burst", "10000000", "--busy-poll"],
+                       ["MTU 9216", "idle workers busy-poll"])
         # As bench/run.py runs the replay: two ports named, 384-byte buffers.
         start_and_stop(lab, ["--client-port", "net_null1", "--backend-port", "net_null0", "--mbufs", "20000",
                              "--mbuf-size", "384", "--exit-idle-ms", "100"],
