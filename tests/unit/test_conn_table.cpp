@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "sluice/conn_table.hpp"
 
@@ -97,14 +98,43 @@ TEST_CASE("A full bucket evicts the entry that expires first, never probes furth
 TEST_CASE("Expired ways are reused before live ones are evicted") {
     TableFixture f(8);
     ConnTable& t = *f.table;
+    unsigned short_lived = kConnWays;
     for (uint32_t i = 0; i < kConnWays; ++i) {
         const FlowKey k = key(i);
-        t.insert(flow_hash(k, 1), k, 100).set_expiry(100, i == 5 ? 50 : 10'000);
+        const ConnHandle h = t.insert(flow_hash(k, 1), k, 100);
+        h.set_expiry(100, i == 5 ? 50 : 10'000);
+        if (i == 5) short_lived = h.way;
     }
     const FlowKey k = key(42);
     ConnHandle h = t.insert(flow_hash(k, 1), k, 1000);
     CHECK_FALSE(h.evicted);
-    CHECK(h.way == 5);
+    CHECK(h.way == short_lived);
+}
+
+TEST_CASE("New flows take the ways that lie within one cache line first") {
+    // Ways 0 and 7 each sit in one 64-byte line of the bucket; the others
+    // straddle two, and cost a lookup two misses instead of one.
+    for (unsigned w = 0; w < kConnWays; ++w) {
+        const size_t first = offsetof(ConnBucket, entries) + w * sizeof(ConnEntry);
+        const size_t last = first + sizeof(ConnEntry) - 1;
+        INFO("way " << w);
+        CHECK((first / 64 == last / 64) == static_cast<bool>(kSingleLineWays >> w & 1u));
+    }
+    TableFixture f(8);  // one bucket
+    ConnTable& t = *f.table;
+    std::vector<unsigned> order;
+    for (uint32_t i = 0; i < kConnWays; ++i) {
+        const FlowKey k = key(i);
+        const ConnHandle h = t.insert(flow_hash(k, 1), k, 100);
+        REQUIRE(h);
+        CHECK_FALSE(h.evicted);
+        h.set_expiry(100, i == 1 ? 50 : 10'000);  // key 1 took way 7
+        order.push_back(h.way);
+    }
+    CHECK(order == std::vector<unsigned>{0, 7, 1, 2, 3, 4, 5, 6});
+    // Once way 7 has expired, it is the one taken again before a straddling one.
+    const FlowKey k = key(42);
+    CHECK(t.insert(flow_hash(k, 1), k, 1000).way == 7);
 }
 
 TEST_CASE("Capacity below one bucket is refused with the number") {
@@ -139,21 +169,23 @@ TEST_CASE("Two candidate buckets keep a well-filled table from evicting live flo
 TEST_CASE("An embryonic flow never evicts an established one") {
     TableFixture f(8);  // one bucket
     ConnTable& t = *f.table;
+    unsigned half_open = kConnWays;
     for (uint32_t i = 0; i < kConnWays; ++i) {
         const FlowKey k = key(i);
         ConnHandle h = t.insert(flow_hash(k, 1), k, 100);
         h.set_expiry(100, 300'000);
-        h.set_established(i != 5);  // way 5 holds a half-open connection
+        h.set_established(i != 5);  // key 5's way holds a half-open connection
+        if (i == 5) half_open = h.way;
     }
     const FlowKey syn1 = key(100), syn2 = key(101), syn3 = key(102);
     ConnHandle h = t.insert(flow_hash(syn1, 1), syn1, 200, true);
     REQUIRE(h);  // it may replace the other embryonic entry
     CHECK(h.evicted);
-    CHECK(h.way == 5);
+    CHECK(h.way == half_open);
     h.set_expiry(200, 30'000);
     ConnHandle h2 = t.insert(flow_hash(syn2, 1), syn2, 200, true);
     REQUIRE(h2);  // embryonic replaces embryonic
-    CHECK(h2.way == 5);
+    CHECK(h2.way == half_open);
     h2.set_expiry(200, 30'000);
     h2.set_established(true);  // its handshake completed
     CHECK_FALSE(t.insert(flow_hash(syn3, 1), syn3, 200, true));  // nothing left it may take

@@ -4,7 +4,10 @@
 // Layout: power-of-two buckets of 8 ways. A bucket is one 64-byte line of
 // signatures and expiry times followed by its 8 entries of 56 bytes, so a
 // flow costs exactly 64 bytes and a lookup reads a signature line plus the
-// one entry whose signature matches. Each key has two candidate buckets (the
+// one entry whose signature matches. Entries 0 and 7 each lie within one
+// cache line (bytes 64-119 and 456-511 of the bucket); the other six
+// straddle two, so a new flow takes a free way among 0 and 7 first, and its
+// insert and every later lookup miss once instead of twice. Each key has two candidate buckets (the
 // second derived from the signature, as in cuckoo hashing, but entries never
 // move): with 16 candidate ways a table runs at high load before it has to
 // evict, and lookups and inserts still touch at most two buckets: bounded
@@ -57,6 +60,8 @@ struct ConnEntry {
 static_assert(sizeof(ConnEntry) == 56);
 
 inline constexpr unsigned kConnWays = 8;
+// Ways whose entry lies within one cache line (see the layout above).
+inline constexpr unsigned kSingleLineWays = 1u << 0 | 1u << 7;
 inline constexpr uint8_t kConnFlagNatReply = 0x1;  // fragment entries: the datagram is a NAT reply
 
 struct alignas(64) ConnBucket {
@@ -65,6 +70,9 @@ struct alignas(64) ConnBucket {
     ConnEntry entries[kConnWays];
 };
 static_assert(sizeof(ConnBucket) == 64 * kConnWays, "64 bytes per flow");
+static_assert(offsetof(ConnBucket, entries[0]) / 64 == (offsetof(ConnBucket, entries[1]) - 1) / 64 &&
+                  offsetof(ConnBucket, entries[7]) / 64 == (sizeof(ConnBucket) - 1) / 64,
+              "kSingleLineWays names the ways that lie within one cache line");
 
 inline constexpr uint32_t kSigEstablished = 1u;
 
@@ -170,27 +178,30 @@ public:
 
     // The second stage of a burst's prefetch, once prefetch() has brought the
     // signature lines in: the entry a lookup will compare (the live way whose
-    // signature matches). An entry straddles two cache lines, and at a
+    // signature matches). An entry may straddle two cache lines, and at a
     // million flows this miss, dependent on the signature line, is the one
-    // a single-stage prefetch leaves to the packet loop. Absent keys get
-    // nothing: prefetching the way an insert would take measured slower (the
-    // extra misses crowd the fill buffers the burst's other lines need).
-    // Returns that way as a hint for lookup_hinted (empty when no live way
-    // matches), so the packet loop does not search the buckets again.
+    // a single-stage prefetch leaves to the packet loop. An absent key (a new
+    // flow) gets the way insert() will take, when there is a free one: at a
+    // million flows that line was the new flow's one remaining miss.
+    // Returns the live way as a hint for lookup_hinted (empty when no live
+    // way matches), so the packet loop does not search the buckets again.
     SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms) const {
         const uint32_t sig = p.sig;
         ConnBucket* b = p.b1;
-        unsigned ways = match_mask(b, sig) & live_mask(b, now_ms);
+        const unsigned live1 = live_mask(b, now_ms);
+        unsigned ways = match_mask(b, sig) & live1;
         if (!ways) {
             ConnBucket* b2 = p.b2;
-            ways = match_mask(b2, sig) & live_mask(b2, now_ms);
-            if (!ways) return {};
+            const unsigned live2 = live_mask(b2, now_ms);
+            ways = match_mask(b2, sig) & live2;
+            if (SLUICE_UNLIKELY(!ways)) {
+                if (const ConnHandle f = free_way(p, live1, live2)) prefetch_entry_lines(f.entry());
+                return {};
+            }
             b = b2;
         }
         const unsigned way = static_cast<unsigned>(__builtin_ctz(ways));
-        const ConnEntry* e = &b->entries[way];
-        prefetch_write(e);
-        prefetch_write(reinterpret_cast<const uint8_t*>(e) + sizeof(ConnEntry) - 1);
+        prefetch_entry_lines(b->entries[way]);
         return ConnHandle{b, way, false};
     }
 
@@ -228,16 +239,12 @@ public:
     SLUICE_ALWAYS_INLINE ConnHandle insert(const ConnProbe& p, const FlowKey& key, uint32_t now_ms,
                                            bool embryonic = false) {
         ConnBucket* const candidates[2] = {p.b1, p.b2};
-        const unsigned live[2] = {live_mask(candidates[0], now_ms), live_mask(candidates[1], now_ms)};
-        const unsigned free_ways[2] = {static_cast<unsigned>(__builtin_popcount(~live[0] & kAllWays)),
-                                       static_cast<unsigned>(__builtin_popcount(~live[1] & kAllWays))};
         ConnBucket* victim_bucket;
         unsigned victim;
         bool evicted = false;
-        if (SLUICE_LIKELY(free_ways[0] | free_ways[1])) {
-            const unsigned c = free_ways[1] > free_ways[0] ? 1 : 0;
-            victim_bucket = candidates[c];
-            victim = static_cast<unsigned>(__builtin_ctz(~live[c] & kAllWays));
+        if (const ConnHandle f = free_way(p, live_mask(p.b1, now_ms), live_mask(p.b2, now_ms)); SLUICE_LIKELY(f)) {
+            victim_bucket = f.bucket;
+            victim = f.way;
         } else {
             // Both buckets full: evict the way that expires first (an
             // embryonic flow only among embryonic ones).
@@ -280,6 +287,23 @@ public:
     }
 
 private:
+    // The free (or expired) way insert() takes, given both buckets' live
+    // masks: in the emptier bucket ("power of two choices", which keeps
+    // bucket loads even; the first on a tie), a single-line way first.
+    // Empty when both buckets are full.
+    SLUICE_ALWAYS_INLINE static ConnHandle free_way(const ConnProbe& p, unsigned live1, unsigned live2) {
+        const unsigned free1 = ~live1 & kAllWays, free2 = ~live2 & kAllWays;
+        if (SLUICE_UNLIKELY(!(free1 | free2))) return {};
+        const bool second = __builtin_popcount(free2) > __builtin_popcount(free1);
+        const unsigned free = second ? free2 : free1;
+        const unsigned single = free & kSingleLineWays;
+        return ConnHandle{second ? p.b2 : p.b1, static_cast<unsigned>(__builtin_ctz(single ? single : free)), false};
+    }
+    SLUICE_ALWAYS_INLINE static void prefetch_entry_lines(const ConnEntry& e) {
+        prefetch_write(&e);
+        prefetch_write(reinterpret_cast<const uint8_t*>(&e) + sizeof(ConnEntry) - 1);
+    }
+
     SLUICE_ALWAYS_INLINE ConnBucket* primary(uint64_t hash) const {
         return buckets_ + (hash & mask_);
     }
