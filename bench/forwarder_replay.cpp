@@ -6,7 +6,15 @@
 // where this machine's VM has no hardware counters for `perf stat`.
 //
 //   sluice-forwarder-replay PCAP --mode nat|dsr|ipip|gue [--passes N] [--backends N] [--new-flows]
-//                           [--second-chance off|on|moved]
+//                           [--second-chance off|on|moved] [--small-pages]
+//
+// The connection table sits in 2 MiB pages (transparent huge pages), as
+// the dataplane's sits on hugetlbfs: in 4 KiB pages a million flows' random
+// lookups miss the TLB on most packets, which the dataplane never pays
+// (IPv4 tunnel, 1M flows in 2^21 ways, 2026-12-03: SYN replay 150-153
+// ns/packet in 4 KiB pages, 134-140 in 2 MiB; established 138-149 and
+// 121-126).
+// `--small-pages` keeps 4 KiB pages, and the JSON says which it got.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -30,23 +40,81 @@ namespace {
 constexpr uint16_t kHeadroom = 128;
 constexpr uint16_t kBufSize = 256;
 
-std::vector<std::vector<uint8_t>> read_pcap(const std::string& path) {
+constexpr size_t kHugePage = 2u << 20;
+
+// The frames of a pcap in one array, one kBufSize slot each (a vector per
+// frame scattered them over the heap, and refilling a burst then missed the
+// cache for each frame's vector header as well as its bytes).
+struct Frames {
+    std::vector<uint8_t> bytes;
+    std::vector<uint16_t> lengths;
+    size_t size() const { return lengths.size(); }
+    const uint8_t* data(size_t i) const { return bytes.data() + i * kBufSize; }
+};
+
+Frames read_pcap(const std::string& path) {
     std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
     if (!f) throw std::runtime_error(fmt::format("cannot open {}", path));
     uint8_t hdr[24];
     if (std::fread(hdr, 1, 24, f.get()) != 24 || load_be32(hdr) != 0xd4c3b2a1u)
         throw std::runtime_error(fmt::format("{} is not a little-endian microsecond pcap", path));
-    std::vector<std::vector<uint8_t>> out;
+    Frames out;
     uint8_t rec[16];
     while (std::fread(rec, 1, 16, f.get()) == 16) {
         uint32_t caplen;
         std::memcpy(&caplen, rec + 8, 4);
         if (caplen > kBufSize - kHeadroom) throw std::runtime_error(fmt::format("{}: a {}-byte frame", path, caplen));
-        out.emplace_back(caplen);
-        if (std::fread(out.back().data(), 1, caplen, f.get()) != caplen) break;
+        out.bytes.resize(out.bytes.size() + kBufSize);
+        if (std::fread(out.bytes.data() + out.bytes.size() - kBufSize, 1, caplen, f.get()) != caplen)
+            throw std::runtime_error(fmt::format("{}: truncated frame {}", path, out.size() + 1));
+        out.lengths.push_back(static_cast<uint16_t>(caplen));
     }
     return out;
 }
+
+// Anonymous memory for the connection table, 2 MiB-aligned and advised
+// into transparent huge pages unless `small`.
+struct TableMemory {
+    void* base = MAP_FAILED;
+    size_t mapped = 0;
+    void* table = nullptr;
+
+    TableMemory(size_t bytes, bool small) {
+        mapped = bytes + kHugePage;
+        base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) throw std::runtime_error(fmt::format("mmap of {} bytes: {}", mapped, std::strerror(errno)));
+        const auto addr = reinterpret_cast<uintptr_t>(base);
+        table = reinterpret_cast<void*>((addr + kHugePage - 1) & ~(kHugePage - 1));
+        // THP "never" refuses MADV_HUGEPAGE: the table stays in small pages
+        // and huge_fraction() says so.
+        if (!small) madvise(table, bytes, MADV_HUGEPAGE);
+        std::memset(table, 0, bytes);  // touched once, so the pages are there before timing
+    }
+    ~TableMemory() {
+        if (base != MAP_FAILED) munmap(base, mapped);
+    }
+    TableMemory(const TableMemory&) = delete;
+    TableMemory& operator=(const TableMemory&) = delete;
+
+    // The share of the table in huge pages, from its mapping's AnonHugePages
+    // in /proc/self/smaps.
+    double huge_fraction(size_t bytes) const {
+        std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen("/proc/self/smaps", "r"), std::fclose);
+        if (!f) return 0;
+        char line[512];
+        bool ours = false;
+        while (std::fgets(line, sizeof line, f.get())) {
+            unsigned long lo, hi;
+            if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {  // a mapping's first line
+                ours = lo <= reinterpret_cast<uintptr_t>(table) && reinterpret_cast<uintptr_t>(table) < hi;
+                continue;
+            }
+            unsigned long kb;
+            if (ours && std::sscanf(line, "AnonHugePages: %lu kB", &kb) == 1) return std::min(1.0, kb * 1024.0 / bytes);
+        }
+        return 0;
+    }
+};
 
 // The unit callgrind counts: one burst through the forwarder.
 [[gnu::noinline]] void forward_one_burst(Forwarder& fwd, const sluice_config& cfg, PacketBuf* bufs,
@@ -77,12 +145,16 @@ int main(int argc, char** argv) {
                    "hop list naming their previous owner, as after a deploy)")
         ->check(CLI::IsMember({"off", "on", "moved"}))
         ->capture_default_str();
+    bool small_pages = false;
+    app.add_flag("--small-pages", small_pages,
+                 "Keep the connection table in 4 KiB pages (default: 2 MiB transparent huge pages, as the "
+                 "dataplane's table on hugetlbfs)");
     CLI11_PARSE(app, argc, argv);
 
     try {
         const auto packets = read_pcap(pcap);
-        if (packets.empty()) throw std::runtime_error("no packets");
-        const bool v6 = packets[0][12] == 0x86;
+        if (packets.size() == 0) throw std::runtime_error("no packets");
+        const bool v6 = packets.data(0)[12] == 0x86;
         Model model(42);
         model.set_tunnel_source(4, parse_prefix("198.18.200.0/24"));
         model.set_tunnel_source(6, parse_prefix("2001:db8:200::/64"));
@@ -106,9 +178,8 @@ int main(int argc, char** argv) {
         model.compile(*cfg);
         cfg->generation = 1;
         const size_t bytes = ConnTable::bytes_for(capacity);
-        void* mem = std::aligned_alloc(64, bytes);
-        std::memset(mem, 0, bytes);
-        ConnTable table(mem, capacity);
+        TableMemory mem(bytes, small_pages);
+        ConnTable table(mem.table, capacity);
         ForwarderOptions opt;
         std::memcpy(opt.client_port_mac, "\x02\x5e\x00\x00\x00\x02", 6);
         std::memcpy(opt.backend_port_mac, "\x02\x5e\x00\x00\x00\x02", 6);
@@ -129,8 +200,8 @@ int main(int argc, char** argv) {
                 const auto n = static_cast<uint16_t>(std::min<size_t>(kMaxBurst, packets.size() - i));
                 for (uint16_t j = 0; j < n; ++j) {
                     uint8_t* data = work.data() + j * kBufSize + kHeadroom;
-                    std::memcpy(data, packets[i + j].data(), packets[i + j].size());
-                    bufs[j] = {data, static_cast<uint16_t>(packets[i + j].size()), kHeadroom};
+                    std::memcpy(data, packets.data(i + j), packets.lengths[i + j]);
+                    bufs[j] = {data, packets.lengths[i + j], kHeadroom};
                 }
                 const uint32_t now_ms = fresh ? 1000 + pass * 10'000'000u : 1000;
                 forward_one_burst(fwd, *cfg, bufs, n, now_ms, actions, drops);
@@ -142,12 +213,11 @@ int main(int argc, char** argv) {
         const auto counter = [&](Counter c) { return stats->counters[static_cast<size_t>(c)]; };
         fmt::print("{{\"pcap\": \"{}\", \"mode\": \"{}\", \"packets\": {}, \"passes\": {}, \"forwarded\": {}, "
                    "\"new_flows\": {}, \"conn_hits\": {}, \"second_chance\": \"{}\", \"gue_hop_lists\": {}, "
-                   "\"ns_per_packet\": {:.2f}, \"mpps\": {:.3f}}}\n",
+                   "\"table_huge_pages\": {:.2f}, \"ns_per_packet\": {:.2f}, \"mpps\": {:.3f}}}\n",
                    pcap, mode, packets.size(), passes, forwarded, counter(Counter::kNewFlows),
                    counter(Counter::kConnHits), vo.mode == SLUICE_MODE_GUE ? second_chance : "n/a",
-                   counter(Counter::kGueHopLists), timed_packets ? ns / timed_packets : 0.0,
+                   counter(Counter::kGueHopLists), mem.huge_fraction(bytes), timed_packets ? ns / timed_packets : 0.0,
                    timed_packets ? timed_packets * 1e3 / ns : 0.0);
-        std::free(mem);
         return forwarded == uint64_t{passes} * packets.size() ? 0 : 1;
     } catch (const std::exception& e) {
         fmt::print(stderr, "sluice-forwarder-replay: {}\n", e.what());

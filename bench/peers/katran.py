@@ -127,14 +127,16 @@ def run(obj, pcap, flows, tmp, repeat=None, rounds=5, lru_size=None, skip_warmup
     return r
 
 
-def replay_sluice(pcap, flows, passes=None, log=print):
-    """sluice-forwarder-replay on the same pcap and CPU, IPv4 tunnel mode."""
+def replay_sluice(pcap, flows, passes=None, log=print, extra=()):
+    """sluice-forwarder-replay on the same pcap and CPU, IPv4 tunnel mode
+    (its connection table in 2 MiB pages, as the dataplane's; `extra`
+    ("--small-pages",) puts it in 4 KiB pages)."""
     if not os.access(REPLAY, os.X_OK):
         raise RuntimeError(f"{REPLAY} is missing: ninja -C {BUILD} bench/sluice-forwarder-replay")
     # About 5M timed packets, as many as Katran's timed runs (the first
     # pass only warms the table).
     passes = passes or max(5, 5_000_000 // flows + 1)
-    cmd = ["taskset", "-c", str(CPU), REPLAY, pcap, "--mode", "ipip", "--passes", str(passes)]
+    cmd = ["taskset", "-c", str(CPU), REPLAY, pcap, "--mode", "ipip", "--passes", str(passes), *extra]
     log(f"sluice: {flows} flows: {' '.join(cmd)}")
     load = os.getloadavg()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
