@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
     bool small_pages = false;
     app.add_flag("--small-pages", small_pages,
                  "Keep the connection table in 4 KiB pages (default: 2 MiB transparent huge pages, as the "
-                 "dataplane's table on hugetlbfs)");
+                 "dataplane's table on hugetlbfs)")
+        ->disable_flag_override();
     CLI11_PARSE(app, argc, argv);
 
     try {
