@@ -26,7 +26,8 @@ round, load average per round. The peers part also measures issue 15's
 targets (sluice over l3fwd-em per mode, the IPv6 tunnel over l3fwd-em on
 IPv6 rules, Katran over sluice's forwarder, new flows per second at the
 largest flow count, p99 over memif at half of sluice's saturating rate
-beside testpmd io, callgrind per mode) and ends with a pass/miss targets
+beside testpmd io, and again with sluice-dataplane --busy-poll, callgrind
+per mode) and ends with a pass/miss targets
 table, in the log and in results.json ("targets");
 `bench/run.py --markdown [--out DIR]` prints it again in Markdown."""
 import argparse
