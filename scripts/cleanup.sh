@@ -8,7 +8,8 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^sl[0-9]+[a-
   ip netns del "$ns" 2>/dev/null
 done
 rm -f /dev/shm/sluice-sl* /dev/shm/sluice-fl[0-9]* /dev/shm/sluice-fixtures-* /dev/shm/sluice-sldemo 2>/dev/null
-rm -rf /var/run/dpdk/sl[0-9]* /var/run/dpdk/fl[0-9]* /var/run/dpdk/fx[0-9]* /var/run/dpdk/sldemo 2>/dev/null
+rm -rf /var/run/dpdk/sl[0-9]* /var/run/dpdk/slcap[0-9]* /var/run/dpdk/fl[0-9]* /var/run/dpdk/fx[0-9]* \
+  /var/run/dpdk/sldemo 2>/dev/null
 rm -f /dev/hugepages/sl[0-9]*map_* /dev/hugepages/fl[0-9]*map_* /dev/hugepages/sldemo*map_* 2>/dev/null
 rm -f /dev/hugepages/sluice-conn-sl* /dev/shm/sluice-conn-sl* /dev/hugepages/sluice-conn-fl[0-9]* \
   /dev/shm/sluice-conn-fl[0-9]* 2>/dev/null

@@ -367,6 +367,9 @@ def test_capture_claim():
             except FileNotFoundError:
                 pass
         shutil.rmtree(tmp, ignore_errors=True)
+        # EAL makes its runtime directory even under --in-memory (empty).
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+        check(not os.path.exists(f"/var/run/dpdk/{prefix}"), f"/var/run/dpdk/{prefix} left behind")
 
 
 TESTS = {"silent_scrapers": test_silent_scrapers, "dataplane_counters": test_dataplane_counters,
