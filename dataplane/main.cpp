@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -135,7 +136,25 @@ struct Worker {
     std::vector<rte_ring*> inbox;  // rings other workers hand packets to this one through
 };
 
-[[noreturn]] void die(const std::string& msg) { die_after_eal("sluice-dataplane", msg); }
+// A shared-memory segment this dataplane created (none was at --shm) is
+// removed again when start-up is refused after it: a refused command
+// leaves nothing behind. One that was there before stays (sluiced's), and
+// so does one a sluiced has opened meanwhile as its writer (it holds the
+// segment's flock, see ShmSegment::lock_writer).
+std::string g_created_shm;
+
+void remove_created_segment() {
+    if (g_created_shm.empty()) return;
+    const int fd = open(g_created_shm.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) unlink(g_created_shm.c_str());
+    close(fd);
+}
+
+[[noreturn]] void die(const std::string& msg) {
+    remove_created_segment();
+    die_after_eal("sluice-dataplane", msg);
+}
 
 std::optional<uint16_t> port_by_name(const std::string& name) {
     uint16_t id;
@@ -680,7 +699,9 @@ int main(int argc, char** argv) {
 
     std::optional<ShmSegment> shm;
     try {
+        const bool existed = access(opt.shm_path.c_str(), F_OK) == 0;
         shm.emplace(ShmSegment::open_or_create(opt.shm_path));
+        if (!existed) g_created_shm = opt.shm_path;
     } catch (const std::exception& e) {
         die(fmt::format("--shm '{}': {}", opt.shm_path, e.what()));
     }
@@ -756,6 +777,7 @@ int main(int argc, char** argv) {
     // before its own workers run.
     for (auto& l : (*shm)->lcore_state) __atomic_store_n(&l.heartbeat_ms, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&hdr.dataplane_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
+    g_created_shm.clear();  // attached: the segment now outlives this process, for sluiced
 
     g_shm = shm->get();
     g_workers = nb_workers;

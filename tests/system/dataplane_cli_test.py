@@ -244,10 +244,20 @@ def test_refusals():
         ]:
             lab.refused(args, needles, **kw)
             n += 1
-        # After the shared memory is attached: the segment stays (sluiced
-        # shares it), nothing else does.
-        lab.refused(["--conn-file", "/nonexistent-hdpcli/conn"], ["/nonexistent-hdpcli/conn"],
-                    allow_left=(".shm",))
+        # After the shared memory is attached: a segment this dataplane
+        # created goes again (it used to stay) ...
+        lab.refused(["--conn-file", "/nonexistent-hdpcli/conn"], ["/nonexistent-hdpcli/conn"])
+        n += 1
+        # ... and one that was there before stays, whole: here the segment
+        # a dataplane that ran and exited left for sluiced.
+        kept = os.path.join(lab.tmp, "kept.shm")
+        start_and_stop(lab, ["--shm", kept, "--exit-idle-ms", "100"], ["shared memory " + kept],
+                       exits_by_itself=True)
+        check(os.path.exists(kept), f"{kept}: a dataplane that ran removed its segment")
+        size = os.path.getsize(kept)
+        lab.refused(["--shm", kept, "--conn-file", "/nonexistent-hdpcli/conn"], ["/nonexistent-hdpcli/conn"])
+        check(os.path.exists(kept) and os.path.getsize(kept) == size,
+              f"{kept}: a refused dataplane removed or changed a segment that was there before")
         n += 1
         slowest = max(lab_times)
         print(f"  {n} refusals, each named; slowest {slowest[0]:.2f}s: {slowest[1]}")
