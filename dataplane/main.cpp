@@ -529,14 +529,28 @@ const CLI::Validator kDecimal(
     },
     "DECIMAL");
 
+// A path option: an empty one is refused by the parser, before EAL, not
+// later by open() with a message about ''.
+const CLI::Validator kPath(
+    [](const std::string& s) { return s.empty() ? std::string{"Value '' is not a path"} : std::string{}; }, "PATH");
+
+// CLI11 2.1 has no App::usage(); its own line ("sluice-dataplane [OPTIONS]")
+// would hide that EAL's options come first, before "--".
+class DataplaneFormatter : public CLI::Formatter {
+public:
+    std::string make_usage(const CLI::App*, std::string) const override {
+        return "Usage: sluice-dataplane [EAL options, ports as --vdev/PCI] -- [OPTIONS]\n";
+    }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
     Options opt;
-    CLI::App app{"sluice-dataplane: DPDK forwarding process of the sluice L4 load balancer.\n"
-                 "Usage: sluice-dataplane [EAL options, ports as --vdev/PCI] -- [options]",
-                 "sluice-dataplane"};
+    CLI::App app{"sluice-dataplane: DPDK forwarding process of the sluice L4 load balancer.", "sluice-dataplane"};
+    app.formatter(std::make_shared<DataplaneFormatter>());
     app.add_option("--shm", opt.shm_path, "Shared-memory segment shared with sluiced")
+        ->check(kPath)
         ->capture_default_str();
     app.add_option("--client-port", opt.client_port,
                    "Port facing clients (default: the first port)");
@@ -550,7 +564,8 @@ int main(int argc, char** argv) {
     app.add_option("--conn-file", opt.conn_file,
                    "Connection tables live in PATH.<worker>, kept across restarts (default: "
                    "/dev/hugepages/sluice-conn when hugetlbfs is mounted there, else "
-                   "/dev/shm/sluice-conn)");
+                   "/dev/shm/sluice-conn)")
+        ->check(kPath);
     app.add_option("--tcp-syn-timeout-ms", opt.timeouts.tcp_syn_ms, "Idle timeout of a TCP flow before its handshake completes")
         ->transform(kDecimal)
         ->check(CLI::Range(1u, kMaxTimeoutMs))

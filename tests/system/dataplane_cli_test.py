@@ -198,6 +198,9 @@ def test_help():
             check(shown[opt] == want, f"--help gives {opt} the range {shown[opt]}, expected {want}")
         else:
             check(shown[opt] is None, f"--help gives the non-numeric {opt} a range {shown[opt]}")
+    usage = [line for line in text.splitlines() if line.startswith("Usage:")]
+    check(usage == ["Usage: sluice-dataplane [EAL options, ports as --vdev/PCI] -- [OPTIONS]"],
+          f"--help's usage lines: {usage}")
     print(f"  --help lists {len(shown)} options in {took:.2f}s")
 
 
@@ -221,6 +224,8 @@ def test_refusals():
             (["--shm", "/tmp/a", "--shm", "/tmp/b"], ["--shm"]),      # given twice
             (["--no-promiscuous=0"], ["no-promiscuous"]),             # was read as "promiscuous"
             (["--busy-poll=0"], ["busy-poll"]),                       # a flag takes no value
+            (["--shm", ""], ["--shm", "''"]),                          # was refused only after EAL
+            (["--conn-file", ""], ["--conn-file", "''"]),
         ]:
             lab.refused(args, needles)
             n += 1
