@@ -111,6 +111,44 @@ TEST_CASE("Expired ways are reused before live ones are evicted") {
     CHECK(h.way == short_lived);
 }
 
+TEST_CASE("The entry stage's way hint: a hit, the free way insert takes, and a stale one") {
+    TableFixture f(8);  // one bucket: both candidates are it
+    ConnTable& t = *f.table;
+    const FlowKey a = key(1), b = key(2), c = key(3);
+    const ConnProbe pa = t.probe(flow_hash(a, 1)), pb = t.probe(flow_hash(b, 1)), pc = t.probe(flow_hash(c, 1));
+    // Absent key: the hint is the way insert() would take (0, a single-line way).
+    const ConnHandle free_a = t.prefetch_entry(pa, 100);
+    REQUIRE(free_a);
+    CHECK(free_a.way == 0);
+    CHECK_FALSE(t.lookup_hinted(free_a, pa, a, 100));  // a free way is no hit
+    const ConnHandle ha = t.insert_hinted(free_a, pa, a, 100);
+    REQUIRE(ha);
+    CHECK(ha.way == 0);
+    ha.set_expiry(100, 10'000);
+    // Present key: the hint is its live way, and the hinted lookup returns it.
+    const ConnHandle hit = t.prefetch_entry(pa, 100);
+    CHECK(hit.way == 0);
+    CHECK(t.lookup_hinted(hit, pa, a, 100).way == 0);
+    // Two new flows hinted in one burst get the same free way (7); the
+    // first takes it, the second's hint is stale and insert chooses again.
+    const ConnHandle free_b = t.prefetch_entry(pb, 100), free_c = t.prefetch_entry(pc, 100);
+    CHECK(free_b.way == 7);
+    CHECK(free_c.way == 7);
+    const ConnHandle hb = t.insert_hinted(free_b, pb, b, 100);
+    hb.set_expiry(100, 10'000);
+    const ConnHandle hc = t.insert_hinted(free_c, pc, c, 100);
+    REQUIRE(hc);
+    CHECK(hb.way == 7);
+    CHECK(hc.way == 1);
+    CHECK_FALSE(hc.evicted);
+    hc.set_expiry(100, 10'000);
+    for (const FlowKey& k : {a, b, c}) CHECK(t.lookup(flow_hash(k, 1), k, 200));
+    // An expired way the hint names is taken again.
+    const FlowKey d = key(4);
+    const ConnProbe pd = t.probe(flow_hash(d, 1));
+    CHECK(t.insert_hinted(ConnHandle{hb.bucket, hb.way, false}, pd, d, 20'000).way == 7);
+}
+
 TEST_CASE("New flows take the ways that lie within one cache line first") {
     // Ways 0 and 7 each sit in one 64-byte line of the bucket; the others
     // straddle two, and cost a lookup two misses instead of one.

@@ -183,8 +183,9 @@ public:
     // a single-stage prefetch leaves to the packet loop. An absent key (a new
     // flow) gets the way insert() will take, when there is a free one: at a
     // million flows that line was the new flow's one remaining miss.
-    // Returns the live way as a hint for lookup_hinted (empty when no live
-    // way matches), so the packet loop does not search the buckets again.
+    // Returns the way as a hint for lookup_hinted (the live way holding the
+    // key) or insert_hinted (the free way), so that the packet loop does not
+    // search the buckets again; empty when neither exists.
     SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms) const {
         const uint32_t sig = p.sig;
         ConnBucket* b = p.b1;
@@ -195,8 +196,9 @@ public:
             const unsigned live2 = live_mask(b2, now_ms);
             ways = match_mask(b2, sig) & live2;
             if (SLUICE_UNLIKELY(!ways)) {
-                if (const ConnHandle f = free_way(p, live1, live2)) prefetch_entry_lines(f.entry());
-                return {};
+                const ConnHandle f = free_way(p, live1, live2);
+                if (f) prefetch_entry_lines(f.entry());
+                return f;
             }
             b = b2;
         }
@@ -209,7 +211,8 @@ public:
     // hash at the same now_ms. Between the two, earlier packets of the burst
     // may have evicted that way or inserted the key (a flow's first packets
     // arriving together), so the hint is only taken when the way still holds
-    // the key live, and a miss (or no hint) falls back to the full lookup.
+    // the key live, and a miss (or no hint, or a free way's) falls back to
+    // the full lookup.
     SLUICE_ALWAYS_INLINE ConnHandle lookup_hinted(ConnHandle hint, const ConnProbe& p, const FlowKey& key,
                                                   uint32_t now_ms) const {
         if (SLUICE_LIKELY(static_cast<bool>(hint)) && hint.bucket->sig[hint.way] != 0 &&
@@ -235,6 +238,18 @@ public:
     SLUICE_ALWAYS_INLINE ConnHandle insert(uint64_t hash, const FlowKey& key, uint32_t now_ms,
                                            bool embryonic = false) {
         return insert(probe(hash), key, now_ms, embryonic);
+    }
+    // insert(), taking the free way prefetch_entry chose when it is still
+    // free (an earlier packet of the burst may have taken it since): the
+    // choice is then not made a second time.
+    SLUICE_ALWAYS_INLINE ConnHandle insert_hinted(ConnHandle hint, const ConnProbe& p, const FlowKey& key,
+                                                  uint32_t now_ms, bool embryonic = false) {
+        if (static_cast<bool>(hint) &&
+            (hint.bucket->sig[hint.way] == 0 || expired(hint.bucket->expires[hint.way], now_ms))) {
+            claim_way(hint.bucket, hint.way, p.sig, key, embryonic);
+            return ConnHandle{hint.bucket, hint.way, false};
+        }
+        return insert(p, key, now_ms, embryonic);
     }
     SLUICE_ALWAYS_INLINE ConnHandle insert(const ConnProbe& p, const FlowKey& key, uint32_t now_ms,
                                            bool embryonic = false) {
@@ -266,9 +281,7 @@ public:
             if (victim_left == INT32_MAX) return {};
             evicted = true;
         }
-        victim_bucket->sig[victim] = p.sig | (embryonic ? 0 : kSigEstablished);
-        victim_bucket->entries[victim] = ConnEntry{};
-        victim_bucket->entries[victim].key = key;
+        claim_way(victim_bucket, victim, p.sig, key, embryonic);
         return ConnHandle{victim_bucket, victim, evicted};
     }
 
@@ -298,6 +311,12 @@ private:
         const unsigned free = second ? free2 : free1;
         const unsigned single = free & kSingleLineWays;
         return ConnHandle{second ? p.b2 : p.b1, static_cast<unsigned>(__builtin_ctz(single ? single : free)), false};
+    }
+    SLUICE_ALWAYS_INLINE static void claim_way(ConnBucket* b, unsigned way, uint32_t sig, const FlowKey& key,
+                                               bool embryonic) {
+        b->sig[way] = sig | (embryonic ? 0 : kSigEstablished);
+        b->entries[way] = ConnEntry{};
+        b->entries[way].key = key;
     }
     SLUICE_ALWAYS_INLINE static void prefetch_entry_lines(const ConnEntry& e) {
         prefetch_write(&e);

@@ -101,7 +101,7 @@ private:
         FlowKey key;
         uint64_t hash;
         ConnProbe probe;  // the table's view of hash, derived once
-        ConnHandle hint;  // the live way prefetch_entry found for the key
+        ConnHandle hint;  // prefetch_entry's way: the key's live one, or the free one insert would take
         int vip_slot;
         Kind kind;
         DropReason drop;
@@ -235,8 +235,8 @@ private:
         return claim(key, table_.probe(hash), now_ms, embryonic);
     }
     SLUICE_ALWAYS_INLINE ConnHandle claim(const FlowKey& key, const ConnProbe& probe, uint32_t now_ms,
-                                          bool embryonic = false) {
-        const ConnHandle h = table_.insert(probe, key, now_ms, embryonic);
+                                          bool embryonic = false, ConnHandle hint = {}) {
+        const ConnHandle h = table_.insert_hinted(hint, probe, key, now_ms, embryonic);
         if (h.evicted) count(Counter::kConnEvictions);
         return h;
     }
@@ -586,7 +586,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
         if constexpr (kSecondChance)
             if (vip.flags & SLUICE_VIP_SECOND_CHANCE) std::memcpy(hops.slot, cfg.maglev_prev[entry], sizeof hops.slot);
         const TcpState state = tcp ? initial_tcp_state(tcp_flags) : TcpState::kNone;
-        if (!h) h = claim(s.key, s.probe, now_ms, state == TcpState::kSynSent);
+        if (!h) h = claim(s.key, s.probe, now_ms, state == TcpState::kSynSent, s.hint);
         count(Counter::kNewFlows);
         counter_add(stats_.backend_new_flows[backend_slot], 1);
         if (SLUICE_LIKELY(static_cast<bool>(h))) {
