@@ -136,23 +136,36 @@ struct Worker {
     std::vector<rte_ring*> inbox;  // rings other workers hand packets to this one through
 };
 
-// A shared-memory segment this dataplane created (none was at --shm) is
-// removed again when start-up is refused after it: a refused command
-// leaves nothing behind. One that was there before stays (sluiced's), and
-// so does one a sluiced has opened meanwhile as its writer (it holds the
-// segment's flock, see ShmSegment::lock_writer).
-std::string g_created_shm;
+// What a start-up refused after attaching removes again, so that a refused
+// command leaves nothing behind: the shared-memory segment if this process
+// created it (ShmSegment::created), and the connection-table files it
+// created. A segment stays when it is no longer the file this process
+// created, when a sluiced holds it as writer (its flock; sluiced waits
+// while we hold the lock for a moment, see ShmSegment::lock_writer), or
+// when another live dataplane has attached to it.
+struct CreatedFiles {
+    std::string shm;
+    dev_t shm_dev = 0;
+    ino_t shm_ino = 0;
+    std::vector<std::string> conn;
+} g_created;
 
-void remove_created_segment() {
-    if (g_created_shm.empty()) return;
-    const int fd = open(g_created_shm.c_str(), O_RDWR | O_CLOEXEC);
+void remove_created_files() {
+    for (const std::string& f : g_created.conn) unlink(f.c_str());
+    if (g_created.shm.empty()) return;
+    const int fd = open(g_created.shm.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) return;
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0) unlink(g_created_shm.c_str());
-    close(fd);
+    struct stat st{};
+    sluice_shm_header h{};
+    if (fstat(fd, &st) == 0 && st.st_dev == g_created.shm_dev && st.st_ino == g_created.shm_ino &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0 && pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+        (h.dataplane_pid == 0 || h.dataplane_pid == static_cast<uint32_t>(getpid()) || !process_alive(h.dataplane_pid)))
+        unlink(g_created.shm.c_str());
+    close(fd);  // releases the lock
 }
 
 [[noreturn]] void die(const std::string& msg) {
-    remove_created_segment();
+    remove_created_files();
     die_after_eal("sluice-dataplane", msg);
 }
 
@@ -266,6 +279,7 @@ void* open_conn_table(const std::string& path, size_t capacity, bool& reused) {
     want.table_bytes = table_bytes;
     struct stat st{};
     fstat(fd, &st);
+    if (st.st_size == 0) g_created.conn.push_back(path);  // new (or empty): removed if start-up is refused
     void* p = nullptr;
     reused = false;
     if (static_cast<size_t>(st.st_size) == file_bytes) {
@@ -714,9 +728,13 @@ int main(int argc, char** argv) {
 
     std::optional<ShmSegment> shm;
     try {
-        const bool existed = access(opt.shm_path.c_str(), F_OK) == 0;
         shm.emplace(ShmSegment::open_or_create(opt.shm_path));
-        if (!existed) g_created_shm = opt.shm_path;
+        struct stat st{};
+        if (shm->created() && fstat(shm->fd(), &st) == 0) {
+            g_created.shm = opt.shm_path;
+            g_created.shm_dev = st.st_dev;
+            g_created.shm_ino = st.st_ino;
+        }
     } catch (const std::exception& e) {
         die(fmt::format("--shm '{}': {}", opt.shm_path, e.what()));
     }
@@ -792,7 +810,7 @@ int main(int argc, char** argv) {
     // before its own workers run.
     for (auto& l : (*shm)->lcore_state) __atomic_store_n(&l.heartbeat_ms, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&hdr.dataplane_pid, static_cast<uint32_t>(getpid()), __ATOMIC_RELEASE);
-    g_created_shm.clear();  // attached: the segment now outlives this process, for sluiced
+    g_created = {};  // attached: the segment and tables now outlive this process (sluiced, restarts)
 
     g_shm = shm->get();
     g_workers = nb_workers;

@@ -85,10 +85,11 @@ size_t shm_segment_size() {
 }
 
 ShmSegment ShmSegment::open_or_create(const std::string& path) {
+    bool created = false;
     for (int attempt = 0; attempt < 2; ++attempt) {
         int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
         if (fd < 0 && errno == ENOENT) {
-            try_create(path);  // lost races fall through to opening the winner's file
+            created = try_create(path);  // lost races fall through to opening the winner's file
             continue;
         }
         if (fd < 0) fail_errno("cannot open shared memory", path);
@@ -118,23 +119,43 @@ ShmSegment ShmSegment::open_or_create(const std::string& path) {
             close(fd);
             throw;
         }
-        return ShmSegment(path, fd, shm);
+        return ShmSegment(path, fd, shm, created);
     }
     throw std::runtime_error(fmt::format("{} keeps disappearing while being opened", path));
 }
 
 void ShmSegment::lock_writer() {
-    if (flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
-    if (errno != EWOULDBLOCK) fail_errno("cannot lock shared memory", path_);
-    // The holder recorded its pid after taking the lock.
-    const uint32_t holder = __atomic_load_n(&shm_->header.daemon_pid, __ATOMIC_ACQUIRE);
-    throw std::runtime_error(fmt::format(
-        "{} already has a writer: sluiced pid {} holds it; one sluiced per shared-memory segment",
-        path_, holder));
+    // A dataplane refused at start-up removes the segment it created; it
+    // takes this lock for a moment first, and unlinks only if it gets it.
+    // So: a holder that has not recorded a pid is such a dataplane (wait
+    // for it), and a segment unlinked between our open and our lock is
+    // opened again, so that sluiced never writes into a removed file that
+    // no dataplane will find.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        if (flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            if (errno != EWOULDBLOCK) fail_errno("cannot lock shared memory", path_);
+            // The holder recorded its pid after taking the lock.
+            const uint32_t holder = __atomic_load_n(&shm_->header.daemon_pid, __ATOMIC_ACQUIRE);
+            if (holder != 0 && process_alive(holder))
+                throw std::runtime_error(fmt::format(
+                    "{} already has a writer: sluiced pid {} holds it; one sluiced per shared-memory segment",
+                    path_, holder));
+            usleep(10'000);
+            continue;
+        }
+        struct stat mine{}, named{};
+        if (fstat(fd_, &mine) == 0 && stat(path_.c_str(), &named) == 0 && mine.st_dev == named.st_dev &&
+            mine.st_ino == named.st_ino)
+            return;
+        *this = open_or_create(path_);  // releases the old file's lock with its descriptor
+    }
+    throw std::runtime_error(fmt::format("{}: could not lock it as writer in 1 s (held without a pid, or "
+                                         "removed each time it was opened)",
+                                         path_));
 }
 
 ShmSegment::ShmSegment(ShmSegment&& o) noexcept
-    : path_(std::move(o.path_)), fd_(o.fd_), shm_(o.shm_) {
+    : path_(std::move(o.path_)), fd_(o.fd_), shm_(o.shm_), created_(o.created_) {
     o.fd_ = -1;
     o.shm_ = nullptr;
 }

@@ -253,6 +253,14 @@ def test_refusals():
         # created goes again (it used to stay) ...
         lab.refused(["--conn-file", "/nonexistent-hdpcli/conn"], ["/nonexistent-hdpcli/conn"])
         n += 1
+        # A start-up refused at worker 1's table (a directory where its file
+        # goes) removes worker 0's table file, which it had just created.
+        two = os.path.join(lab.tmp, "two.conn")
+        os.mkdir(two + ".1")
+        lab.refused(["--conn-file", two, "--conn-capacity", "4096"], [two + ".1"], lcores=("-l", "0-1"))
+        check(not os.path.exists(two + ".0"), f"{two}.0: a refused start-up left the table file it created")
+        os.rmdir(two + ".1")
+        n += 1
         # ... and one that was there before stays, whole: here the segment
         # a dataplane that ran and exited left for sluiced.
         kept = os.path.join(lab.tmp, "kept.shm")

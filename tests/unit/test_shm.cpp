@@ -46,6 +46,34 @@ TEST_CASE("Segment is created mode 0600 with a valid header, and reopened") {
     CHECK(shm_generation(again.get()) == 7);
 }
 
+TEST_CASE("created() tells the call that published the segment from the ones that opened it") {
+    TempPath tmp;
+    ShmSegment first = ShmSegment::open_or_create(tmp.path);
+    CHECK(first.created());
+    ShmSegment second = ShmSegment::open_or_create(tmp.path);
+    CHECK_FALSE(second.created());
+}
+
+TEST_CASE("The writer lock follows the path: a segment removed before the lock is opened again") {
+    // A dataplane refused at start-up removes the segment it created; a
+    // sluiced that opened it just before must not lock and write the
+    // removed file, which no dataplane would find.
+    TempPath tmp;
+    ShmSegment seg = ShmSegment::open_or_create(tmp.path);
+    seg->header.generation = 5;
+    REQUIRE(unlink(tmp.path.c_str()) == 0);
+    seg.lock_writer();
+    struct stat mine{}, named{};
+    REQUIRE(fstat(seg.fd(), &mine) == 0);
+    REQUIRE(stat(tmp.path.c_str(), &named) == 0);
+    CHECK(mine.st_ino == named.st_ino);
+    CHECK(shm_generation(seg.get()) == 0);  // the new segment, not the removed one
+    // And it holds the lock: a second writer on the path is refused.
+    seg->header.daemon_pid = static_cast<uint32_t>(getpid());
+    ShmSegment other = ShmSegment::open_or_create(tmp.path);
+    CHECK_THROWS_WITH(other.lock_writer(), Catch::Contains("already has a writer"));
+}
+
 TEST_CASE("A foreign file is refused, naming the path") {
     TempPath tmp;
     {

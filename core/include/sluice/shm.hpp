@@ -40,12 +40,17 @@ public:
     sluice_shm* operator->() const { return shm_; }
     int fd() const { return fd_; }
     const std::string& path() const { return path_; }
+    // This open_or_create published the file (none was at the path): a
+    // dataplane refused at start-up removes only a segment it created.
+    bool created() const { return created_; }
 
 private:
-    ShmSegment(std::string path, int fd, sluice_shm* shm) : path_(std::move(path)), fd_(fd), shm_(shm) {}
+    ShmSegment(std::string path, int fd, sluice_shm* shm, bool created)
+        : path_(std::move(path)), fd_(fd), shm_(shm), created_(created) {}
     std::string path_;
     int fd_ = -1;
     sluice_shm* shm_ = nullptr;
+    bool created_ = false;
 };
 
 SLUICE_ALWAYS_INLINE uint64_t shm_generation(const sluice_shm* shm) {
