@@ -186,7 +186,8 @@ public:
     // Returns the way as a hint for lookup_hinted (the live way holding the
     // key) or insert_hinted (the free way), so that the packet loop does not
     // search the buckets again; empty when neither exists.
-    SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms) const {
+    // `may_insert`: false for a packet whose key is never inserted.
+    SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms, bool may_insert = true) const {
         const uint32_t sig = p.sig;
         ConnBucket* b = p.b1;
         const unsigned live1 = live_mask(b, now_ms);
@@ -196,6 +197,7 @@ public:
             const unsigned live2 = live_mask(b2, now_ms);
             ways = match_mask(b2, sig) & live2;
             if (SLUICE_UNLIKELY(!ways)) {
+                if (!may_insert) return {};
                 const ConnHandle f = free_way(p, live1, live2);
                 if (f) prefetch_entry_lines(f.entry());
                 return f;

@@ -36,16 +36,18 @@ struct FlowKey {
     // see the static_assert); the member-wise default compiled to an
     // out-of-line call with a branch per field. With AVX2 the addresses
     // are one 32-byte compare and the rest one 8-byte word (7 instructions
-    // instead of 5 word pairs' 28, the conn-table hit's key check). The
-    // keys compared were stored long before (a burst's classify pass, an
-    // entry's insert), so the wide load does not wait on narrower stores.
+    // instead of 5 word pairs' 28, the conn-table hit's key check). On
+    // the hit path both keys were stored long before (a burst's classify
+    // pass, an entry's insert). A key built just before its compare (a NAT
+    // reply key) waits for its stores to be written either way: neither an
+    // 8-byte nor a 32-byte load is forwarded from several narrower stores.
     SLUICE_ALWAYS_INLINE bool operator==(const FlowKey& o) const {
 #if defined(__AVX2__)
         const __m256i x = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(this)),
                                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&o)));
-        uint64_t a, b;
-        std::memcpy(&a, &src_port, sizeof a);
-        std::memcpy(&b, &o.src_port, sizeof b);
+        uint64_t a, b;  // the ports, proto, family, direction and pad
+        std::memcpy(&a, reinterpret_cast<const uint8_t*>(this) + offsetof(FlowKey, src_port), sizeof a);
+        std::memcpy(&b, reinterpret_cast<const uint8_t*>(&o) + offsetof(FlowKey, src_port), sizeof b);
         return static_cast<bool>(_mm256_testz_si256(x, x)) & (a == b);
 #else
         uint64_t a[5], b[5];
@@ -58,7 +60,7 @@ struct FlowKey {
 static_assert(sizeof(FlowKey) == 40 && offsetof(FlowKey, src_port) == 32);
 
 // Keys are built as five 8-byte words in registers and stored whole: the
-// hash and the comparisons read them back as 8-byte words, which a store
+// hash and the comparisons read them back as 8-byte (or 32-byte) words, which a store
 // buffer holding narrower stores (a 4-byte address over a zeroed key, a
 // 2-byte port) cannot forward: each such load stalls until the stores
 // retire. The last word is the port/proto/family/direction fields in their

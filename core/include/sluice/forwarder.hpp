@@ -797,8 +797,11 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
     for (uint16_t i = 0; i < n; ++i) classify(cfg, pkts[i], scratch[i], vip_cache);
     for (uint16_t i = 0; i < n; ++i) {
         Scratch& s = scratch[i];
+        // Only a packet to a VIP may insert its key: for the others the
+        // stage looks for the live way alone (no free way prefetched for
+        // writing, e.g. for a flood of unknown NAT replies).
         s.hint = SLUICE_LIKELY(s.drop == DropReason::kNone && s.kind != Kind::kEcho)
-                     ? table_.prefetch_entry(s.probe, now_ms)
+                     ? table_.prefetch_entry(s.probe, now_ms, s.kind == Kind::kToVip)
                      : ConnHandle{};
     }
     for (uint16_t i = 0; i < n; ++i) {
