@@ -166,7 +166,7 @@ uint64_t flow_hash_of(const std::string& src, const std::string& dst, uint16_t s
     k.proto = proto;
     k.family = s.family;
     k.direction = FlowDirection::kToBackend;
-    return flow_hash(k, kSeed);
+    return XXH3_64bits_withSeed(&k, sizeof k, kSeed);  // xxHash's own, not flow.hpp's specialisation
 }
 uint64_t flow_hash_of(const Pkt& p) { return flow_hash_of(p.src, p.dst, p.sport, p.dport, p.proto); }
 

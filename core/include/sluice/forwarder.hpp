@@ -123,8 +123,8 @@ private:
                                        VipCache& cache) const;
     // s.key is set: its hash and table probe, computed once for every later
     // stage, and the prefetch of its two buckets issued.
-    SLUICE_ALWAYS_INLINE void look_up_soon(const sluice_config& cfg, Scratch& s) const {
-        s.hash = flow_hash(s.key, cfg.hash_seed);
+    SLUICE_ALWAYS_INLINE void look_up_soon(Scratch& s) const {
+        s.hash = flow_hash(s.key, hash_secret_);
         s.probe = table_.probe(s.hash);
         table_.prefetch(s.probe);
     }
@@ -137,7 +137,7 @@ private:
                     ? make_flow_key(pkt, p, FlowDirection::kToBackend, static_cast<uint16_t>(p.l4.tag >> 16),
                                     static_cast<uint16_t>(p.l4.tag))
                     : make_flow_key(pkt, p, FlowDirection::kToBackend);
-        look_up_soon(cfg, s);
+        look_up_soon(s);
     }
     template <uint8_t kMode>
     SLUICE_ALWAYS_INLINE Action to_vip(const sluice_config& cfg, PacketBuf& b, Scratch& s, uint32_t now_ms);
@@ -172,7 +172,7 @@ private:
         default: return f.template operator()<SLUICE_MODE_IPIP>();
         }
     }
-    void remember_fragments(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
+    void remember_fragments(const uint8_t* pkt, const Scratch& s,
                             uint16_t backend_slot, uint32_t uid, bool reply, uint32_t now_ms,
                             const uint8_t* client_mac = nullptr);
     void add_nat_reply_entry(const sluice_config& cfg, const uint8_t* pkt, const Scratch& s,
@@ -271,6 +271,7 @@ private:
     }
     TokenBucket icmp_tokens_;  // refilled once per pass
     TunnelSource tunnel_src_;  // derived from the configuration once per pass
+    FlowHashSecret hash_secret_ = FlowHashSecret::of(0);  // cfg.hash_seed's, derived once per pass
     // A pass's per-packet state. A member, built once, not a local: as a
     // local its members' initialisers ran for every slot of every pass.
     // classify overwrites what later stages read.
@@ -298,7 +299,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         // (src, dst, protocol, identification).
         s.kind = Kind::kLaterFragment;
         s.key = fragment_key(pkt, p);
-        look_up_soon(cfg, s);
+        look_up_soon(s);
         return;
     }
     const uint8_t* dst = p.dst_addr(pkt);
@@ -328,7 +329,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
     if (addr_slot < 0) {
         s.kind = Kind::kNatReply;
         s.key = make_flow_key(pkt, p, FlowDirection::kNatReply);
-        look_up_soon(cfg, s);
+        look_up_soon(s);
         return;
     }
     if (p.proto != (p.family == 4 ? net::kProtoIcmp : net::kProtoIcmpv6) || !p.has_l4) {
@@ -382,7 +383,7 @@ SLUICE_ALWAYS_INLINE void Forwarder::classify(const sluice_config& cfg, const Pa
         k.family = p.family;
         k.direction = FlowDirection::kToBackend;
         s.kind = Kind::kIcmpError;
-        look_up_soon(cfg, s);
+        look_up_soon(s);
         return;
     }
     s.drop = DropReason::kIcmpUnmatched;
@@ -395,7 +396,7 @@ inline void Forwarder::add_nat_reply_entry(const sluice_config& cfg, const uint8
                                            uint16_t backend_slot, uint32_t now_ms,
                                            uint32_t timeout_ms, bool embryonic, const ConnHandle& fwd) {
     const FlowKey rk = nat::reply_key(s.key, be);
-    const uint64_t rhash = flow_hash(rk, cfg.hash_seed);
+    const uint64_t rhash = flow_hash(rk, hash_secret_);
     ConnHandle rh = table_.lookup(rhash, rk, now_ms);
     if (!rh) rh = claim(rk, rhash, now_ms, embryonic);
     if (!rh) return;  // a SYN flood filled the table: this connection cannot be translated back
@@ -453,11 +454,11 @@ SLUICE_ALWAYS_INLINE void Forwarder::keep_nat_reply_entry(const sluice_config& c
 // A first fragment's decision, for the later fragments of its datagram. A
 // NAT reply's later fragments go where its first went: to `client_mac`, the
 // MAC its reply entry holds (not the backend's, the frame's source).
-inline void Forwarder::remember_fragments(const sluice_config& cfg, const uint8_t* pkt,
+inline void Forwarder::remember_fragments(const uint8_t* pkt,
                                           const Scratch& s, uint16_t backend_slot, uint32_t uid,
                                           bool reply, uint32_t now_ms, const uint8_t* client_mac) {
     const FlowKey fk = fragment_key(pkt, s.parsed);
-    const ConnHandle fh = find_or_claim(fk, flow_hash(fk, cfg.hash_seed), now_ms);
+    const ConnHandle fh = find_or_claim(fk, flow_hash(fk, hash_secret_), now_ms);
     ConnEntry& e = fh.entry();
     e.vip_slot = static_cast<uint16_t>(s.vip_slot);
     e.backend_slot = backend_slot;
@@ -576,7 +577,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
     // packet of theirs pays for initialising a copy.
     [[maybe_unused]] LaterHops hops;
     if (reselect) {
-        const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, cfg.hash_seed);
+        const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, hash_secret_);
         const uint32_t entry = vip.table_offset + static_cast<uint32_t>(mh % vip.table_size);
         backend_slot = cfg.maglev_pool[entry];
         if (SLUICE_UNLIKELY(backend_slot == SLUICE_MAGLEV_EMPTY)) {
@@ -628,7 +629,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::to_vip(const sluice_config& cfg, PacketBu
             keep_nat_reply_entry(cfg, b.data, s, be, backend_slot, now_ms, timeout, h);
     }
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst))
-        remember_fragments(cfg, b.data, s, backend_slot, be.uid, false, now_ms);
+        remember_fragments(b.data, s, backend_slot, be.uid, false, now_ms);
     count_vip_backend(s.vip_slot, backend_slot, b.len);
     return send_to_backend<kMode>(cfg, b, s, vip, be, s.hash, kSecondChance ? hops : kNoLaterHops);
 }
@@ -662,7 +663,7 @@ SLUICE_ALWAYS_INLINE Action Forwarder::nat_reply(const sluice_config& cfg, Packe
         h.extend_expiry(now_ms, reply_timeout);
     if (SLUICE_UNLIKELY(p.fragment == net::Fragment::kFirst)) {
         s.vip_slot = e.vip_slot;
-        remember_fragments(cfg, b.data, s, e.backend_slot, vip.uid, true, now_ms, e.peer_mac);
+        remember_fragments(b.data, s, e.backend_slot, vip.uid, true, now_ms, e.peer_mac);
     }
     nat::rewrite_reply(b.data, p, vip);
     net::set_macs(b.data, e.peer_mac, opt_.client_port_mac);
@@ -687,7 +688,7 @@ inline Action Forwarder::icmp_error(const sluice_config& cfg, PacketBuf& b, Scra
         h && cfg.backends[h.entry().backend_slot].uid == h.entry().uid) {
         slot = h.entry().backend_slot;
     } else {
-        const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, cfg.hash_seed);
+        const uint64_t mh = maglev_flow_hash(s.key, s.hash, vip.hash_fields, hash_secret_);
         slot = cfg.maglev_pool[vip.table_offset + mh % vip.table_size];
         if (slot == SLUICE_MAGLEV_EMPTY) {
             s.drop = DropReason::kNoBackend;
@@ -789,6 +790,7 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
     }
     icmp_tokens_.refill(now_ms);
     tunnel_src_ = TunnelSource::of(cfg);
+    hash_secret_ = FlowHashSecret::of(cfg.hash_seed);
     // Pass 1 parses and hashes the whole burst and prefetches every bucket's
     // signature line, pass 2 the entries those signatures point to, so pass
     // 3 finds both in cache (the batching of DPDK l3fwd and VPP nodes, and
