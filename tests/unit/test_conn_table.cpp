@@ -83,6 +83,10 @@ TEST_CASE("A full bucket evicts the entry that expires first, never probes furth
         h.set_expiry(100, i == 3 ? 500 : 10'000);  // flow 3 is the closest to expiry
     }
     const FlowKey newcomer = key(99);
+    // The entry stage finds no free way, and still starts the new flow's work.
+    bool started = false;
+    CHECK_FALSE(t.prefetch_entry(t.probe(flow_hash(newcomer, 1)), 200, true, [&] { started = true; }));
+    CHECK(started);
     ConnHandle h = t.insert(flow_hash(newcomer, 1), newcomer, 200);
     CHECK(h.evicted);
     h.set_expiry(200, 10'000);
@@ -116,18 +120,27 @@ TEST_CASE("The entry stage's way hint: a hit, the free way insert takes, and a s
     ConnTable& t = *f.table;
     const FlowKey a = key(1), b = key(2), c = key(3);
     const ConnProbe pa = t.probe(flow_hash(a, 1)), pb = t.probe(flow_hash(b, 1)), pc = t.probe(flow_hash(c, 1));
-    // Absent key: the hint is the way insert() would take (0, a single-line way).
-    const ConnHandle free_a = t.prefetch_entry(pa, 100);
+    // Absent key: the hint is the way insert() would take (0, a single-line
+    // way), and the caller's new-flow work runs (the forwarder prefetches
+    // the flow's Maglev entry there).
+    int new_flows = 0;
+    const auto on_new = [&] { ++new_flows; };
+    const ConnHandle free_a = t.prefetch_entry(pa, 100, true, on_new);
     REQUIRE(free_a);
     CHECK(free_a.way == 0);
+    CHECK(new_flows == 1);
     CHECK_FALSE(t.lookup_hinted(free_a, pa, a, 100));  // a free way is no hit
     const ConnHandle ha = t.insert_hinted(free_a, pa, a, 100);
     REQUIRE(ha);
     CHECK(ha.way == 0);
     ha.set_expiry(100, 10'000);
     // Present key: the hint is its live way, and the hinted lookup returns it.
-    const ConnHandle hit = t.prefetch_entry(pa, 100);
+    const ConnHandle hit = t.prefetch_entry(pa, 100, true, on_new);
     CHECK(hit.way == 0);
+    CHECK(new_flows == 1);  // a hit is no new flow
+    // A packet that never inserts gets no free way and is no new flow.
+    CHECK_FALSE(t.prefetch_entry(pb, 100, false, on_new));
+    CHECK(new_flows == 1);
     CHECK(t.lookup_hinted(hit, pa, a, 100).way == 0);
     // Two new flows hinted in one burst get the same free way (7); the
     // first takes it, the second's hint is stale and insert chooses again.

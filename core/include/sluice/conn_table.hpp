@@ -134,6 +134,11 @@ struct ConnHandle {
     }
 };
 
+// prefetch_entry's default for callers with nothing to start for a new flow.
+struct NoNewFlowWork {
+    SLUICE_ALWAYS_INLINE void operator()() const {}
+};
+
 // A key's two candidate buckets and its signature, derived from its hash
 // once per packet and then used by every stage of the burst (prefetch,
 // entry prefetch, lookup, insert) instead of being derived again in each.
@@ -187,7 +192,12 @@ public:
     // key) or insert_hinted (the free way), so that the packet loop does not
     // search the buckets again; empty when neither exists.
     // `may_insert`: false for a packet whose key is never inserted.
-    SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms, bool may_insert = true) const {
+    // `on_new()` is called when the key is absent and may be inserted (a new
+    // flow), on the path that already branched for it, so that the caller
+    // can start the new flow's own loads without testing every packet again.
+    template <typename OnNew = NoNewFlowWork>
+    SLUICE_ALWAYS_INLINE ConnHandle prefetch_entry(const ConnProbe& p, uint32_t now_ms, bool may_insert = true,
+                                                   OnNew&& on_new = {}) const {
         const uint32_t sig = p.sig;
         ConnBucket* b = p.b1;
         const unsigned live1 = live_mask(b, now_ms);
@@ -198,6 +208,7 @@ public:
             ways = match_mask(b2, sig) & live2;
             if (SLUICE_UNLIKELY(!ways)) {
                 if (!may_insert) return {};
+                on_new();
                 const ConnHandle f = free_way(p, live1, live2);
                 if (f) prefetch_entry_lines(f.entry());
                 return f;
