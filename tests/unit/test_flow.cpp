@@ -6,6 +6,7 @@
 #include <cstring>
 #include <random>
 
+#include "flow_key_builder.hpp"
 #include "packet_builder.hpp"
 #include "sluice/flow.hpp"
 
@@ -18,21 +19,6 @@ FlowKey random_key(std::mt19937_64& rng) {
     for (auto& b : bytes) b = static_cast<uint8_t>(rng());
     FlowKey k;
     std::memcpy(&k, bytes, sizeof k);
-    return k;
-}
-
-// The key as flow.hpp's struct documents it, built one field at a time.
-FlowKey expected_key(const std::string& src, const std::string& dst, uint16_t sport, uint16_t dport,
-                     uint8_t proto, FlowDirection dir) {
-    const IpAddress s = parse_ip(src), d = parse_ip(dst);
-    FlowKey k{};
-    std::memcpy(k.src, s.bytes.data(), s.family == 4 ? 4 : 16);
-    std::memcpy(k.dst, d.bytes.data(), d.family == 4 ? 4 : 16);
-    k.src_port = sport;
-    k.dst_port = dport;
-    k.proto = proto;
-    k.family = s.family;
-    k.direction = dir;
     return k;
 }
 
@@ -86,13 +72,13 @@ TEST_CASE("make_flow_key builds the key field by field, IPv4 and IPv6") {
         INFO(c.src << " -> " << c.dst);
         for (const FlowDirection dir : {FlowDirection::kToBackend, FlowDirection::kNatReply}) {
             const FlowKey got = make_flow_key(frame.data(), p, dir);
-            const FlowKey want = expected_key(c.src, c.dst, 40000, 443, 6, dir);
+            const FlowKey want = test::flow_key_of(c.src, c.dst, 40000, 443, 6, dir);
             CHECK(std::memcmp(&got, &want, sizeof got) == 0);
             CHECK(got == want);
         }
         // The ports given explicitly (a fragment's identification, a tag).
         const FlowKey got = make_flow_key(frame.data(), p, FlowDirection::kFragment, 0xabcd, 0x1234);
-        const FlowKey want = expected_key(c.src, c.dst, 0xabcd, 0x1234, 6, FlowDirection::kFragment);
+        const FlowKey want = test::flow_key_of(c.src, c.dst, 0xabcd, 0x1234, 6, FlowDirection::kFragment);
         CHECK(std::memcmp(&got, &want, sizeof got) == 0);
     }
 }

@@ -27,6 +27,7 @@
 
 #include <fmt/format.h>
 
+#include "flow_key_builder.hpp"
 #include "frame_builder.hpp"
 #include "forwarder_harness.hpp"
 #include "model.hpp"
@@ -157,15 +158,7 @@ Frame to_backend(const std::string& be, bool vlan = false) {
 // field by field from the packet's 5-tuple, direction "to backend".
 uint64_t flow_hash_of(const std::string& src, const std::string& dst, uint16_t sport, uint16_t dport,
                       uint8_t proto) {
-    const IpAddress s = parse_ip(src), d = parse_ip(dst);
-    FlowKey k{};
-    std::memcpy(k.src, s.bytes.data(), s.family == 4 ? 4 : 16);
-    std::memcpy(k.dst, d.bytes.data(), d.family == 4 ? 4 : 16);
-    k.src_port = sport;
-    k.dst_port = dport;
-    k.proto = proto;
-    k.family = s.family;
-    k.direction = FlowDirection::kToBackend;
+    const FlowKey k = test::flow_key_of(src, dst, sport, dport, proto, FlowDirection::kToBackend);
     return XXH3_64bits_withSeed(&k, sizeof k, kSeed);  // xxHash's own, not flow.hpp's specialisation
 }
 uint64_t flow_hash_of(const Pkt& p) { return flow_hash_of(p.src, p.dst, p.sport, p.dport, p.proto); }
