@@ -64,7 +64,18 @@ GUE_PORT = 6080  # the outer UDP destination port of GUE VIPs (RFC 8086 leaves i
 # The connection table's file: on hugetlbfs, as sluice-dataplane's own
 # default puts it, so that the benchmark measures the 2 MiB pages an operator
 # runs with (on /dev/shm every lookup of a large table is a TLB miss).
-CONN_DIR = "/dev/hugepages" if os.path.ismount("/dev/hugepages") else "/dev/shm"
+# A file left by a killed run holds its hugepages until scripts/cleanup.sh
+# (which matches sluice-conn-sl*) removes it.
+def _hugetlbfs_2m(path):
+    try:
+        with open("/proc/mounts") as f:
+            return any(m[1] == path and m[2] == "hugetlbfs" and "pagesize=1G" not in m[3]
+                       for m in (line.split() for line in f) if len(m) >= 4)
+    except OSError:
+        return False
+
+
+CONN_DIR = "/dev/hugepages" if _hugetlbfs_2m("/dev/hugepages") else "/dev/shm"
 MBUF_SIZE = 384  # 128 headroom + a 60-78 byte frame + up to 48 bytes of tunnel headers
 BACKENDS = 10
 
@@ -168,15 +179,20 @@ def table_capacity(flows):
     """The connection table a replay runs with: sized to the pcap's flows
     (a power of two of at least twice as many ways, at least 2^16), as
     l3fwd-em's hash table is sized to its rules (--hash-entry-num). A table
-    of 2^21 ways for 1,000 flows spreads them over 128 MiB, 1,000 pages
-    whose translations a VM's TLB does not keep: perf put a quarter of the
-    time on the two bucket prefetches there (11.3 Mpps against 13.0 with
-    2^16 ways, 2026-12-03)."""
+    of 2^21 ways for 1,000 flows spreads their buckets over 128 MiB, some
+    2,000 different 4 KiB ranges, whose translations this VM's TLB does not
+    keep even in 2 MiB pages: perf put a quarter of the time on the two
+    bucket prefetches there (11.3 Mpps against 13.0 with 2^16 ways,
+    2026-12-03)."""
     return max(1 << 16, 1 << (2 * flows - 1).bit_length())
 
 
 def pcap_flows(path):
-    return int(re.search(r"-(\d+)\.pcap$", path).group(1))
+    """N of a bench/gen_pcaps.py pcap, named <kind>-<family>-N.pcap."""
+    m = re.search(r"-(\d+)\.pcap$", path)
+    if not m:
+        raise ValueError(f"{path}: not a bench/gen_pcaps.py pcap (<kind>-N.pcap): give its table capacity")
+    return int(m.group(1))
 
 
 def run_sluice(tmp, pcap, scen, seconds, conn_capacity=None):
@@ -458,8 +474,9 @@ PEER_SCENARIOS = [s for s in SCENARIOS if s[2] == "est-v4"] + [("gue4", "gue", "
                                                                  "198.18.0.{}")]
 PEER_SCENARIOS_V6 = [s for s in SCENARIOS if s[2] == "est-v6"]
 NEW_FLOW_SCENARIO = next(s for s in SCENARIOS if s[0] == "ipip4-new")
-# The connection-table capacity of every replay (run_sluice's, and the one
-# sluice-forwarder-replay --new-flows gets): 1,000,000 flows fill it half.
+# The connection-table capacity sluice-forwarder-replay --new-flows gets:
+# 1,000,000 flows fill it half (as run_sluice's table_capacity does at that
+# count).
 REPLAY_CONN_CAPACITY = 2 << 20
 REPLAY = os.path.join(BUILD, "bench", "sluice-forwarder-replay")
 REPLAY_CPU = 1  # the forwarding lcore of every other figure
