@@ -368,8 +368,12 @@ inline void Forwarder::process_pass(const sluice_config& cfg, PacketBuf* pkts, B
         s.hint = SLUICE_LIKELY(s.drop == DropReason::kNone && s.kind != Kind::kEcho)
                      ? table_.prefetch_entry(s.probe, now_ms, s.kind == Kind::kToVip,
                                              [&]() SLUICE_ALWAYS_INLINE_LAMBDA {
-                                                 s.maglev_entry = maglev_entry(cfg.vips[s.vip_slot], s);
+                                                 const sluice_vip& vip = cfg.vips[s.vip_slot];
+                                                 s.maglev_entry = maglev_entry(vip, s);
                                                  prefetch_read(&cfg.maglev_pool[s.maglev_entry]);
+                                                 // A GUE flow's hop list: the entry's previous owners.
+                                                 if (vip.flags & SLUICE_VIP_SECOND_CHANCE)
+                                                     prefetch_read(cfg.maglev_prev[s.maglev_entry]);
                                              })
                      : ConnHandle{};
     }
