@@ -624,7 +624,7 @@ private:
         const std::string dst = format_ip(ref.tcp.dst);
         // The dataplane's own limit on inner packets: its MTU minus the
         // encapsulation and, on a second-chance VIP, a full hop list's room
-        // (forwarder.hpp), so that no tunnel packet it sends exceeds the MTU.
+        // (forwarder/send.hpp), so that no tunnel packet it sends exceeds the MTU.
         const unsigned hop_room = gue && t_.second_chance ? SLUICE_GUE_HOPS_MAX_OVERHEAD(b.family) : 0;
         const auto inner_room = [&](unsigned outer) {
             return fmt::format("inner packets of up to {} bytes fit: {} bytes of {}{}", outer - overhead - hop_room,

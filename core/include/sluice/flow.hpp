@@ -6,7 +6,7 @@
 #pragma once
 
 #include <bit>
-// SSE2 (make_flow_key) is part of x86-64's baseline; AVX2 (the key
+// SSE2 (make_flow_key, flow_hash) is part of x86-64's baseline; AVX2 (the key
 // compare) has a scalar fallback, which the ASan unit build runs.
 #include <immintrin.h>
 
