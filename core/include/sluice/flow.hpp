@@ -59,11 +59,13 @@ struct FlowKey {
 };
 static_assert(sizeof(FlowKey) == 40 && offsetof(FlowKey, src_port) == 32);
 
-// Keys are built in registers and stored whole, each part at the width it
-// is read back: the hash and the comparisons load 8-, 16- or 32-byte words,
-// and a store buffer holding narrower stores (a 4-byte address over a
-// zeroed word, a 2-byte port) cannot forward them: such a load waits until
-// the stores are written to L1. The compiler's own copy of an array of
+// Keys are built in registers and stored whole, each part at the width the
+// hash reads it back right after (flow_hash: a 16-byte load per address, an
+// 8-byte one for the rest). A store buffer cannot forward a load from
+// narrower stores (a 4-byte address over a zeroed word, a 2-byte port) or
+// from several: such a load waits until the stores are written to L1. (The
+// table's 32-byte key compare spans both address stores, but comes a stage
+// later, when they are written.) The compiler's own copy of an array of
 // 8-byte words into the key was such a case (two 8-byte stores read back
 // by one 16-byte load per address: perf put 18% of the dataplane's samples
 // on it), so the addresses go through 16-byte vector registers: an IPv4
